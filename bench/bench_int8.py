@@ -1,0 +1,98 @@
+"""fp32 vs edgeopt int8 vs ONNX Runtime's own quantize_static, on every zoo model.
+
+Same fp32 ONNX, same calibration samples; latencies measured interleaved in one run (medians,
+batch 1) at 1 and 2 threads. Prints a markdown table for the README.
+
+    .venv/bin/python bench/bench_int8.py [--models resnet8,dscnn] [--rounds 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import edgeopt as eo
+from edgeopt.runtime.measure import compare_latency, measure
+
+PAIRS = [("lenet300", "mnist5k"), ("lenet5", "mnist5k"), ("dscnn", "mnist5k"),
+         ("resnet8", "mnist5k"), ("tcn1d", "basic-motions")]
+
+
+def ort_quantize(fp32: Path, out: Path, calib: torch.Tensor) -> Path:
+    """ONNX Runtime's quantizer with its recommended settings for this CPU (QDQ, U8S8)."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"x": calib[i:i + 1].numpy()} for i in range(len(calib))])
+
+        def get_next(self):  # type: ignore[no-untyped-def]
+            return next(self.items, None)
+
+    pre = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32), str(pre))
+    import onnx
+
+    name = onnx.load(str(pre)).graph.input[0].name
+    reader = Reader()
+    reader.items = iter([{name: calib[i:i + 1].numpy()} for i in range(len(calib))])
+    quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    per_channel=True)
+    return out
+
+
+def bench_one(model_name: str, data_name: str, folder: Path, rounds: int) -> list[str]:
+    splits = eo.datasets.load(data_name, seed=0)
+    model = eo.zoo.pretrained(model_name, data_name)
+    config = eo.QuantConfig()
+    calib = torch.stack([splits.train[i][0] for i in range(min(config.calibration_samples,
+                                                                len(splits.train)))])
+    example = calib[:1]
+    fp32 = eo.export_onnx(model, folder / f"{model_name}_fp32.onnx", example)
+    start = time.perf_counter()
+    qmodel = eo.apply(model, config, data=[calib])
+    ours = eo.export_onnx(qmodel, folder / f"{model_name}_int8.onnx", example)
+    ours_s = time.perf_counter() - start
+    start = time.perf_counter()
+    theirs = ort_quantize(fp32, folder / f"{model_name}_ort.onnx", calib)
+    theirs_s = time.perf_counter() - start
+    paths = [fp32, ours, theirs]
+    results = [measure(p, splits.test, threads=1, runs=5, warmup=1) for p in paths]
+    lat = {t: compare_latency(paths, splits.test, threads=t, rounds=rounds) for t in (1, 2)}
+    rows = []
+    for i, label in enumerate(["fp32", "edgeopt int8", "ORT quantize_static"]):
+        r = results[i]
+        speed = " / ".join(f"{lat[t][0] / lat[t][i]:.2f}x" for t in (1, 2))
+        secs = {1: f"{ours_s:.1f}", 2: f"{theirs_s:.1f}"}.get(i, "")
+        rows.append(f"| {model_name} | {label} | {100 * r.accuracy:.2f} | {r.size_bytes / 1024:.1f}"
+                    f" | {lat[1][i]:.3f} | {lat[2][i]:.3f} | {speed} | "
+                    f"{sum(r.int8_ops.values())}/{sum(r.int8_ops.values()) + sum(r.float_ops.values())}"
+                    f" | {secs} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", default=",".join(m for m, _ in PAIRS))
+    parser.add_argument("--rounds", type=int, default=300)
+    args = parser.parse_args()
+    wanted = args.models.split(",")
+    print("| model | artifact | test acc % | size KiB | ms @1t | ms @2t | speedup 1t / 2t | "
+          "int8 ops | quantize s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for model_name, data_name in PAIRS:
+            if model_name in wanted:
+                for row in bench_one(model_name, data_name, Path(tmp), args.rounds):
+                    print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

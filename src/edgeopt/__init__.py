@@ -1,0 +1,37 @@
+"""edgeopt: make PyTorch models small and fast for edge devices, and prove it on ONNX Runtime."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Public names -> the module that defines them. Loaded on first use so `edgeopt --help` is instant.
+_LAZY = {
+    "apply": "edgeopt.api",
+    "QuantConfig": "edgeopt.quantization.config",
+    "QuantSpec": "edgeopt.quantization.config",
+    "export_onnx": "edgeopt.export.onnx",
+    "measure": "edgeopt.runtime.measure",
+    "Measurement": "edgeopt.runtime.measure",
+    "profile": "edgeopt.profile",
+    "run_recipe": "edgeopt.recipes.run",
+}
+_SUBMODULES = {"datasets", "zoo", "errors", "data", "recipes", "quantization", "export", "runtime"}
+
+__all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"edgeopt.{name}")
+    raise AttributeError(f"module 'edgeopt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,42 @@
+"""The one verb: apply(model, config, *, data=None, teacher=None) -> nn.Module."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as nn
+
+from edgeopt.config import Config
+from edgeopt.errors import ConfigTypeError
+from edgeopt.registry import handler_for
+
+
+def apply(
+    model: nn.Module,
+    config: Config,
+    *,
+    data: Any = None,
+    teacher: nn.Module | None = None,
+) -> nn.Module:
+    """Apply one compression technique, chosen by the config's type, and return the new model.
+
+    `data` is a DataLoader, a Dataset or an iterable of batches (tensor or (inputs, targets)).
+    The input model is not modified; the returned model still runs forward in PyTorch.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigTypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+    if not isinstance(config, Config):
+        raise ConfigTypeError(
+            f"config must be an edgeopt config such as QuantConfig; got {type(config).__name__}."
+        )
+    load_techniques()
+    handler = handler_for(config)
+    kwargs: dict[str, Any] = {"data": data}
+    if teacher is not None:
+        kwargs["teacher"] = teacher
+    return handler(model, config, **kwargs)  # type: ignore[return-value]
+
+
+def load_techniques() -> None:
+    """Import every technique package so their handlers register."""
+    import edgeopt.quantization.apply  # noqa: F401

@@ -1,0 +1,120 @@
+"""The command line: a thin layer over the API. Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgeopt import __version__
+
+
+def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Bad input: one 'error:' line on stderr and exit code 2."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from edgeopt.errors import EdgeoptError
+
+        try:
+            return func(*args, **kwargs)
+        except EdgeoptError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgeopt")
+def main() -> None:
+    """edgeopt: compress PyTorch models for edge devices, measured on ONNX Runtime."""
+
+
+@main.command()
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Run folder to write (metrics.json, summary.md, report.html, *.onnx).")
+@click.option("--quiet", is_flag=True, help="No progress bars or stage table.")
+@_user_errors
+def optimize(recipe: Path | None, out_dir: Path, quiet: bool) -> None:
+    """Run RECIPE (YAML); with none, the built-in default (ResNet-8 on MNIST, fp32 vs int8)."""
+    from edgeopt.recipes import run_recipe
+
+    result = run_recipe(recipe, out_dir, progress=not quiet)
+    if not quiet:
+        _print_stages(result.to_dict(), out_dir)
+
+
+def _print_stages(metrics: dict[str, Any], out_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeopt.recipes.summary import stage_rows
+
+    rows = stage_rows(metrics["stages"])
+    table = Table(title=f"edgeopt: {metrics['model']} on {metrics['data']}")
+    for column in rows[0]:
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for row in rows:
+        table.add_row(*row.values())
+    console = Console()
+    console.print(table)
+    for warning in metrics["warnings"]:
+        console.print(f"[bold yellow]warning:[/] {warning}")
+    console.print(f"report: {out_dir / 'report.html'}")
+
+
+@main.command("list")
+def list_builtins() -> None:
+    """List the built-in zoo models, data sets and techniques."""
+    from edgeopt import datasets, zoo
+    from edgeopt.api import load_techniques
+    from edgeopt.config import config_kinds
+
+    load_techniques()
+    click.echo(f"models:     {', '.join(zoo.names())}")
+    click.echo(f"data sets:  {', '.join(datasets.names())}")
+    click.echo(f"techniques: {', '.join(config_kinds())}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--data", "data_name", default="mnist5k", show_default=True)
+@_user_errors
+def profile(model: str, data_name: str) -> None:
+    """Parameters, bytes and MACs per layer of a zoo MODEL on a data set's input shape."""
+    import torch
+
+    from edgeopt import datasets, zoo
+    from edgeopt.profile import profile as profile_model
+    from edgeopt.profile import render_markdown
+
+    splits = datasets.load(data_name)
+    net = zoo.create(model, input_shape=splits.input_shape, num_classes=splits.num_classes)
+    click.echo(render_markdown(profile_model(net, torch.zeros(1, *splits.input_shape))))
+
+
+@main.command()
+@click.argument("onnx_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data", "data_name", default="mnist5k", show_default=True)
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1))
+@_user_errors
+def measure(onnx_path: Path, data_name: str, threads: int) -> None:
+    """Accuracy, size and latency of an ONNX file in ONNX Runtime on a data set's test split."""
+    import json
+
+    from edgeopt import datasets
+    from edgeopt.runtime.measure import measure as run_measure
+
+    splits = datasets.load(data_name)
+    result = run_measure(onnx_path, splits.test, threads=threads, progress=True)
+    click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

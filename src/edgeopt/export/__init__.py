@@ -1,0 +1,12 @@
+"""Export optimized PyTorch models to deployable formats (ONNX)."""
+
+from __future__ import annotations
+
+from edgeopt.export.onnx import (
+    export_onnx,
+    register_translation,
+    translations,
+    unregister_translation,
+)
+
+__all__ = ["export_onnx", "register_translation", "translations", "unregister_translation"]

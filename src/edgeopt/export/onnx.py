@@ -1,0 +1,308 @@
+"""PyTorch -> one self-contained .onnx file via the dynamo exporter, checked in ONNX Runtime.
+
+Custom op translations (e.g. the quantizer's fake-quant ops -> QuantizeLinear/DequantizeLinear)
+live in a module-level table keyed by torch op overload; every export passes it to the exporter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from edgeopt.atomic import ensure_writable_dir, write_bytes
+from edgeopt.errors import ConfigError, ConfigTypeError, ExportError, invalid
+
+MIN_OPSET = 18  # the dynamo exporter silently raises anything lower to 18; say so instead
+
+_TRANSLATIONS: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+def register_translation(
+    torch_op: Callable[..., Any],
+    onnxscript_fn: Callable[..., Any] | None = None,
+    *,
+    replace: bool = False,
+) -> Any:
+    """Register an ONNX Script function that translates `torch_op` (an op overload).
+
+    Usable directly, `register_translation(torch.ops.ns.op.default, fn)`, or as a decorator,
+    `@register_translation(torch.ops.ns.op.default)`. Returns the function. A packet such as
+    `torch.ops.ns.op` means its `.default` overload. Registering an op twice raises unless
+    `replace=True`.
+    """
+    if isinstance(torch_op, torch._ops.OpOverloadPacket):
+        torch_op = torch_op.default
+    if not callable(torch_op):
+        raise ConfigTypeError(
+            f"register_translation.torch_op must be a torch op overload; got {torch_op!r}."
+        )
+
+    def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if not callable(fn):
+            raise ConfigTypeError(
+                f"register_translation.onnxscript_fn must be callable; got {fn!r}."
+            )
+        if torch_op in _TRANSLATIONS and not replace:
+            raise ConfigError(
+                f"a translation for {torch_op} is already registered; pass replace=True "
+                "to override it."
+            )
+        _TRANSLATIONS[torch_op] = fn
+        return fn
+
+    return add if onnxscript_fn is None else add(onnxscript_fn)
+
+
+def unregister_translation(torch_op: Callable[..., Any]) -> None:
+    """Remove a registered translation (no error if absent)."""
+    if isinstance(torch_op, torch._ops.OpOverloadPacket):
+        torch_op = torch_op.default
+    _TRANSLATIONS.pop(torch_op, None)
+
+
+def translations() -> dict[Callable[..., Any], Callable[..., Any]]:
+    """A copy of the registered custom translations."""
+    return dict(_TRANSLATIONS)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    example_input: torch.Tensor | tuple[torch.Tensor, ...],
+    *,
+    opset: int = 18,
+    dynamic_batch: bool = True,
+    check: bool = True,
+    atol: float = 1e-4,
+) -> Path:
+    """Export `model` (in eval mode) to a single .onnx file with every weight embedded.
+
+    The batch dimension is dynamic when `dynamic_batch`; a model that cannot be exported that
+    way falls back to the example's static batch (warned, and recorded as the metadata prop
+    `edgeopt.dynamic_batch`). With `check`, the file is run in ONNX Runtime on `example_input`
+    and must match PyTorch within `atol` times the output scale. The file is written atomically:
+    on any error no file is left at `path`.
+    """
+    args = _validate(model, example_input, opset, atol)
+    target = Path(path)
+    ensure_writable_dir(target.parent, what="export_onnx")  # before the slow export
+    flags = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        program, dynamic = _export_with_fallback(model, args, opset, dynamic_batch)
+        data = _serialize(program, model, opset, dynamic)
+        if check:
+            _check(data, args, model, atol)
+            if dynamic and not _runs_at_other_batch(data, args, model, atol):
+                _warn_static(model, args, "it gives wrong results at another batch size")
+                data = _serialize(_export(model, args, opset, None), model, opset, False)
+                _check(data, args, model, atol)
+    finally:
+        for module, flag in flags.items():
+            module.training = flag
+    return write_bytes(target, data)
+
+
+def _serialize(program: Any, model: nn.Module, opset: int, dynamic: bool) -> bytes:
+    proto = program.model_proto
+    _add_metadata(proto, model, opset, dynamic)
+    try:
+        return proto.SerializeToString()
+    except ValueError as exc:  # protobuf refuses messages over 2 GB
+        raise ExportError(
+            f"the exported model is too large for one .onnx file (protobuf 2 GB limit): {exc}"
+        ) from exc
+
+
+def _runs_at_other_batch(
+    data: bytes, args: tuple[torch.Tensor, ...], model: nn.Module, atol: float
+) -> bool:
+    """A 'dynamic' export can still bake the example batch into a Reshape: try batch 2B."""
+    try:
+        _check(data, tuple(torch.cat([a, a]) for a in args), model, atol)
+    except Exception:
+        return False
+    return True
+
+
+def _warn_static(model: nn.Module, args: tuple[torch.Tensor, ...], why: str) -> None:
+    warnings.warn(
+        f"{type(model).__name__} cannot have a dynamic batch ({why}); exported with a fixed "
+        f"batch of {args[0].shape[0]} instead (metadata edgeopt.dynamic_batch=false).",
+        stacklevel=3,
+    )
+
+
+def _validate(
+    model: Any, example_input: Any, opset: Any, atol: Any
+) -> tuple[torch.Tensor, ...]:
+    if not isinstance(model, nn.Module):
+        raise ConfigTypeError(f"export_onnx.model must be a torch.nn.Module; got {type(model).__name__}.")
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    if not args or not all(isinstance(a, torch.Tensor) for a in args):
+        raise ConfigTypeError(
+            "export_onnx.example_input must be a tensor or a tuple of tensors; "
+            f"got {type(example_input).__name__}."
+        )
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
+        raise invalid("export_onnx.opset", f"an int >= {MIN_OPSET} (the dynamo exporter's minimum)", opset)
+    if isinstance(atol, bool) or not isinstance(atol, int | float) or not atol >= 0:
+        raise invalid("export_onnx.atol", "a float >= 0", atol)
+    return args
+
+
+def _export_with_fallback(
+    model: nn.Module, args: tuple[torch.Tensor, ...], opset: int, dynamic_batch: bool
+) -> tuple[Any, bool]:
+    """Export with a dynamic batch; if only that fails, export with the static example batch."""
+    if not dynamic_batch:
+        return _export(model, args, opset, None), False
+    batch = torch.export.Dim("batch")  # one Dim shared by all inputs: their batches stay equal
+    try:
+        return _export(model, args, opset, tuple({0: batch} for _ in args)), True
+    except ExportError as exc:
+        dynamic_error = exc  # an except-clause name dies with the clause
+    program = _export(model, args, opset, None)  # if this fails too, its error is the real one
+    _warn_static(model, args, str(dynamic_error))
+    return program, False
+
+
+def _export(
+    model: nn.Module, args: tuple[torch.Tensor, ...], opset: int, dynamic_shapes: Any
+) -> Any:
+    try:
+        with _silenced():
+            return torch.onnx.export(
+                model,
+                args,
+                dynamo=True,
+                opset_version=opset,
+                dynamic_shapes=dynamic_shapes,
+                custom_translation_table=dict(_TRANSLATIONS) or None,
+                external_data=False,
+                verbose=False,
+                report=False,
+            )
+    except Exception as exc:  # the exporter raises many types; one ExportError says what failed
+        raise ExportError(_describe_failure(model, exc)) from exc
+
+
+@contextlib.contextmanager
+def _silenced() -> Iterator[None]:
+    """Swallow the exporter's prints, warnings and log lines (it logs through many loggers)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _describe_failure(model: nn.Module, exc: BaseException) -> str:
+    """Name the unsupported op and, where the exporter's traceback knows it, the module."""
+    name = type(model).__name__
+    chain = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__
+    text = "\n".join(str(c) for c in chain)
+    op = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)', overload='([^']+)'\)>", text)
+    if op:
+        where = _failing_module(chain)
+        return (
+            f"cannot export {name} to ONNX: no ONNX translation for {op[1]}.{op[2]}"
+            f"{where}. Replace that layer, or register a translation with "
+            "edgeopt.export.onnx.register_translation."
+        )
+    root = chain[-1]
+    summary = str(root).strip().splitlines()[0] if str(root).strip() else ""
+    stage = "torch.export could not trace" if "TorchExportError" in type(exc).__name__ else "cannot export"
+    call = re.search(r'raised this error:\s*File "([^"]+)", line (\d+), in (\w+)\n\s*(.+)', text)
+    where = f" at {Path(call[1]).name}:{call[2]} in {call[3]}: `{call[4].strip()}`" if call else ""
+    return f"{stage} {name}{where}: {type(root).__name__}: {summary[:300]}"
+
+
+def _failing_module(chain: list[BaseException]) -> str:
+    """Best effort: find the fx node being translated in the traceback and read its module."""
+    for error in chain:
+        tb = error.__traceback__
+        while tb is not None:
+            node = tb.tb_frame.f_locals.get("node")
+            if isinstance(node, torch.fx.Node):
+                stack = node.meta.get("nn_module_stack") or {}
+                if stack:
+                    path, kind = list(stack.values())[-1]
+                    kind_name = getattr(kind, "__name__", str(kind)).rsplit(".", 1)[-1]
+                    return f" in module {path.removeprefix('L__self__.') or '<root>'!r} ({kind_name})"
+                return f" (node {node.name})"
+            tb = tb.tb_next
+    return ""
+
+
+def _add_metadata(proto: onnx.ModelProto, model: nn.Module, opset: int, dynamic: bool) -> None:
+    from edgeopt import __version__
+
+    props = {
+        "producer": "edgeopt",
+        "edgeopt.version": __version__,
+        "edgeopt.torch_version": torch.__version__,
+        "edgeopt.model_class": type(model).__name__,
+        "edgeopt.opset": str(opset),
+        "edgeopt.dynamic_batch": str(dynamic).lower(),
+    }
+    existing = {p.key: p for p in proto.metadata_props}
+    for key, value in props.items():
+        entry = existing.get(key) or proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def _check(data: bytes, args: tuple[torch.Tensor, ...], model: nn.Module, atol: float) -> None:
+    """Run the serialized model in ONNX Runtime and compare with the PyTorch outputs."""
+    import onnxruntime as ort
+
+    with torch.no_grad():
+        reference = model(*args)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(session.get_inputs(), args)}
+        outputs = session.run(None, feeds)
+    except Exception as exc:
+        raise ExportError(f"ONNX Runtime cannot run the exported model: {str(exc)[:500]}") from exc
+    expected = [t.detach().cpu().numpy() for t in torch.utils._pytree.tree_leaves(reference)
+                if isinstance(t, torch.Tensor)]
+    if len(expected) != len(outputs):
+        raise ExportError(
+            f"the exported model has {len(outputs)} outputs but PyTorch returned {len(expected)}."
+        )
+    for index, (ours, theirs) in enumerate(zip(outputs, expected)):
+        if ours.shape != theirs.shape:
+            raise ExportError(f"output {index} shape {ours.shape} != PyTorch's {theirs.shape}.")
+        diff = float(np.max(np.abs(ours.astype(np.float64) - theirs.astype(np.float64)), initial=0.0))
+        scale = max(1.0, float(np.max(np.abs(theirs), initial=0.0)))
+        if not diff <= atol * scale:
+            raise ExportError(
+                f"ONNX Runtime output {index} differs from PyTorch: max abs diff {diff:.3g} > "
+                f"atol {atol:g} x output scale {scale:.3g}. Check custom translations, or "
+                "pass a larger atol for quantized models."
+            )

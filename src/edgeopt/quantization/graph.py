@@ -1,0 +1,170 @@
+"""Graph surgery for static quantization: fold batch norm, place activation quantizers.
+
+Quantizers are placed where ONNX Runtime fuses QDQ into integer kernels: on the input of every
+integer op and on its output, after a ReLU that follows it (the runtime drops a ReLU whose
+quantizer already clips at zero). Shape-only ops (max-pool, flatten, reshape) reuse their
+input's quantizer so the runtime can run them on uint8 directly.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import operator
+from collections.abc import Callable
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from edgeopt.errors import ModelError
+from edgeopt.quantization.modules import WEIGHT_LAYERS, ActQuant
+
+_CONV_BN = {(nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d)}
+_RELUS_MODULES = (nn.ReLU, nn.ReLU6)
+_RELU_FUNCTIONS = {torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6}
+_ADD_FUNCTIONS = {operator.add, torch.add, operator.iadd}
+_POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+_PASS_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+_PASS_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze,
+                   torch.nn.functional.max_pool2d, torch.nn.functional.max_pool1d,
+                   torch.nn.functional.dropout}
+_PASS_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "contiguous"}
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """Symbolically trace `model` or explain why it cannot be."""
+    if isinstance(model, fx.GraphModule):
+        return model
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as exc:  # tracing fails in many ways; all mean the same to a user
+        raise ModelError(
+            f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); models need a static graph."
+        ) from exc
+
+
+def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def fold_batch_norm(gm: fx.GraphModule) -> int:
+    """Fold every BatchNorm that directly follows a conv into the conv's weights; count them."""
+    folded = 0
+    for node in list(gm.graph.nodes):
+        bn = _module(gm, node)
+        if bn is None or not node.args or not isinstance(node.args[0], fx.Node):
+            continue
+        conv_node = node.args[0]
+        conv = _module(gm, conv_node)
+        if conv is None or (type(conv), type(bn)) not in _CONV_BN or len(conv_node.users) != 1:
+            continue
+        fused = fuse_conv_bn_eval(conv.eval(), bn.eval())
+        _replace_submodule(gm, conv_node.target, fused)
+        node.replace_all_uses_with(conv_node)
+        gm.graph.erase_node(node)
+        folded += 1
+    gm.graph.lint()
+    gm.recompile()
+    return folded
+
+
+def _replace_submodule(gm: fx.GraphModule, target: str, new: nn.Module) -> None:
+    parent_name, _, child = target.rpartition(".")
+    setattr(gm.get_submodule(parent_name) if parent_name else gm, child, new)
+
+
+def is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
+    module = _module(gm, node)
+    if module is not None:
+        return isinstance(module, _RELUS_MODULES)
+    return node.op == "call_function" and node.target in _RELU_FUNCTIONS or (
+        node.op == "call_method" and node.target == "relu")
+
+
+def is_integer_op(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Ops the runtime can run on integers when their inputs and output are quantized."""
+    module = _module(gm, node)
+    if module is not None:
+        return type(module) in WEIGHT_LAYERS or isinstance(module, _POOL_MODULES)
+    if node.op == "call_function" and node.target in _ADD_FUNCTIONS:
+        return all(isinstance(a, fx.Node) for a in node.args[:2])
+    return False
+
+
+def is_pass_through(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Ops that only move or select values, so their output keeps the input's grid."""
+    module = _module(gm, node)
+    if module is not None:
+        return isinstance(module, _PASS_MODULES)
+    if node.op == "call_function":
+        return node.target in _PASS_FUNCTIONS
+    return node.op == "call_method" and node.target in _PASS_METHODS
+
+
+def weight_layer_names(gm: fx.GraphModule, exclude: tuple[str, ...]) -> list[str]:
+    """Names of the Linear/Conv layers to quantize, skipping those matching `exclude`."""
+    names = []
+    for node in gm.graph.nodes:
+        module = _module(gm, node)
+        if module is not None and type(module) in WEIGHT_LAYERS:
+            if not any(fnmatch.fnmatch(str(node.target), p) for p in exclude):
+                names.append(str(node.target))
+    return names
+
+
+def insert_act_quantizers(
+    gm: fx.GraphModule, make_quantizer: Callable[[], ActQuant], quantized_layers: set[str]
+) -> dict[str, str]:
+    """Place activation quantizers; return {weight layer name: its input quantizer name}."""
+    graph = gm.graph
+    source: dict[fx.Node, str] = {}  # node -> name of the quantizer its value is on the grid of
+    counter = iter(range(10**6))
+    inputs_of: dict[str, str] = {}
+
+    def quantize_after(node: fx.Node, name: str | None = None) -> str:
+        if name is None:
+            name = f"act_quant_{next(counter)}"
+            gm.add_submodule(name, make_quantizer())
+        with graph.inserting_after(node):
+            q = graph.call_module(name, (node,))
+        node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
+        source[node] = source[q] = name
+        return name
+
+    def wants_integer(node: fx.Node) -> bool:
+        if node.op == "call_module" and type(_module(gm, node)) in WEIGHT_LAYERS:
+            return str(node.target) in quantized_layers
+        return is_integer_op(gm, node)
+
+    for node in list(graph.nodes):
+        if node.op == "output" or node in source:
+            continue
+        if node.op == "call_module" and isinstance(_module(gm, node), ActQuant):
+            continue
+        if is_pass_through(gm, node) and node.args and node.args[0] in source:
+            quantize_after(node, source[node.args[0]])
+            continue
+        if not wants_integer(node):
+            continue
+        for arg in node.args:
+            if isinstance(arg, fx.Node) and arg not in source and arg.meta.get("tensor", True):
+                quantize_after(arg)
+        if node.op == "call_module" and str(node.target) in quantized_layers:
+            inputs_of[str(node.target)] = source[node.args[0]]
+        _quantize_output(gm, node, quantize_after)
+    graph.lint()
+    gm.recompile()
+    return inputs_of
+
+
+def _quantize_output(gm: fx.GraphModule, node: fx.Node, quantize_after: Callable) -> None:
+    """Quantize an integer op's result (after its ReLU), unless only the model output uses it."""
+    users = list(node.users)
+    if len(users) == 1 and is_relu(gm, users[0]):
+        node = users[0]
+        users = list(node.users)
+    if all(user.op == "output" for user in users):
+        return  # the last layer's float output keeps full precision (QGemm writes float)
+    quantize_after(node)

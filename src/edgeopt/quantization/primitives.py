@@ -1,0 +1,110 @@
+"""Pure quantization math: integer ranges, scale/zero-point choice, (fake) quantization."""
+
+from __future__ import annotations
+
+import torch
+
+from edgeopt.quantization.config import Granularity, QuantSpec
+
+
+def integer_range(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]:
+    """Smallest and largest integer of a `bits`-wide type; narrow drops the most negative value."""
+    if signed:
+        low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        return (low + 1 if narrow else low), high
+    return 0, 2**bits - 1
+
+
+def spec_range(spec: QuantSpec, *, is_weight: bool) -> tuple[int, int]:
+    """The integer range a spec stores into (weights signed, activations unsigned by default)."""
+    signed = spec.signed if spec.signed is not None else is_weight
+    narrow = spec.narrow_range if spec.narrow_range is not None else (signed and spec.symmetric)
+    return integer_range(spec.bits, signed, narrow)
+
+
+@torch.no_grad()
+def choose_qparams(
+    min_val: torch.Tensor,
+    max_val: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    *,
+    symmetric: bool,
+    power_of_two: bool = False,
+    eps: float = 1e-12,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point mapping [min_val, max_val] (widened to contain 0) onto [qmin, qmax].
+
+    Works elementwise, so per-channel statistics give per-channel parameters.
+    """
+    min_val = torch.clamp(min_val.float(), max=0.0)
+    max_val = torch.clamp(max_val.float(), min=0.0)
+    if symmetric:
+        bound = torch.maximum(-min_val, max_val)
+        if qmin < 0:  # signed: zero at 0, the range is symmetric around it
+            scale = bound / ((qmax - qmin) / 2)
+            zero_point = torch.zeros_like(scale)
+        else:  # unsigned symmetric: zero in the middle of the range
+            scale = 2 * bound / (qmax - qmin)
+            zero_point = torch.full_like(scale, float((qmin + qmax + 1) // 2))
+    else:
+        scale = (max_val - min_val) / (qmax - qmin)
+        zero_point = None
+    scale = torch.clamp(scale, min=eps)
+    if power_of_two:
+        scale = torch.exp2(torch.ceil(torch.log2(scale)))
+    if zero_point is None:
+        zero_point = torch.clamp(torch.round(qmin - min_val / scale), qmin, qmax)
+    return scale, zero_point.to(torch.int32)
+
+
+def _broadcast(param: torch.Tensor, like: torch.Tensor, axis: int) -> torch.Tensor:
+    if param.dim() == 0:
+        return param
+    shape = [1] * like.dim()
+    shape[axis] = -1
+    return param.reshape(shape)
+
+
+@torch.no_grad()
+def quantize(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
+    axis: int = 0,
+) -> torch.Tensor:
+    """Round-half-to-even then saturate, as ONNX QuantizeLinear does. Returns int32 values."""
+    s, z = _broadcast(scale, x, axis), _broadcast(zero_point, x, axis)
+    return torch.clamp(torch.round(x / s) + z, qmin, qmax).to(torch.int32)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int = 0
+               ) -> torch.Tensor:
+    s, z = _broadcast(scale, q, axis), _broadcast(zero_point, q, axis)
+    return (q.to(torch.float32) - z.to(torch.float32)) * s
+
+
+def fake_quantize(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
+    axis: int = 0,
+) -> torch.Tensor:
+    """quantize then dequantize (float in, float out)."""
+    s, z = _broadcast(scale, x, axis), _broadcast(zero_point, x, axis).to(x.dtype)
+    return (torch.clamp(torch.round(x / s) + z, qmin, qmax) - z) * s
+
+
+@torch.no_grad()
+def weight_minmax(weight: torch.Tensor, granularity: Granularity, axis: int = 0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor or per-output-channel min and max of a weight tensor."""
+    if granularity is Granularity.PER_TENSOR:
+        return weight.min(), weight.max()
+    flat = weight.transpose(0, axis).reshape(weight.shape[axis], -1)
+    return flat.min(dim=1).values, flat.max(dim=1).values
+
+
+def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in dB (higher is better)."""
+    noise = (reference.float() - approx.float()).pow(2).mean()
+    signal = reference.float().pow(2).mean()
+    if noise == 0:
+        return float("inf")
+    return float(10 * torch.log10(signal / noise))

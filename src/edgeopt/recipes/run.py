@@ -1,0 +1,190 @@
+"""Run a recipe: baseline -> stages -> export -> measure on ONNX Runtime -> run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from edgeopt import __version__
+from edgeopt.errors import OutputError
+from edgeopt.recipes.schema import Recipe, Stage, load_recipe
+
+
+@dataclasses.dataclass
+class StageResult:
+    """One row of metrics.json: what a stage produced, measured in ONNX Runtime."""
+
+    name: str
+    technique: str
+    accuracy: float | None
+    size_bytes: int
+    latency_ms: float
+    onnx: str
+    params: int
+    macs: int
+    peak_activation_bytes: int | None
+    speedup: dict[str, float] = dataclasses.field(default_factory=dict)
+    accuracy_drop: float | None = None
+    size_ratio: float | None = None
+    runtime: dict[str, Any] = dataclasses.field(default_factory=dict)
+    technique_stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class RunResult:
+    out_dir: Path
+    stages: list[StageResult]
+    recipe: Recipe
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f"{s.name}: {w}" for s in self.stages for w in s.warnings]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"edgeopt_version": __version__, "model": self.recipe.model,
+                "data": self.recipe.data, "recipe": self.recipe.to_dict(),
+                "stages": [s.to_dict() for s in self.stages], "warnings": self.warnings}
+
+
+def run_recipe(recipe: str | Path | dict[str, Any] | None, out_dir: str | Path,
+               *, progress: bool = True) -> RunResult:
+    """Validate `recipe` completely, then run it and write the run folder `out_dir`.
+
+    Every file is produced in a scratch folder beside `out_dir` and moved in only when the
+    whole run succeeded, so a failed run leaves no half-written output.
+    """
+    parsed = load_recipe(recipe)
+    out = Path(out_dir)
+    scratch = _scratch_dir(out)
+    try:
+        stages = _execute(parsed, scratch, progress)
+        result = RunResult(out_dir=out, stages=stages, recipe=parsed)
+        _write_outputs(result, scratch)
+        _publish(scratch, out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def _scratch_dir(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output directory {str(out)!r} exists and is not a directory.")
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
+    except OSError as exc:
+        raise OutputError(f"output directory {str(out)!r} cannot be written: "
+                          f"{exc.strerror or exc}.") from None
+
+
+def _publish(scratch: Path, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for item in scratch.iterdir():
+        target = out / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        item.replace(target)
+
+
+def _execute(recipe: Recipe, folder: Path, progress: bool) -> list[StageResult]:
+    from edgeopt import datasets, zoo
+
+    splits = datasets.load(recipe.data, seed=recipe.seed)
+    zoo.check_input_shape(recipe.model, splits.input_shape)
+    baseline = zoo.pretrained(recipe.model, recipe.data, seed=recipe.seed, epochs=recipe.epochs)
+    models: dict[str, nn.Module] = {"baseline": baseline}
+    example = splits.test[0][0].unsqueeze(0)
+    results = [_measure_stage("baseline", "baseline", baseline, example, splits, recipe, folder)]
+    for stage in recipe.stages:
+        model = _apply_stage(stage, models, splits)
+        models[stage.name] = model
+        results.append(_measure_stage(stage.name, stage.config.kind, model, example, splits,
+                                      recipe, folder))
+    _compare(results, folder, splits, recipe, progress)
+    return results
+
+
+def _apply_stage(stage: Stage, models: dict[str, nn.Module], splits: Any) -> nn.Module:
+    from edgeopt.api import apply
+
+    data = splits.train if stage.data == "train" else splits.val
+    kwargs: dict[str, Any] = {"data": data}
+    if getattr(stage.config, "needs_teacher", False):
+        kwargs["teacher"] = models["baseline"]
+    return apply(models[stage.source], stage.config, **kwargs)
+
+
+def _measure_stage(name: str, technique: str, model: nn.Module, example: torch.Tensor,
+                   splits: Any, recipe: Recipe, folder: Path) -> StageResult:
+    from edgeopt.export.onnx import export_onnx
+    from edgeopt.profile import profile, profile_onnx
+    from edgeopt.runtime.measure import measure
+
+    path = export_onnx(model, folder / f"{name}.onnx", example, opset=recipe.opset)
+    m = measure(path, splits.test, threads=recipe.measure.threads, warmup=recipe.measure.warmup,
+                runs=recipe.measure.runs)
+    prof = profile(model, example)
+    return StageResult(
+        name=name, technique=technique, accuracy=m.accuracy, size_bytes=m.size_bytes,
+        latency_ms=m.latency_ms, onnx=path.name, params=prof.total_params, macs=prof.total_macs,
+        peak_activation_bytes=profile_onnx(path).peak_activation_bytes,
+        runtime=m.to_dict(), technique_stats=_technique_stats(model))
+
+
+def _technique_stats(model: nn.Module) -> dict[str, Any]:
+    meta = getattr(model, "meta", None)
+    if not isinstance(meta, dict):
+        return {}
+    return {k.removeprefix("edgeopt_"): v.to_dict() for k, v in meta.items()
+            if k.startswith("edgeopt_") and hasattr(v, "to_dict")}
+
+
+def _compare(results: list[StageResult], folder: Path, splits: Any, recipe: Recipe,
+             progress: bool) -> None:
+    """Latency ratios measured side by side (interleaved) and plain warnings where gains fail."""
+    from edgeopt.runtime.measure import compare_latency
+
+    base = results[0]
+    paths = [folder / r.onnx for r in results]
+    for threads in recipe.measure.speed_threads:
+        medians = compare_latency(paths, splits.test, threads=threads,
+                                  rounds=recipe.measure.runs, progress=progress)
+        for result, median in zip(results, medians):
+            result.speedup[f"{threads}t"] = medians[0] / median
+    budget = recipe.measure.accuracy_budget
+    for r in results[1:]:
+        r.size_ratio = base.size_bytes / r.size_bytes
+        if r.accuracy is not None and base.accuracy is not None:
+            r.accuracy_drop = 100.0 * (base.accuracy - r.accuracy)
+            if r.accuracy_drop > budget:
+                r.warnings.append(f"accuracy dropped {r.accuracy_drop:.2f} points "
+                                  f"(budget {budget:g}).")
+        for key, ratio in r.speedup.items():
+            if ratio < 1.0:
+                r.warnings.append(f"not faster than baseline at {key[:-1]} thread(s): "
+                                  f"{ratio:.2f}x the baseline's speed.")
+        if r.size_ratio < 1.0:
+            r.warnings.append(f"larger than baseline ({r.size_ratio:.2f}x).")
+        if "quant" in r.technique_stats and not r.runtime.get("runs_int8"):
+            r.warnings.append("ONNX Runtime does not run this model on int8 kernels.")
+
+
+def _write_outputs(result: RunResult, folder: Path) -> None:
+    from edgeopt.recipes.summary import render_summary
+    from edgeopt.report import write_report
+
+    (folder / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    (folder / "summary.md").write_text(render_summary(result))
+    write_report(result.to_dict(), folder / "report.html")

@@ -1,0 +1,182 @@
+"""Recipe = model + data + stages + export + measurement, validated completely before any work."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgeopt.config import Config, config_kinds, config_type
+from edgeopt.errors import ConfigError, ConfigTypeError, invalid
+
+DEFAULT_RECIPE: dict[str, Any] = {
+    "model": "resnet8",
+    "data": "mnist5k",
+    "seed": 0,
+    "stages": [{"name": "int8", "technique": "quantize"}],
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Stage:
+    name: str
+    config: Config
+    source: str  # the stage whose model this one starts from
+    data: str  # which split feeds calibration / training: train or val
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MeasureSettings:
+    threads: int = 1
+    warmup: int = 20
+    runs: int = 200
+    accuracy_budget: float = 0.3  # points of accuracy a stage may lose before a warning
+    speed_threads: tuple[int, ...] = (1,)  # thread counts at which latency ratios are measured
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Recipe:
+    model: str
+    data: str
+    seed: int
+    epochs: int | None
+    stages: tuple[Stage, ...]
+    opset: int
+    measure: MeasureSettings
+    source: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.source
+
+
+_TOP_KEYS = {"model", "data", "seed", "epochs", "stages", "export", "measure"}
+_STAGE_KEYS = {"name", "technique", "config", "from", "data"}
+
+
+def load_recipe(recipe: str | Path | dict[str, Any] | None) -> Recipe:
+    """Parse and fully validate a recipe file, mapping or None (the built-in default)."""
+    if recipe is None:
+        return parse_recipe(DEFAULT_RECIPE)
+    if isinstance(recipe, dict):
+        return parse_recipe(recipe)
+    path = Path(recipe)
+    if not path.is_file():
+        raise ConfigError(f"recipe file {str(path)!r} does not exist.")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"recipe {str(path)!r} is not valid YAML{line}: "
+                          f"{getattr(exc, 'problem', exc)}.") from None
+    if not isinstance(content, dict):
+        raise ConfigTypeError(f"recipe {str(path)!r} must be a mapping of keys "
+                              f"({', '.join(sorted(_TOP_KEYS))}); got {type(content).__name__}.")
+    return parse_recipe(content)
+
+
+def parse_recipe(raw: dict[str, Any]) -> Recipe:
+    from edgeopt import datasets, zoo  # lazy: both import torch
+    from edgeopt.api import load_techniques
+
+    load_techniques()
+
+    _check_keys(raw, _TOP_KEYS, "recipe")
+    model = _typed(raw.get("model", DEFAULT_RECIPE["model"]), str, "recipe.model")
+    data = _typed(raw.get("data", DEFAULT_RECIPE["data"]), str, "recipe.data")
+    if model not in zoo.names():
+        raise invalid("recipe.model", f"one of {', '.join(zoo.names())}", model)
+    if data not in datasets.names():
+        raise invalid("recipe.data", f"one of {', '.join(datasets.names())}", data)
+    zoo.check_input_shape(model, datasets.spec(data)[0])
+    seed = _typed(raw.get("seed", 0), int, "recipe.seed")
+    epochs = raw.get("epochs")
+    if epochs is not None and (_typed(epochs, int, "recipe.epochs") < 1):
+        raise invalid("recipe.epochs", "a positive int", epochs)
+    stages = _parse_stages(raw.get("stages", []))
+    export = _mapping(raw.get("export", {}), "recipe.export")
+    _check_keys(export, {"opset"}, "recipe.export")
+    opset = _typed(export.get("opset", 18), int, "recipe.export.opset")
+    if not 18 <= opset <= 21:
+        raise invalid("recipe.export.opset", "an int in [18, 21]", opset)
+    return Recipe(model=model, data=data, seed=seed, epochs=epochs, stages=stages, opset=opset,
+                  measure=_parse_measure(raw.get("measure", {})), source=raw)
+
+
+def _parse_stages(raw: Any) -> tuple[Stage, ...]:
+    if not isinstance(raw, list):
+        raise ConfigTypeError(f"recipe.stages must be a list of stages; got {type(raw).__name__}.")
+    stages: list[Stage] = []
+    names = {"baseline"}
+    for i, item in enumerate(raw):
+        where = f"recipe.stages[{i}]"
+        item = _mapping(item, where)
+        _check_keys(item, _STAGE_KEYS, where)
+        technique = _typed(item.get("technique"), str, f"{where}.technique")
+        if technique not in config_kinds():
+            raise invalid(f"{where}.technique", f"one of {', '.join(config_kinds())}", technique)
+        name = _typed(item.get("name", technique), str, f"{where}.name")
+        if name in names or not name.replace("-", "").replace("_", "").isalnum():
+            raise invalid(f"{where}.name", "a unique name of letters, digits, '-' or '_' "
+                          "(not 'baseline')", name)
+        source = _typed(item.get("from", stages[-1].name if stages else "baseline"), str,
+                        f"{where}.from")
+        if source not in names:
+            raise invalid(f"{where}.from", f"an earlier stage ({', '.join(sorted(names))})", source)
+        split = _typed(item.get("data", "train"), str, f"{where}.data")
+        if split not in ("train", "val"):
+            raise invalid(f"{where}.data", "'train' or 'val'", split)
+        config = config_type(technique).from_dict(_mapping(item.get("config", {}),
+                                                           f"{where}.config"),
+                                                  where=f"{where}.config")
+        stages.append(Stage(name=name, config=config, source=source, data=split))
+        names.add(name)
+    return tuple(stages)
+
+
+def _parse_measure(raw: Any) -> MeasureSettings:
+    raw = dict(_mapping(raw, "recipe.measure"))
+    fields = {f.name for f in dataclasses.fields(MeasureSettings)}
+    _check_keys(raw, fields, "recipe.measure")
+    for key in ("threads", "warmup", "runs"):
+        if key in raw and _typed(raw[key], int, f"recipe.measure.{key}") < 1:
+            raise invalid(f"recipe.measure.{key}", "a positive int", raw[key])
+    if "accuracy_budget" in raw:
+        budget = raw["accuracy_budget"]
+        if isinstance(budget, bool) or not isinstance(budget, int | float) or budget < 0:
+            raise invalid("recipe.measure.accuracy_budget", "a non-negative number (points)",
+                          budget)
+        raw["accuracy_budget"] = float(budget)
+    if "speed_threads" in raw:
+        threads = raw["speed_threads"]
+        if not isinstance(threads, list) or not threads or not all(
+                isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in threads):
+            raise invalid("recipe.measure.speed_threads", "a non-empty list of positive ints",
+                          threads)
+        raw["speed_threads"] = tuple(threads)
+    return MeasureSettings(**raw)
+
+
+def _check_keys(raw: dict[str, Any], allowed: set[str], where: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key} is not a known key; valid: {', '.join(sorted(allowed))}.")
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigTypeError(f"{where} must be a mapping; got {type(value).__name__} {value!r}.")
+    return value
+
+
+def _typed(value: Any, kind: type, where: str) -> Any:
+    if value is None:
+        raise ConfigError(f"{where} is required.")
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigTypeError(f"{where} must be {kind.__name__}; got {type(value).__name__} "
+                              f"{value!r}.")
+    return value

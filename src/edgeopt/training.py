@@ -1,0 +1,199 @@
+"""Small training helpers shared by the zoo, QAT, fine-tuning after pruning and distillation.
+
+    history = fit(model, splits.train, splits.val, epochs=5)
+    acc = evaluate(model, splits.test)
+
+Data arguments accept a Dataset, a DataLoader or an iterable of (inputs, targets) batches.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+from tqdm.auto import tqdm
+
+from edgeopt.data import Batch, iter_batches
+from edgeopt.errors import ConfigTypeError, DataError, invalid
+
+__all__ = ["LossFn", "TrainHistory", "cross_entropy", "evaluate", "fit", "predict_logits"]
+
+# loss_fn(logits, targets, inputs) -> scalar. `inputs` lets distillation query a teacher;
+# `targets` is None for unlabeled batches.
+LossFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TrainHistory:
+    """What `fit` did, one entry per epoch."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)  # empty when no val data was given
+    best_epoch: int | None = None  # 0-based epoch whose weights were kept (None: the last)
+    seconds: float = 0.0
+
+    @property
+    def best_val_accuracy(self) -> float | None:
+        return None if self.best_epoch is None else self.val_accuracy[self.best_epoch]
+
+
+def cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor | None, inputs: torch.Tensor
+) -> torch.Tensor:
+    """The default loss: cross-entropy against integer class labels."""
+    if targets is None:
+        raise DataError("training data has no targets; give (inputs, targets) batches.")
+    return F.cross_entropy(logits, targets)
+
+
+def fit(
+    model: nn.Module,
+    train: Any,
+    val: Any = None,
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    loss_fn: LossFn | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> TrainHistory:
+    """Train `model` in place with Adam; with `val`, keep the weights of the best val epoch.
+
+    A Dataset is shuffled with a generator seeded from `seed`; the global torch RNG is seeded
+    too (and restored afterwards), so the same seed and model give the same weights.
+    `after_step(model)` runs after every optimizer step (e.g. to re-apply pruning masks).
+    The model is left in eval() mode.
+    """
+    _check_fit_args(epochs, lr, batch_size)
+    loss_fn = loss_fn or cross_entropy
+    history = TrainHistory()
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        loader = _train_batches(train, batch_size, seed)
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+        best_acc, best_state = -1.0, None
+        bar = tqdm(total=epochs, desc=desc, unit="epoch", disable=not progress, leave=False)
+        for epoch in range(epochs):
+            loss = _train_epoch(model, loader, optimizer, loss_fn, after_step, epoch)
+            history.train_loss.append(loss)
+            postfix = {"loss": f"{loss:.4f}"}
+            if val is not None:
+                acc = evaluate(model, val, batch_size=max(batch_size, 256))
+                history.val_accuracy.append(acc)
+                postfix["val_acc"] = f"{acc:.4f}"
+                if acc >= best_acc:  # ties keep the later weights: tiny val sets saturate early
+                    best_acc, history.best_epoch = acc, epoch
+                    best_state = copy.deepcopy(model.state_dict())
+            bar.set_postfix(postfix)
+            bar.update(1)
+        bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    history.seconds = time.perf_counter() - start
+    return history
+
+
+def _check_fit_args(epochs: int, lr: float, batch_size: int) -> None:
+    # Validate before any work, in the one message format.
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise invalid("fit.epochs", "an int >= 1", epochs)
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
+        raise invalid("fit.lr", "a float > 0", lr)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise invalid("fit.batch_size", "an int >= 1", batch_size)
+
+
+def _train_batches(train: Any, batch_size: int, seed: int) -> Iterable[Any]:
+    """A re-iterable source of training batches; map-style Datasets get a seeded shuffle."""
+    if isinstance(train, Dataset) and not isinstance(train, IterableDataset):
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator)
+    if train is None:
+        raise DataError("fit needs training data; pass a Dataset or DataLoader.")
+    if isinstance(train, Iterator):
+        # A one-shot iterator would silently give empty epochs after the first.
+        raise ConfigTypeError(
+            "fit's train data must be re-iterable (a Dataset, DataLoader or list of batches); "
+            "got a one-shot iterator."
+        )
+    return train
+
+
+def _train_epoch(
+    model: nn.Module,
+    loader: Iterable[Any],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    after_step: Callable[[nn.Module], None] | None,
+    epoch: int,
+) -> float:
+    model.train()
+    device = _device(model)
+    total, count = 0.0, 0
+    for inputs, targets in iter_batches(loader, what="train"):
+        inputs = inputs.to(device)
+        targets = targets.to(device) if targets is not None else None
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(inputs), targets, inputs)
+        loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step(model)
+        total += float(loss.detach()) * inputs.shape[0]
+        count += inputs.shape[0]
+    if count == 0:
+        raise DataError(f"train data gave no batches in epoch {epoch}; it must not be empty.")
+    return total / count
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, data: Any, batch_size: int = 256) -> torch.Tensor:
+    """Model outputs for every input in `data`, concatenated along the batch dimension."""
+    outputs = [logits for logits, _ in _forward(model, data, batch_size)]
+    if not outputs:
+        raise DataError("data is empty; give at least one batch of inputs.")
+    return torch.cat(outputs)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Any, batch_size: int = 256) -> float:
+    """Top-1 accuracy of `model` on labeled `data`, in [0, 1]."""
+    correct, count = 0, 0
+    for logits, targets in _forward(model, data, batch_size):
+        if targets is None:
+            raise DataError("evaluate needs labeled data; give (inputs, targets) batches.")
+        correct += int((logits.argmax(dim=1) == targets.to(logits.device)).sum())
+        count += targets.shape[0]
+    if count == 0:
+        raise DataError("data is empty; give at least one labeled batch.")
+    return correct / count
+
+
+def _forward(model: nn.Module, data: Any, batch_size: int) -> Iterator[Batch]:
+    """(logits, targets) per batch in eval mode; the model's previous mode is restored."""
+    was_training = model.training
+    device = _device(model)
+    model.eval()
+    try:
+        for inputs, targets in iter_batches(data, batch_size=batch_size):
+            yield model(inputs.to(device)), targets
+    finally:
+        model.train(was_training)
+
+
+def _device(model: nn.Module) -> torch.device:
+    # Models without parameters (e.g. pure functional graphs) run on CPU.
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")

@@ -1,0 +1,64 @@
+"""A whole recipe run on a tiny model and data set: the run folder and its honesty."""
+
+import json
+
+import pytest
+
+from edgeopt.errors import DataError, OutputError
+from edgeopt.recipes import run_recipe
+
+TINY = {
+    "model": "lenet300", "data": "digits", "epochs": 2,
+    "stages": [{"name": "int8", "technique": "quantize", "config": {"calibration_samples": 128}}],
+    "measure": {"runs": 20, "warmup": 2, "accuracy_budget": 5.0},
+}
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("EDGEOPT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def test_run_folder_has_measured_stages(tmp_path):
+    out = tmp_path / "run"
+    result = run_recipe(TINY, out, progress=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = [s["name"] for s in metrics["stages"]]
+    assert names == ["baseline", "int8"]
+    for stage in metrics["stages"]:
+        for key in ("accuracy", "size_bytes", "latency_ms", "onnx"):
+            assert stage[key] is not None
+        assert (out / stage["onnx"]).stat().st_size == stage["size_bytes"]
+    base, int8 = metrics["stages"]
+    assert base["accuracy"] > 0.8
+    assert int8["size_bytes"] < base["size_bytes"] / 2.5  # int8 weights in the file
+    assert abs(int8["accuracy"] - base["accuracy"]) < 0.05
+    assert sum(int8["runtime"]["int8_ops"].values()) >= 3
+    assert int8["technique_stats"]["quant"]["calibration_samples"] == 128
+    assert "| int8 |" in (out / "summary.md").read_text()
+    assert "<table>" in (out / "report.html").read_text()
+    assert result.stages[1].speedup["1t"] > 0
+    assert not list(tmp_path.glob(".run.*"))  # scratch folder removed
+
+
+def test_failed_run_leaves_nothing(tmp_path, monkeypatch):
+    import edgeopt.api
+
+    def fail(*args, **kwargs):
+        raise DataError("calibration data is empty")
+
+    monkeypatch.setattr(edgeopt.api, "apply", fail)  # fails after the baseline was exported
+    out = tmp_path / "run"
+    with pytest.raises(DataError):
+        run_recipe(TINY, out, progress=False)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_is_refused_before_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="not a directory"):
+        run_recipe(TINY, blocker, progress=False)
+    with pytest.raises(OutputError, match="cannot be written"):
+        run_recipe(TINY, blocker / "sub" / "run", progress=False)
