@@ -17,8 +17,12 @@ _LAZY = {
     "Measurement": "edgeopt.runtime.measure",
     "profile": "edgeopt.profile",
     "run_recipe": "edgeopt.recipes.run",
+    "DistillConfig": "edgeopt.distillation.config",
+    "LowRankConfig": "edgeopt.lowrank.config",
+    "ClusterConfig": "edgeopt.clustering.config",
 }
-_SUBMODULES = {"datasets", "zoo", "errors", "data", "recipes", "quantization", "export", "runtime"}
+_SUBMODULES = {"api", "config", "datasets", "zoo", "errors", "data", "recipes", "quantization", "export",
+               "runtime", "training", "report", "distillation", "lowrank", "clustering"}
 
 __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import torch.nn as nn
@@ -37,6 +38,16 @@ def apply(
     return handler(model, config, **kwargs)  # type: ignore[return-value]
 
 
+# Each technique's handler module; importing it registers the handler (one line per technique).
+TECHNIQUE_MODULES = (
+    "edgeopt.quantization.apply",
+    "edgeopt.distillation.apply",
+    "edgeopt.lowrank.apply",
+    "edgeopt.clustering.apply",
+)
+
+
 def load_techniques() -> None:
     """Import every technique package so their handlers register."""
-    import edgeopt.quantization.apply  # noqa: F401
+    for module in TECHNIQUE_MODULES:
+        importlib.import_module(module)

@@ -51,22 +51,44 @@ def optimize(recipe: Path | None, out_dir: Path, quiet: bool) -> None:
 
 
 def _print_stages(metrics: dict[str, Any], out_dir: Path) -> None:
+    """The end-of-run summary: the stage table, the warnings and where the report is."""
     from rich.console import Console
     from rich.table import Table
 
-    from edgeopt.recipes.summary import stage_rows
+    from edgeopt.report.load import normalize
+    from edgeopt.report.table import COLUMNS, NA, summary_rows
 
-    rows = stage_rows(metrics["stages"])
-    table = Table(title=f"edgeopt: {metrics['model']} on {metrics['data']}")
-    for column in rows[0]:
-        table.add_column(column, justify="left" if column == "stage" else "right")
-    for row in rows:
-        table.add_row(*row.values())
+    run = normalize(metrics)
+    stages = run.metrics["stages"]
+    table = Table(title=f"edgeopt: {metrics.get('model', '?')} on {metrics.get('data', '?')}",
+                  title_justify="left")
+    for column in COLUMNS:
+        table.add_column(column, justify="left" if column in ("stage", "technique") else "right",
+                         no_wrap=column == "stage")
+    for stage, row in zip(stages, summary_rows(stages)):
+        style = "yellow" if stage["warnings"] or stage["missing"] else None
+        table.add_row(*(f"[dim]{v}[/]" if v == NA else v for v in row.values()), style=style)
     console = Console()
     console.print(table)
-    for warning in metrics["warnings"]:
-        console.print(f"[bold yellow]warning:[/] {warning}")
-    console.print(f"report: {out_dir / 'report.html'}")
+    for warning in run.metrics["warnings"]:
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+    console.print(f"report: [bold]{out_dir / 'report.html'}[/]", highlight=False)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@_user_errors
+def report(run_dir: Path) -> None:
+    """Rebuild RUN_DIR/report.html (and figures.json) from the run folder RUN_DIR.
+
+    Works on an interrupted run too: what finished is shown, what did not is marked.
+    """
+    from edgeopt.report import rebuild_report
+
+    run = rebuild_report(run_dir)
+    for problem in run.problems:
+        click.echo(f"note: {problem}", err=True)
+    click.echo(f"report: {run_dir / 'report.html'}")
 
 
 @main.command("list")

@@ -60,6 +60,7 @@ def fit(
     *,
     epochs: int,
     lr: float = 1e-3,
+    schedule: str = "constant",
     batch_size: int = 64,
     seed: int = 0,
     loss_fn: LossFn | None = None,
@@ -69,12 +70,13 @@ def fit(
 ) -> TrainHistory:
     """Train `model` in place with Adam; with `val`, keep the weights of the best val epoch.
 
+    `schedule` is "constant" or "cosine" (lr annealed to zero over the epochs, per epoch).
     A Dataset is shuffled with a generator seeded from `seed`; the global torch RNG is seeded
     too (and restored afterwards), so the same seed and model give the same weights.
     `after_step(model)` runs after every optimizer step (e.g. to re-apply pruning masks).
     The model is left in eval() mode.
     """
-    _check_fit_args(epochs, lr, batch_size)
+    _check_fit_args(epochs, lr, schedule, batch_size)
     loss_fn = loss_fn or cross_entropy
     history = TrainHistory()
     start = time.perf_counter()
@@ -82,11 +84,14 @@ def fit(
         torch.manual_seed(seed)
         loader = _train_batches(train, batch_size, seed)
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
         best_acc, best_state = -1.0, None
         bar = tqdm(total=epochs, desc=desc, unit="epoch", disable=not progress, leave=False)
         for epoch in range(epochs):
             loss = _train_epoch(model, loader, optimizer, loss_fn, after_step, epoch)
             history.train_loss.append(loss)
+            if schedule == "cosine":
+                scheduler.step()
             postfix = {"loss": f"{loss:.4f}"}
             if val is not None:
                 acc = evaluate(model, val, batch_size=max(batch_size, 256))
@@ -105,12 +110,14 @@ def fit(
     return history
 
 
-def _check_fit_args(epochs: int, lr: float, batch_size: int) -> None:
+def _check_fit_args(epochs: int, lr: float, schedule: str, batch_size: int) -> None:
     # Validate before any work, in the one message format.
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise invalid("fit.epochs", "an int >= 1", epochs)
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
         raise invalid("fit.lr", "a float > 0", lr)
+    if schedule not in ("constant", "cosine"):
+        raise invalid("fit.schedule", "one of 'constant', 'cosine'", schedule)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise invalid("fit.batch_size", "an int >= 1", batch_size)
 

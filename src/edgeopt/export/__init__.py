@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from edgeopt.export.onnx import (
     export_onnx,
+    register_postprocess,
     register_translation,
     translations,
     unregister_translation,
 )
 
-__all__ = ["export_onnx", "register_translation", "translations", "unregister_translation"]
+__all__ = [
+    "export_onnx",
+    "register_postprocess",
+    "register_translation",
+    "translations",
+    "unregister_translation",
+]

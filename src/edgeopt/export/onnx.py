@@ -72,6 +72,26 @@ def unregister_translation(torch_op: Callable[..., Any]) -> None:
     _TRANSLATIONS.pop(torch_op, None)
 
 
+PostProcess = Callable[[nn.Module, onnx.ModelProto], None]
+_POSTPROCESS: list[PostProcess] = []
+
+
+def register_postprocess(fn: PostProcess) -> PostProcess:
+    """Run `fn(model, proto)` on every exported graph before it is saved (e.g. int4 packing)."""
+    if fn not in _POSTPROCESS:
+        _POSTPROCESS.append(fn)
+    return fn
+
+
+def _model_requirements(model: nn.Module, opset: int, atol: float) -> tuple[int, float]:
+    """Modules may declare `min_opset` (ops they export need) and `export_tolerance` (how far
+    integer kernels may legitimately differ from the float simulation, relative to output scale)."""
+    for module in model.modules():
+        opset = max(opset, getattr(module, "min_opset", opset))
+        atol = max(atol, getattr(module, "export_tolerance", atol))
+    return opset, atol
+
+
 def translations() -> dict[Callable[..., Any], Callable[..., Any]]:
     """A copy of the registered custom translations."""
     return dict(_TRANSLATIONS)
@@ -96,6 +116,7 @@ def export_onnx(
     on any error no file is left at `path`.
     """
     args = _validate(model, example_input, opset, atol)
+    opset, atol = _model_requirements(model, opset, atol)
     target = Path(path)
     ensure_writable_dir(target.parent, what="export_onnx")  # before the slow export
     flags = {module: module.training for module in model.modules()}
@@ -106,7 +127,7 @@ def export_onnx(
         if check:
             _check(data, args, model, atol)
             if dynamic and not _runs_at_other_batch(data, args, model, atol):
-                _warn_static(model, args, "it gives wrong results at another batch size")
+                _warn_static(model, args, "it gives wrong results at another batch size", 3)
                 data = _serialize(_export(model, args, opset, None), model, opset, False)
                 _check(data, args, model, atol)
     finally:
@@ -117,6 +138,10 @@ def export_onnx(
 
 def _serialize(program: Any, model: nn.Module, opset: int, dynamic: bool) -> bytes:
     proto = program.model_proto
+    for postprocess in _POSTPROCESS:
+        postprocess(model, proto)
+    _store_raw(proto.graph)
+    _strip_debug_info(proto.graph)
     _add_metadata(proto, model, opset, dynamic)
     try:
         return proto.SerializeToString()
@@ -124,6 +149,29 @@ def _serialize(program: Any, model: nn.Module, opset: int, dynamic: bool) -> byt
         raise ExportError(
             f"the exported model is too large for one .onnx file (protobuf 2 GB limit): {exc}"
         ) from exc
+
+
+def _store_raw(graph: onnx.GraphProto) -> None:
+    """Store every initializer as packed raw bytes: typed fields encode int8 as varints of up to
+    10 bytes each, which made int8 files nearly as large as float ones."""
+    from onnx import numpy_helper
+
+    for index, tensor in enumerate(graph.initializer):
+        if tensor.HasField("raw_data") or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+            continue
+        graph.initializer[index].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor),
+                                                                  tensor.name))
+
+
+def _strip_debug_info(graph: onnx.GraphProto) -> None:
+    """Drop the exporter's per-node stack traces and names of torch modules: on small models they
+    were 40 % of the file; a deployed artifact's size should be weights and graph only."""
+    for node in graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del graph.value_info[:]  # intermediate shapes: the runtime infers them again at load
 
 
 def _runs_at_other_batch(
@@ -137,19 +185,20 @@ def _runs_at_other_batch(
     return True
 
 
-def _warn_static(model: nn.Module, args: tuple[torch.Tensor, ...], why: str) -> None:
+def _warn_static(model: nn.Module, args: tuple[torch.Tensor, ...], why: str, depth: int) -> None:
+    """Warn at the caller of export_onnx, `depth` frames up."""
     warnings.warn(
         f"{type(model).__name__} cannot have a dynamic batch ({why}); exported with a fixed "
         f"batch of {args[0].shape[0]} instead (metadata edgeopt.dynamic_batch=false).",
-        stacklevel=3,
+        stacklevel=depth,
     )
 
 
-def _validate(
-    model: Any, example_input: Any, opset: Any, atol: Any
-) -> tuple[torch.Tensor, ...]:
+def _validate(model: Any, example_input: Any, opset: Any, atol: Any) -> tuple[torch.Tensor, ...]:
     if not isinstance(model, nn.Module):
-        raise ConfigTypeError(f"export_onnx.model must be a torch.nn.Module; got {type(model).__name__}.")
+        raise ConfigTypeError(
+            f"export_onnx.model must be a torch.nn.Module; got {type(model).__name__}."
+        )
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     if not args or not all(isinstance(a, torch.Tensor) for a in args):
         raise ConfigTypeError(
@@ -157,7 +206,7 @@ def _validate(
             f"got {type(example_input).__name__}."
         )
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
-        raise invalid("export_onnx.opset", f"an int >= {MIN_OPSET} (the dynamo exporter's minimum)", opset)
+        raise invalid("export_onnx.opset", f"an int >= {MIN_OPSET} (the exporter's minimum)", opset)
     if isinstance(atol, bool) or not isinstance(atol, int | float) or not atol >= 0:
         raise invalid("export_onnx.atol", "a float >= 0", atol)
     return args
@@ -175,7 +224,7 @@ def _export_with_fallback(
     except ExportError as exc:
         dynamic_error = exc  # an except-clause name dies with the clause
     program = _export(model, args, opset, None)  # if this fails too, its error is the real one
-    _warn_static(model, args, str(dynamic_error))
+    _warn_static(model, args, str(dynamic_error), 4)
     return program, False
 
 
@@ -225,7 +274,9 @@ def _describe_failure(model: nn.Module, exc: BaseException) -> str:
         chain.append(cause)
         cause = cause.__cause__
     text = "\n".join(str(c) for c in chain)
-    op = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)', overload='([^']+)'\)>", text)
+    op = re.search(
+        r"No ONNX function found for <OpOverload\(op='([^']+)', overload='([^']+)'\)>", text
+    )
     if op:
         where = _failing_module(chain)
         return (
@@ -235,7 +286,11 @@ def _describe_failure(model: nn.Module, exc: BaseException) -> str:
         )
     root = chain[-1]
     summary = str(root).strip().splitlines()[0] if str(root).strip() else ""
-    stage = "torch.export could not trace" if "TorchExportError" in type(exc).__name__ else "cannot export"
+    stage = (
+        "torch.export could not trace"
+        if "TorchExportError" in type(exc).__name__
+        else "cannot export"
+    )
     call = re.search(r'raised this error:\s*File "([^"]+)", line (\d+), in (\w+)\n\s*(.+)', text)
     where = f" at {Path(call[1]).name}:{call[2]} in {call[3]}: `{call[4].strip()}`" if call else ""
     return f"{stage} {name}{where}: {type(root).__name__}: {summary[:300]}"
@@ -252,7 +307,9 @@ def _failing_module(chain: list[BaseException]) -> str:
                 if stack:
                     path, kind = list(stack.values())[-1]
                     kind_name = getattr(kind, "__name__", str(kind)).rsplit(".", 1)[-1]
-                    return f" in module {path.removeprefix('L__self__.') or '<root>'!r} ({kind_name})"
+                    return (
+                        f" in module {path.removeprefix('L__self__.') or '<root>'!r} ({kind_name})"
+                    )
                 return f" (node {node.name})"
             tb = tb.tb_next
     return ""
@@ -289,8 +346,11 @@ def _check(data: bytes, args: tuple[torch.Tensor, ...], model: nn.Module, atol: 
         outputs = session.run(None, feeds)
     except Exception as exc:
         raise ExportError(f"ONNX Runtime cannot run the exported model: {str(exc)[:500]}") from exc
-    expected = [t.detach().cpu().numpy() for t in torch.utils._pytree.tree_leaves(reference)
-                if isinstance(t, torch.Tensor)]
+    expected = [
+        t.detach().cpu().numpy()
+        for t in torch.utils._pytree.tree_leaves(reference)
+        if isinstance(t, torch.Tensor)
+    ]
     if len(expected) != len(outputs):
         raise ExportError(
             f"the exported model has {len(outputs)} outputs but PyTorch returned {len(expected)}."
@@ -298,7 +358,9 @@ def _check(data: bytes, args: tuple[torch.Tensor, ...], model: nn.Module, atol: 
     for index, (ours, theirs) in enumerate(zip(outputs, expected)):
         if ours.shape != theirs.shape:
             raise ExportError(f"output {index} shape {ours.shape} != PyTorch's {theirs.shape}.")
-        diff = float(np.max(np.abs(ours.astype(np.float64) - theirs.astype(np.float64)), initial=0.0))
+        diff = float(
+            np.max(np.abs(ours.astype(np.float64) - theirs.astype(np.float64)), initial=0.0)
+        )
         scale = max(1.0, float(np.max(np.abs(theirs), initial=0.0)))
         if not diff <= atol * scale:
             raise ExportError(

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from edgeopt.profile.layers import register_macs
 from edgeopt.quantization import ops
 from edgeopt.quantization.config import Granularity, QuantSpec
 from edgeopt.quantization.observers import Observer
@@ -144,5 +145,15 @@ class QuantizedWeightLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._functional(x, self.weight(), self.bias(), **self._hyperparameters)
 
+    def stored_parameters(self) -> list[torch.Tensor]:
+        """The weights as stored (integers), for size and parameter counts."""
+        return [t for t in (self.weight_q, self.bias_q, self.bias_float) if t is not None]
+
     def extra_repr(self) -> str:
         return f"{self.float_type}, weight={tuple(self.weight_q.shape)} {self.weight_q.dtype}"
+
+
+@register_macs(QuantizedWeightLayer)
+def _quantized_layer_macs(layer: QuantizedWeightLayer, inputs: tuple, output: torch.Tensor) -> int:
+    # every output element needs one multiply-add per weight of its output channel
+    return output.numel() * layer.weight_q[0].numel()

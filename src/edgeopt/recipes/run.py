@@ -129,17 +129,17 @@ def _apply_stage(stage: Stage, models: dict[str, nn.Module], splits: Any) -> nn.
 def _measure_stage(name: str, technique: str, model: nn.Module, example: torch.Tensor,
                    splits: Any, recipe: Recipe, folder: Path) -> StageResult:
     from edgeopt.export.onnx import export_onnx
-    from edgeopt.profile import profile, profile_onnx
+    from edgeopt.profile import profile
     from edgeopt.runtime.measure import measure
 
     path = export_onnx(model, folder / f"{name}.onnx", example, opset=recipe.opset)
     m = measure(path, splits.test, threads=recipe.measure.threads, warmup=recipe.measure.warmup,
                 runs=recipe.measure.runs)
-    prof = profile(model, example)
+    prof = profile(model, example, onnx_path=path)
     return StageResult(
         name=name, technique=technique, accuracy=m.accuracy, size_bytes=m.size_bytes,
-        latency_ms=m.latency_ms, onnx=path.name, params=prof.total_params, macs=prof.total_macs,
-        peak_activation_bytes=profile_onnx(path).peak_activation_bytes,
+        latency_ms=m.latency_ms, onnx=path.name, params=prof.params, macs=prof.macs,
+        peak_activation_bytes=prof.peak_activation_bytes,
         runtime=m.to_dict(), technique_stats=_technique_stats(model))
 
 

@@ -21,24 +21,75 @@ import onnx
 from edgeopt.errors import ConfigError, ModelError, invalid
 
 # Kernels that compute in integers (ORT CPU contrib ops included).
-INT8_OPS = frozenset({
-    "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm", "QLinearAdd",
-    "QLinearMul", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearConcat",
-    "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere",
-    "QLinearConvTranspose", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM",
-    "QAttention", "QEmbedLayerNormalization", "MatMulNBits", "MatMulBnb4", "GatherBlockQuantized",
-})
+INT8_OPS = frozenset(
+    {
+        "QLinearConv",
+        "QLinearMatMul",
+        "MatMulInteger",
+        "ConvInteger",
+        "QGemm",
+        "QLinearAdd",
+        "QLinearMul",
+        "QLinearAveragePool",
+        "QLinearGlobalAveragePool",
+        "QLinearConcat",
+        "QLinearSigmoid",
+        "QLinearLeakyRelu",
+        "QLinearSoftmax",
+        "QLinearReduceMean",
+        "QLinearWhere",
+        "QLinearConvTranspose",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeLSTM",
+        "QAttention",
+        "QEmbedLayerNormalization",
+        "MatMulNBits",
+        "MatMulBnb4",
+        "GatherBlockQuantized",
+    }
+)
 # Float kernels that do the bulk of the arithmetic (the ops int8 should have replaced).
-FLOAT_OPS = frozenset({
-    "Conv", "ConvTranspose", "MatMul", "Gemm", "FusedConv", "FusedGemm", "FusedMatMul",
-    "NchwcConv", "Einsum", "Attention", "MultiHeadAttention", "LSTM", "GRU", "RNN",
-})
+FLOAT_OPS = frozenset(
+    {
+        "Conv",
+        "ConvTranspose",
+        "MatMul",
+        "Gemm",
+        "FusedConv",
+        "FusedGemm",
+        "FusedMatMul",
+        "NchwcConv",
+        "Einsum",
+        "Attention",
+        "MultiHeadAttention",
+        "LSTM",
+        "GRU",
+        "RNN",
+    }
+)
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "layout", "all")
-_CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
-              "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
-              "asimd", "asimddp", "i8mm", "sve", "bf16")
+_CPU_FLAGS = (
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "sve",
+    "bf16",
+)
 
 
 def check_model_path(path: str | os.PathLike[str], what: str) -> Path:
@@ -68,7 +119,9 @@ def session_options(threads: int, optimization: str) -> Any:
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[optimization]
     if level is None:
-        raise ConfigError(f"optimization 'layout' needs a newer onnxruntime than {ort.__version__}.")
+        raise ConfigError(
+            f"optimization 'layout' needs a newer onnxruntime than {ort.__version__}."
+        )
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from edgeopt.data import iter_batches
@@ -33,9 +34,14 @@ from edgeopt.runtime.inspect import (
 
 EVAL_BATCH = 256  # accuracy batches: big enough to amortize per-call overhead
 _ORT_TO_NUMPY = {
-    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
 }
 
 
@@ -110,12 +116,24 @@ def measure(
 
     cpu, flags = cpu_info()
     return Measurement(
-        path=str(file), accuracy=accuracy, size_bytes=size_on_disk(file),
-        latency_ms=float(np.median(times)), latency_p90_ms=float(np.percentile(times, 90)),
-        latency_min_ms=float(np.min(times)), batch_size=feeder.latency_batch, threads=threads,
-        warmup=warmup, runs=runs, num_samples=count, optimization=optimization,
-        ort_version=ort.__version__, cpu=cpu, cpu_flags=flags,
-        int8_ops=ops["int8_ops"], float_ops=ops["float_ops"], qdq_ops=ops["qdq_ops"],
+        path=str(file),
+        accuracy=accuracy,
+        size_bytes=size_on_disk(file),
+        latency_ms=float(np.median(times)),
+        latency_p90_ms=float(np.percentile(times, 90)),
+        latency_min_ms=float(np.min(times)),
+        batch_size=feeder.latency_batch,
+        threads=threads,
+        warmup=warmup,
+        runs=runs,
+        num_samples=count,
+        optimization=optimization,
+        ort_version=ort.__version__,
+        cpu=cpu,
+        cpu_flags=flags,
+        int8_ops=ops["int8_ops"],
+        float_ops=ops["float_ops"],
+        qdq_ops=ops["qdq_ops"],
     )
 
 
@@ -139,8 +157,13 @@ def compare_latency(
     if isinstance(paths, str | os.PathLike) or not paths:
         raise invalid("compare_latency.paths", "a non-empty list of .onnx paths", paths)
     files = [check_model_path(p, "compare_latency") for p in paths]
-    _check_counts(threads=threads, rounds=rounds, runs_per_round=runs_per_round,
-                  batch_size=batch_size, warmup=(warmup, 0))
+    _check_counts(
+        threads=threads,
+        rounds=rounds,
+        runs_per_round=runs_per_round,
+        batch_size=batch_size,
+        warmup=(warmup, 0),
+    )
     sessions = [open_session(f, session_options(threads, optimization)) for f in files]
     pool = _collect_samples(data, 64)
     feeds = [_Feeder(s, batch_size).latency_feeds(pool) for s in sessions]
@@ -212,7 +235,7 @@ class _Feeder:
         if pool.shape[0] < size:
             pool = np.resize(pool, (size, *pool.shape[1:]))
         starts = range(0, max(pool.shape[0] - size + 1, 1), size)
-        return [{self.name: pool[s:s + size].astype(self.dtype)} for s in starts]
+        return [{self.name: pool[s : s + size].astype(self.dtype)} for s in starts]
 
 
 def _accuracy(
@@ -221,8 +244,9 @@ def _accuracy(
     """Top-1 accuracy over `data` (None without labels), the sample count, first `keep` inputs."""
     correct = total = count = 0
     labeled, kept = True, []
-    total_hint = len(data.dataset) if hasattr(data, "dataset") else _len_or_none(data)
-    bar = tqdm(total=total_hint, desc="accuracy", unit="sample", disable=not progress, leave=False)
+    bar = tqdm(
+        total=_num_samples(data), desc="accuracy", unit="sample", disable=not progress, leave=False
+    )
     for inputs, targets in _chunks(data, feeder.eval_batch):
         array = inputs.detach().cpu().numpy()
         if sum(k.shape[0] for k in kept) < keep:
@@ -242,9 +266,13 @@ def _accuracy(
     return accuracy, count, np.concatenate(kept)[:keep]
 
 
-def _len_or_none(data: Any) -> int | None:
+def _num_samples(data: Any) -> int | None:
+    """Samples in a Dataset or DataLoader, for the progress bar; None when unknown."""
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    if not isinstance(dataset, Dataset):
+        return None  # an iterable of batches: its len() counts batches, not samples
     try:
-        return len(data)
+        return len(dataset)  # type: ignore[arg-type]
     except TypeError:
         return None
 
@@ -253,7 +281,10 @@ def _chunks(data: Any, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor |
     """Batches of up to `size` samples, whatever batching `data` came with."""
     for inputs, targets in iter_batches(data, batch_size=size, what="measure.data"):
         for start in range(0, inputs.shape[0], size):
-            yield inputs[start:start + size], None if targets is None else targets[start:start + size]
+            yield (
+                inputs[start : start + size],
+                None if targets is None else targets[start : start + size],
+            )
 
 
 def _top1(outputs: np.ndarray, targets: np.ndarray) -> tuple[int, int]:

@@ -1,0 +1,168 @@
+"""The distillation training loop: one optimizer over the student, its feature projections and,
+in online mode, the teacher; seeded and deterministic; a tqdm bar per run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+from tqdm.auto import tqdm
+
+from edgeopt.data import iter_batches
+from edgeopt.distillation.config import DistillConfig, Mode
+from edgeopt.distillation.features import FeatureTap
+from edgeopt.distillation.losses import distillation_loss, hint_loss
+from edgeopt.errors import ConfigTypeError, DataError
+from edgeopt.training import evaluate
+
+
+@dataclasses.dataclass
+class Party:
+    """Everything the loop trains or queries."""
+
+    student: nn.Module
+    teacher: nn.Module
+    projections: nn.ModuleList  # one per feature pair
+    pairs: tuple[tuple[str, str], ...]
+    shapes: list[tuple[tuple[int, ...], tuple[int, ...]]]  # per-sample (student, teacher) shapes
+    student_tap: FeatureTap
+    teacher_tap: FeatureTap
+
+
+@dataclasses.dataclass
+class Curves:
+    """Per-epoch training curves (mean over samples) and validation accuracies."""
+
+    train_loss: list[float] = dataclasses.field(default_factory=list)
+    soft_loss: list[float] = dataclasses.field(default_factory=list)
+    hard_loss: list[float] = dataclasses.field(default_factory=list)
+    feature_loss: list[float] = dataclasses.field(default_factory=list)
+    val_accuracy: list[float] = dataclasses.field(default_factory=list)
+    teacher_val_accuracy: list[float] = dataclasses.field(default_factory=list)
+    best_epoch: int | None = None
+    seconds: float = 0.0
+
+
+def holdout(data: Any, fraction: float, seed: int) -> tuple[Any, Any]:
+    """(train, val): a seeded `fraction` of a map-style Dataset, or the last batches of a list.
+
+    Anything else (a DataLoader, a generator) is used whole for training, with no val part.
+    """
+    if fraction <= 0:
+        return data, None
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset) and hasattr(
+            data, "__len__"):
+        n = len(data)
+        n_val = max(1, round(n * fraction))
+        if n - n_val < 1:
+            return data, None
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+        return Subset(data, order[n_val:]), Subset(data, order[:n_val])
+    if isinstance(data, list | tuple) and len(data) >= 2:
+        n_val = max(1, round(len(data) * fraction))
+        return list(data[:-n_val]), list(data[-n_val:])
+    return data, None
+
+
+def has_labels(data: Any) -> bool:
+    return next(iter_batches(data, what="val data"))[1] is not None
+
+
+def train_batches(data: Any, batch_size: int, seed: int) -> Iterable[Any]:
+    """Re-iterable batches; a map-style Dataset is shuffled by a seeded generator."""
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
+    if not isinstance(data, Iterable) or iter(data) is data:
+        raise ConfigTypeError("distillation data must be re-iterable (a Dataset, DataLoader or "
+                              f"list of batches); got {type(data).__name__}.")
+    return data
+
+
+def run(party: Party, config: DistillConfig, train: Any, val: Any, progress: bool) -> Curves:
+    """Train `party.student` in place; keep the best-val epoch's weights when `val` is given."""
+    curves = Curves()
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        loader = train_batches(train, config.batch_size, config.seed)
+        trained = [party.student, party.projections]
+        if config.mode is Mode.ONLINE:
+            trained.append(party.teacher)
+        params = [p for m in trained for p in m.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=config.lr)
+        best_acc, best_state = -1.0, None
+        bar = tqdm(total=config.epochs, desc=f"distill ({config.mode.value})", unit="epoch",
+                   disable=not progress, leave=False)
+        for epoch in range(config.epochs):
+            _epoch(party, config, loader, optimizer, curves, epoch)
+            if val is not None:
+                acc = evaluate(party.student, val)
+                curves.val_accuracy.append(acc)
+                if config.mode is Mode.ONLINE:
+                    curves.teacher_val_accuracy.append(evaluate(party.teacher, val))
+                if acc >= best_acc:  # ties keep later weights, as training.fit does
+                    best_acc, curves.best_epoch = acc, epoch
+                    best_state = copy.deepcopy(party.student.state_dict())
+            if config.mode is Mode.SELF:  # the next epoch learns from this epoch's model
+                party.teacher.load_state_dict(party.student.state_dict())
+            bar.set_postfix(loss=f"{curves.train_loss[-1]:.4f}")
+            bar.update(1)
+        bar.close()
+    if best_state is not None:
+        party.student.load_state_dict(best_state)
+    party.student.eval()
+    curves.seconds = time.perf_counter() - start
+    return curves
+
+
+def _epoch(party: Party, config: DistillConfig, loader: Iterable[Any],
+           optimizer: torch.optim.Optimizer, curves: Curves, epoch: int) -> None:
+    online = config.mode is Mode.ONLINE
+    party.student.train()
+    party.projections.train()
+    party.teacher.train(online)  # a frozen teacher keeps its batch-norm statistics
+    sums = torch.zeros(4, dtype=torch.float64)
+    count = 0
+    for inputs, targets in iter_batches(loader, what="train data"):
+        optimizer.zero_grad(set_to_none=True)
+        terms = _losses(party, config, inputs, targets, online)
+        terms[0].backward()
+        optimizer.step()
+        sums += torch.tensor([float(t.detach()) for t in terms], dtype=torch.float64) * len(inputs)
+        count += len(inputs)
+    if count == 0:
+        raise DataError(f"train data gave no batches in epoch {epoch}; it must not be empty.")
+    mean = (sums / count).tolist()
+    for values, value in zip((curves.train_loss, curves.soft_loss, curves.hard_loss,
+                              curves.feature_loss), mean):
+        values.append(value)
+
+
+def _losses(party: Party, config: DistillConfig, inputs: torch.Tensor,
+            targets: torch.Tensor | None, online: bool) -> tuple[torch.Tensor, ...]:
+    """(total, soft, hard, hint) for one batch; the total includes the online teacher's loss."""
+    party.student_tap.clear()
+    party.teacher_tap.clear()
+    student_logits = party.student(inputs)
+    with torch.set_grad_enabled(online):
+        teacher_logits = party.teacher(inputs)
+    options = {"temperature": config.temperature, "alpha": config.alpha,
+               "kind": config.logit_loss.value}
+    total, soft, hard = distillation_loss(student_logits, teacher_logits, targets, **options)
+    hint = torch.zeros(())
+    for projection, (s_name, t_name) in zip(party.projections, party.pairs):
+        s_feat = projection(party.student_tap.features[s_name])
+        hint = hint + hint_loss(s_feat, party.teacher_tap.features[t_name])
+    if party.pairs:
+        total = total + config.feature_weight * hint
+    if online:  # deep mutual learning: the teacher learns from the labels and the student too
+        total = total + distillation_loss(teacher_logits, student_logits, targets, **options)[0]
+    return total, soft, hard, hint

@@ -1,0 +1,52 @@
+"""The per-layer profile as a compact markdown table (for run summaries and reports)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgeopt.profile.layers import ModelProfile
+
+
+def human(value: float, unit: str = "") -> str:
+    """1234 -> '1.23k', 5.6e6 -> '5.6M'; with unit 'B', binary steps: 2048 -> '2 KiB'."""
+    step, names = (
+        (1024.0, ["B", "KiB", "MiB", "GiB", "TiB"])
+        if unit == "B"
+        else (1000.0, ["", "k", "M", "G", "T"])
+    )
+    for name in names[:-1]:
+        if abs(value) < step:
+            return f"{value:.3g}{' ' if unit == 'B' else ''}{name}"
+        value /= step
+    return f"{value:.3g}{' ' if unit == 'B' else ''}{names[-1]}"
+
+
+def markdown_table(profile: ModelProfile, *, max_rows: int = 40) -> str:
+    """Rows in execution order; beyond `max_rows`, the layers with the most MACs are kept."""
+    layers = list(profile.layers)
+    hidden = 0
+    if len(layers) > max_rows:
+        keep = {id(row) for row in sorted(layers, key=lambda r: r.macs, reverse=True)[:max_rows]}
+        hidden = len(layers) - max_rows
+        layers = [row for row in layers if id(row) in keep]
+    lines = [
+        "| layer | type | params | MACs | output |",
+        "|---|---|---:|---:|---|",
+    ]
+    for row in layers:
+        shape = "×".join(str(d) for d in row.output_shape)
+        lines.append(
+            f"| `{row.name}` | {row.type} | {human(row.params)} | {human(row.macs)} | {shape} |"
+        )
+    if hidden:
+        lines.append(f"| … {hidden} smaller layers | | | | |")
+    lines.append(
+        f"| **total** | | **{human(profile.params)}** ({human(profile.param_bytes, 'B')}) "
+        f"| **{human(profile.macs)}** | peak act. {human(profile.peak_activation_bytes, 'B')} "
+        f"({profile.activation_source}) |"
+    )
+    return "\n".join(lines)
+
+
+render_markdown = markdown_table  # the name the CLI and run summary use

@@ -1,0 +1,69 @@
+"""The stage table as text cells, shared by the HTML report and the terminal (no heavy imports).
+
+Works on normalized stages (:func:`edgeopt.report.load.normalize`): a missing value is "n/a".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+COLUMNS = ("stage", "technique", "accuracy", "Δ acc", "size", "smaller", "latency", "speedup",
+           "MACs", "params", "peak mem", "int8 kernels")
+NA = "n/a"
+
+
+def summary_rows(stages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """One dict of cells per stage, keys in COLUMNS order."""
+    return [_row(s) for s in stages]
+
+
+def _row(s: dict[str, Any]) -> dict[str, str]:
+    acc, drop, ratio = s.get("accuracy"), s.get("accuracy_drop"), s.get("size_ratio")
+    latency = s.get("latency_ms")
+    return {
+        "stage": str(s.get("name", "?")),
+        "technique": str(s.get("technique") or ""),
+        "accuracy": NA if acc is None else percent(acc),
+        "Δ acc": "" if drop is None else f"{-drop:+.2f} pt",
+        "size": NA if s.get("size_bytes") is None else human_bytes(s["size_bytes"]),
+        "smaller": "" if ratio is None else f"{ratio:.2f}x",
+        "latency": NA if latency is None else f"{latency:.3f} ms",
+        "speedup": ", ".join(f"{v:.2f}x @{k}" for k, v in (s.get("speedup") or {}).items()),
+        "MACs": NA if s.get("macs") is None else human(s["macs"]),
+        "params": NA if s.get("params") is None else human(s["params"]),
+        "peak mem": NA if s.get("peak_activation_bytes") is None
+        else human_bytes(s["peak_activation_bytes"]),
+        "int8 kernels": _kernels(s.get("runtime") or {}),
+    }
+
+
+def percent(value: float) -> str:
+    """Accuracy as percent: values in 0..1 are fractions, larger ones already percent."""
+    return f"{100 * value:.2f} %" if abs(value) <= 1 else f"{value:.2f} %"
+
+
+def human(value: float) -> str:
+    """1234 -> '1.23k', 5.6e6 -> '5.6M'."""
+    for unit in ("", "k", "M", "G"):
+        if abs(value) < 1000:
+            return f"{value:.3g}{unit}"
+        value /= 1000
+    return f"{value:.3g}T"
+
+
+def human_bytes(value: float) -> str:
+    """2048 -> '2.0 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(value)
+
+
+def _kernels(runtime: dict[str, Any]) -> str:
+    try:
+        int8 = sum((runtime.get("int8_ops") or {}).values())
+        flt = sum((runtime.get("float_ops") or {}).values())
+    except TypeError:
+        return NA
+    return f"{int8}/{int8 + flt}" if int8 + flt else ""
