@@ -50,6 +50,11 @@ def optimize(recipe: Path | None, out_dir: Path, quiet: bool) -> None:
         _print_stages(result.to_dict(), out_dir)
 
 
+# Terminal columns, most important first: the narrower the terminal, the fewer are shown.
+_COLUMN_PRIORITY = ("stage", "accuracy", "Δ acc", "size", "latency", "speedup", "smaller",
+                    "peak mem", "MACs", "int8 kernels", "params", "technique")
+
+
 def _print_stages(metrics: dict[str, Any], out_dir: Path) -> None:
     """The end-of-run summary: the stage table, the warnings and where the report is."""
     from rich.console import Console
@@ -60,19 +65,38 @@ def _print_stages(metrics: dict[str, Any], out_dir: Path) -> None:
 
     run = normalize(metrics)
     stages = run.metrics["stages"]
+    rows = summary_rows(stages)
+    console = Console()
+    columns = _fit_columns(rows, COLUMNS, console.width)
     table = Table(title=f"edgeopt: {metrics.get('model', '?')} on {metrics.get('data', '?')}",
                   title_justify="left")
-    for column in COLUMNS:
+    for column in columns:
         table.add_column(column, justify="left" if column in ("stage", "technique") else "right",
-                         no_wrap=column == "stage")
-    for stage, row in zip(stages, summary_rows(stages)):
+                         no_wrap=True)
+    for stage, row in zip(stages, rows):
         style = "yellow" if stage["warnings"] or stage["missing"] else None
-        table.add_row(*(f"[dim]{v}[/]" if v == NA else v for v in row.values()), style=style)
-    console = Console()
+        table.add_row(*(f"[dim]{NA}[/]" if row[c] == NA else row[c] for c in columns),
+                      style=style)
     console.print(table)
+    if len(columns) < len(COLUMNS):
+        hidden = ", ".join(c for c in COLUMNS if c not in columns)
+        console.print(f"[dim]not shown at this width: {hidden} (see summary.md)[/]",
+                      highlight=False)
     for warning in run.metrics["warnings"]:
         console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
     console.print(f"report: [bold]{out_dir / 'report.html'}[/]", highlight=False)
+
+
+def _fit_columns(rows: list[dict[str, str]], columns: tuple[str, ...], width: int) -> list[str]:
+    """The most important columns that fit in `width` characters, in table order."""
+    need = {c: max([len(c)] + [len(r[c]) for r in rows]) + 3 for c in columns}
+    chosen: set[str] = set()
+    used = 1
+    for column in _COLUMN_PRIORITY:
+        if column in need and (used + need[column] <= width or not chosen):
+            chosen.add(column)
+            used += need[column]
+    return [c for c in columns if c in chosen]
 
 
 @main.command()

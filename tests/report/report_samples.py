@@ -59,6 +59,7 @@ def quant_stats() -> dict[str, Any]:
         w_scale = 0.004 * (6 if name == "layer2.0.downsample" else 1)
         layers.append({"name": name, "type": "Conv2d" if name != "fc" else "Linear",
                        "weight_bits": 8, "weight_error_hist": _hist(rng, w_scale),
+                       "weight_sqnr_db": 24.0 if name == "layer2.0.downsample" else 40.0 + i,
                        "act_error_hist": _hist(rng, 0.01),
                        "clip_ratio": [0.002, 0.004, 0.001, 0.03, 0.002, 0.0, 0.006, 0.012, 0.0][i],
                        "saturation": [0.001, 0.002, 0.0, 0.018, 0.001, 0.0, 0.004, 0.007, 0.0][i],

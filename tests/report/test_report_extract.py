@@ -169,3 +169,17 @@ def test_layer_table_has_scalar_columns_only():
     assert "weight_error_hist" not in table["columns"]
     assert table["rows"][0][:3] == ["conv1", "Conv2d", "8"]
     assert extract.layer_table([{"name": "x"}]) == {}
+
+
+def test_low_sqnr_layers_are_called_out():
+    figs = {f["title"]: f for f in extract.technique_figures("s", "quant", quant_stats())}
+    fig = figs["Quantization SQNR per layer"]
+    assert fig["data"]["highlight"] == ["layer2.0.downsample"]
+    assert fig["callouts"] == ["low SQNR layer2.0.downsample: 24.0 dB (median 43.0 dB)"]
+    assert extract.sqnr(CTX, [{"name": "a"}]) is None
+
+
+def test_saturation_all_zero_says_so():
+    fig = extract.saturation_bars(CTX, [{"name": "a", "clip_ratio": 0.0}, {"name": "b"}])
+    assert fig["data"]["layers"] == ["a"] and fig["data"]["highlight"] == []
+    assert fig["caption"].startswith("No layer clipped or saturated any activation.")

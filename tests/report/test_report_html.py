@@ -12,8 +12,8 @@ from edgeopt.report.load import normalize
 
 
 @pytest.fixture(scope="module")
-def full_page():
-    return render_report(full_metrics())
+def full_page(full_report):
+    return full_report.read_text()
 
 
 def section_ids(page):
@@ -28,7 +28,7 @@ def test_full_run_has_every_section(full_page):
                   "Weight clustering"):
         assert f"<h3>{title}</h3>" in full_page
     assert "outlier layer2.0.downsample" in full_page
-    assert full_page.count("<svg ") == 19
+    assert full_page.count("<svg ") == 20
 
 
 def test_default_run_shows_only_what_ran():
@@ -54,7 +54,7 @@ def test_page_is_self_contained(full_page):
     assert "name=viewport" in full_page
 
 
-def test_run_text_is_escaped():
+def test_run_text_is_escaped(fast_figures):
     metrics = default_metrics()
     metrics["model"] = "<script>alert(1)</script>"
     metrics["stages"][1]["name"] = "a&b<i>"
@@ -64,7 +64,7 @@ def test_run_text_is_escaped():
     assert "a&amp;b&lt;i&gt;" in page and "&lt;b&gt;bold" in page
 
 
-def test_incomplete_run_is_marked():
+def test_incomplete_run_is_marked(fast_figures):
     metrics = full_metrics()
     del metrics["stages"][4:]
     metrics["stages"][3]["latency_ms"] = None
@@ -98,13 +98,13 @@ def test_a_figure_that_cannot_be_drawn_does_not_sink_the_page(monkeypatch):
     assert any("could not be drawn" in p for p in twin["problems"])
 
 
-def test_write_report_writes_page_and_figure_twin(tmp_path):
+def test_write_report_writes_page_and_figure_twin(tmp_path, fast_figures):
     path = write_report(full_metrics(), tmp_path / "report.html")
     twin = json.loads((tmp_path / "figures.json").read_text())
     assert twin["format"] == "edgeopt-report-figures" and twin["version"] == 1
     page = path.read_text()
     ids = [f["id"] for f in twin["figures"]]
-    assert len(ids) == 19 and all(f"id='fig-{i}'" in page for i in ids)
+    assert len(ids) == 20 and all(f"id='fig-{i}'" in page for i in ids)
     kinds = {f["kind"] for f in twin["figures"]}
     assert kinds == {"tradeoff", "heatmap", "curves", "hist_grid", "mask_grid", "layer_bars"}
     assert not list(tmp_path.glob(".edgeopt-tmp-*"))

@@ -29,6 +29,9 @@ def test_missing_or_empty_folder_is_not_a_run_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunFolderError, match="no metrics.json and no exported model"):
         load_run(tmp_path / "empty")
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(RunFolderError, match="not a run folder: it is a file"):
+        load_run(tmp_path / "metrics.json")
 
 
 def test_hint_points_at_an_interrupted_runs_scratch_folder(tmp_path):
@@ -101,7 +104,7 @@ def test_bare_list_of_stages_is_accepted(tmp_path):
     assert load_run(folder).complete
 
 
-def test_rebuild_writes_page_and_twin(tmp_path):
+def test_rebuild_writes_page_and_twin(tmp_path, fast_figures):
     folder = run_folder(tmp_path / "run", full_metrics(), onnx=())
     run = rebuild_report(folder)
     html = (folder / "report.html").read_text()
@@ -116,3 +119,19 @@ def test_rebuild_on_bad_folder_writes_nothing(tmp_path):
     with pytest.raises(RunFolderError):
         rebuild_report(tmp_path / "empty")
     assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_live_objects_render_like_their_json():
+    import numpy as np
+
+    raw = {"stages": [{"name": "s", "accuracy": np.float32(0.5), "size_bytes": np.int64(7),
+                       "latency_ms": 1.0, "onnx": "s.onnx",
+                       "technique_stats": {"prune": {"layers": ({"name": "a",
+                                                                 "sparsity": np.float64(0.25)},),
+                                                     "masks": {"a": np.eye(2)},
+                                                     "kinds": {"x"}}}}]}
+    stage = normalize(raw).metrics["stages"][0]
+    assert stage["accuracy"] == 0.5 and stage["size_bytes"] == 7
+    stats = stage["technique_stats"]["prune"]
+    assert stats["layers"] == [{"name": "a", "sparsity": 0.25}]
+    assert stats["masks"]["a"] == [[1.0, 0.0], [0.0, 1.0]] and stats["kinds"] == ["x"]

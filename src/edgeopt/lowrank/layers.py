@@ -20,6 +20,7 @@ from edgeopt.lowrank import primitives as P
 
 Rank = Any  # int (SVD, CP) or (r_out, r_in) (Tucker-2)
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_CP_SEARCH_ITERATIONS = 30  # ALS sweeps per trial rank while searching (the final fit uses more)
 
 
 class Factorized(nn.Sequential):
@@ -120,7 +121,8 @@ def _energy_cp(weight: torch.Tensor, energy: float, iterations: int, seed: int) 
     low, high = 1, P.cp_break_even_rank(weight)
     while low < high:
         mid = (low + high) // 2
-        factors = P.cp_factors(weight, mid, iterations=iterations, seed=seed)
+        factors = P.cp_factors(weight, mid, iterations=min(iterations, _CP_SEARCH_ITERATIONS),
+                               seed=seed)
         if P.energy_kept(weight, P.cp_reconstruct(factors)) >= energy:
             high = mid
         else:
@@ -158,8 +160,7 @@ SVD = Decomposer(
     budget_rank=lambda w, b: max(1, math.floor(b * w.numel() / sum(_matrix(w).shape))))
 TUCKER = Decomposer(
     method="tucker", build=build_tucker, max_rank=lambda w: min(w.shape[0], w.shape[1]),
-    energy_rank=lambda w, e, it, s: (P.energy_rank(P.mode_singular_values(w, 0), e),
-                                     P.energy_rank(P.mode_singular_values(w, 1), e)),
+    energy_rank=lambda w, e, it, s: P.tucker2_energy_ranks(w, e),
     budget_rank=_budget_tucker, fixed_rank=lambda r: (r, r))
 CP = Decomposer(
     method="cp", build=build_cp, max_rank=P.cp_break_even_rank, energy_rank=_energy_cp,

@@ -6,11 +6,15 @@ Weights follow PyTorch layouts: Linear (out, in); ConvNd (out, in, *kernel). Eve
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import torch
+
+from edgeopt.errors import ModelError
 
 __all__ = [
     "cp_factors",
@@ -19,6 +23,7 @@ __all__ = [
     "mode_singular_values",
     "singular_values",
     "svd_factors",
+    "tucker2_energy_ranks",
     "tucker2_factors",
 ]
 
@@ -82,11 +87,39 @@ def tucker2_factors(
     from tensorly.decomposition import partial_tucker
 
     array = weight.detach().double().numpy()
-    result = partial_tucker(array, rank=list(ranks), modes=[0, 1], n_iter_max=iterations,
-                            init="svd", tol=1e-8)
+    with _one_blas_thread():
+        result = partial_tucker(array, rank=list(ranks), modes=[0, 1], n_iter_max=iterations,
+                                init="svd", tol=1e-8)
     core, (last, first) = result[0] if isinstance(result[0], tuple) else result
     as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(weight.dtype)  # noqa: E731
     return as_tensor(core), as_tensor(first.T), as_tensor(last)
+
+
+@torch.no_grad()
+def tucker2_energy_ranks(weight: torch.Tensor, energy: float, steps: int = 20) -> tuple[int, int]:
+    """Smallest per-mode ranks (r_out, r_in) whose HOSVD projection keeps `energy`.
+
+    Both ranks follow one per-mode energy threshold, raised from `energy` towards 1 until the
+    projection onto the leading mode-0 and mode-1 singular vectors keeps `energy` overall
+    (per-mode thresholds alone would keep less than asked).
+    """
+    w = weight.detach().double()
+    bases, spectra = [], []
+    for mode in (0, 1):
+        u, s, _ = torch.linalg.svd(w.movedim(mode, 0).reshape(w.shape[mode], -1),
+                                   full_matrices=False)
+        bases.append(u)
+        spectra.append(s)
+    total = float(w.pow(2).sum())
+    ranks = (w.shape[0], w.shape[1])
+    for step in range(steps + 1):
+        threshold = energy + (1.0 - energy) * step / steps
+        ranks = (energy_rank(spectra[0], threshold), energy_rank(spectra[1], threshold))
+        core = torch.einsum("oi...,oa,ib->ab...", w, bases[0][:, : ranks[0]],
+                            bases[1][:, : ranks[1]])
+        if total == 0.0 or float(core.pow(2).sum()) >= (energy - 1e-9) * total:
+            return ranks
+    return ranks
 
 
 @torch.no_grad()
@@ -106,14 +139,29 @@ def cp_factors(
     from tensorly.decomposition import parafac
 
     array = weight.detach().double().numpy()
-    init = "svd" if rank <= min(array.shape) else "random"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cp = parafac(array, rank=rank, n_iter_max=iterations, init=init, tol=1e-10,
-                     random_state=seed, normalize_factors=False)
-    factors = [torch.from_numpy(np.ascontiguousarray(f)) for f in cp.factors]
-    factors[0] = factors[0] * torch.from_numpy(np.asarray(cp.weights))[None, :]
-    return [_balance(f, factors).to(weight.dtype) for f in factors]
+    for init in ("svd", "random"):
+        with warnings.catch_warnings(), _one_blas_thread():
+            warnings.simplefilter("ignore")  # tensorly warns when the rank exceeds a mode's size
+            try:
+                cp = parafac(array, rank=rank, n_iter_max=iterations, init=init, tol=1e-7,
+                             random_state=seed, normalize_factors=False)
+            except np.linalg.LinAlgError:
+                continue
+        factors = [torch.from_numpy(np.ascontiguousarray(f)) for f in cp.factors]
+        factors[0] = factors[0] * torch.from_numpy(np.asarray(cp.weights))[None, :]
+        if all(torch.isfinite(f).all() for f in factors):
+            return [_balance(f, factors).to(weight.dtype) for f in factors]
+    raise ModelError(f"CP decomposition of a {tuple(weight.shape)} weight diverged at rank "
+                     f"{rank}; use a smaller rank.")
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """tensorly's many tiny numpy calls run 10-30x slower with multithreaded BLAS on busy CPUs."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def _balance(factor: torch.Tensor, factors: list[torch.Tensor]) -> torch.Tensor:

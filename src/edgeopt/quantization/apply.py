@@ -1,9 +1,8 @@
-"""The quantization handler: validate, trace, fold, place quantizers, calibrate, freeze."""
+"""The quantization handler: validate, trace, fold, place quantizers, calibrate, train, freeze."""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 from typing import Any
 
 import torch
@@ -14,41 +13,42 @@ from tqdm.auto import tqdm
 from edgeopt.data import take_inputs
 from edgeopt.errors import ConfigError, DataError, ModelError
 from edgeopt.quantization import graph as qgraph
-from edgeopt.quantization.config import Method, NumberFormat, QuantConfig, Rounding
-from edgeopt.quantization.modules import ActQuant, QuantizedWeightLayer
+from edgeopt.quantization import packing  # noqa: F401  (registers the int4 export pass)
+from edgeopt.quantization.config import (
+    Granularity,
+    Method,
+    NumberFormat,
+    QuantConfig,
+    Rounding,
+)
+from edgeopt.quantization.modules import (
+    ActQuant,
+    DynamicActQuant,
+    GroupedLinear,
+    QATWeightLayer,
+    QuantizedWeightLayer,
+)
 from edgeopt.quantization.observers import make_observer
 from edgeopt.quantization.primitives import spec_range
+from edgeopt.quantization.stats import QuantStats, layer_stats
 from edgeopt.registry import register
 
-
-@dataclasses.dataclass
-class QuantStats:
-    """What quantization did, for the run summary and the report."""
-
-    method: str
-    folded_batch_norms: int
-    quantized_layers: list[str]
-    float_layers: list[str]
-    activation_quantizers: int
-    calibration_samples: int
-    layers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+_STATIC = (Method.PTQ, Method.QAT)
 
 
 def check_supported(config: QuantConfig) -> None:
     """Refuse, before any work, the options this version cannot honour."""
+    acts = config.activations
     unsupported = [
-        ("method", config.method is not Method.PTQ, config.method.value, "'ptq'"),
         ("rounding", config.rounding is not Rounding.NEAREST, config.rounding.value, "'nearest'"),
         ("weights.dtype", config.weights.dtype is not NumberFormat.INT, config.weights.dtype.value,
          "'int'"),
-        ("weights.granularity", config.weights.group_size is not None,
-         config.weights.granularity.value, "'per_channel' or 'per_tensor'"),
         ("weights.bits", config.weights.bits > 8, config.weights.bits, "2..8"),
-        ("activations.bits", config.activations is not None and config.activations.bits != 8,
-         config.activations.bits if config.activations else None, "8 (the runtime's int8 kernels)"),
+        ("activations.bits", config.method in _STATIC and acts is not None and acts.bits != 8,
+         acts.bits if acts else None, "8 (the runtime's integer kernels take 8-bit inputs)"),
+        ("weights.granularity", config.method is not Method.WEIGHT_ONLY
+         and config.weights.granularity is Granularity.PER_GROUP, "per_group",
+         "'per_channel' or 'per_tensor' (per_group is for method='weight_only')"),
         ("equalization", config.equalization, True, "False"),
         ("bias_correction", config.bias_correction, True, "False"),
         ("data_free", config.data_free, True, "False"),
@@ -69,26 +69,53 @@ def check_finite_weights(model: nn.Module) -> None:
 @register(QuantConfig)
 def quantize_model(model: nn.Module, config: QuantConfig, *, data: Any = None) -> nn.Module:
     check_supported(config)
-    if data is None:
-        raise DataError("static quantization (method='ptq') needs calibration data; pass data=...")
+    if config.method in _STATIC and data is None:
+        what = "training" if config.method is Method.QAT else "calibration"
+        raise DataError(f"method={config.method.value!r} needs {what} data; pass data=... "
+                        "(or use method='dynamic' / 'weight_only', which need none).")
     check_finite_weights(model)
-    batches = take_inputs(data, config.calibration_samples, what="calibration data")
-    gm = prepare(model, config)
-    calibrate(gm, batches, config.calibration_samples)
-    freeze(gm)
-    return gm
-
-
-def prepare(model: nn.Module, config: QuantConfig) -> fx.GraphModule:
-    """A traced copy with BN folded, integer weight layers and observing activation quantizers."""
+    batches = (take_inputs(data, config.calibration_samples, what="calibration data")
+               if config.method in _STATIC else [])
     gm = qgraph.trace(copy.deepcopy(model).eval())
     folded = qgraph.fold_batch_norm(gm)
     names = qgraph.weight_layer_names(gm, config.exclude)
+    _check_groups(gm, names, config)
+    stats = QuantStats(method=config.method.value, folded_batch_norms=folded)
+    gm.meta["edgeopt_quant"] = stats
+    if config.method in _STATIC:
+        _quantize_static(gm, names, config, batches, data)
+    elif config.method is Method.DYNAMIC:
+        _quantize_dynamic(gm, names, config)
+    else:
+        _quantize_weights_only(gm, names, config)
+    stats.finish(gm)
+    return gm
+
+
+def _check_groups(gm: fx.GraphModule, names: list[str], config: QuantConfig) -> None:
     if not names:
         raise ModelError("the model has no Linear or Conv layer left to quantize "
                          f"(exclude={list(config.exclude)}).")
+    size = config.weights.group_size
+    if size is None:
+        return
+    for name in names:
+        layer = gm.get_submodule(name)
+        if isinstance(layer, nn.Linear) and layer.in_features % size:
+            raise ConfigError(
+                f"QuantSpec.group_size={size} does not divide the {layer.in_features} input "
+                f"features of layer {name!r}; use a divisor of every Linear's input width."
+            )
+
+
+def _replace(gm: fx.GraphModule, name: str, new: nn.Module) -> None:
+    qgraph._replace_submodule(gm, name, new)
+
+
+def _quantize_static(gm: fx.GraphModule, names: list[str], config: QuantConfig,
+                     batches: list[torch.Tensor], data: Any) -> None:
     spec = config.activations
-    assert spec is not None  # checked by QuantConfig.validate for PTQ
+    assert spec is not None  # QuantConfig.validate requires it for static methods
     qmin, qmax = spec_range(spec, is_weight=False)
 
     def make_quantizer() -> ActQuant:
@@ -97,15 +124,59 @@ def prepare(model: nn.Module, config: QuantConfig) -> fx.GraphModule:
         return ActQuant(spec, observer)
 
     inputs_of = qgraph.insert_act_quantizers(gm, make_quantizer, set(names))
+    layer_type = QATWeightLayer if config.method is Method.QAT else QuantizedWeightLayer
     for name in names:
-        qgraph._replace_submodule(gm, name, QuantizedWeightLayer(gm.get_submodule(name),
-                                                                  config.weights))
-    all_layers = [n for n, m in gm.named_modules() if type(m) in qgraph.WEIGHT_LAYERS]
-    gm.meta["edgeopt_quant"] = QuantStats(
-        method=config.method.value, folded_batch_norms=folded, quantized_layers=names,
-        float_layers=all_layers, activation_quantizers=0, calibration_samples=0)
-    gm.meta["edgeopt_inputs_of"] = inputs_of
-    return gm
+        _replace(gm, name, layer_type(gm.get_submodule(name), config.weights))
+    calibrate(gm, batches, config.calibration_samples)
+    quantizers = freeze_activations(gm)
+    if config.method is Method.QAT:
+        from edgeopt.quantization.qat import train_qat
+
+        train_qat(gm, config, data)
+    for layer_name, input_name in inputs_of.items():
+        layer = gm.get_submodule(layer_name)
+        if isinstance(layer, QATWeightLayer):
+            layer = layer.to_quantized()
+            _replace(gm, layer_name, layer)
+        layer.quantize_bias(quantizers[input_name].scale)
+        gm.meta["edgeopt_quant"].layers.append(
+            layer_stats(layer_name, layer, quantizers[input_name]))
+
+
+def _quantize_dynamic(gm: fx.GraphModule, names: list[str], config: QuantConfig) -> None:
+    """Linear layers get a run-time input quantizer; their output stays float."""
+    linears = [n for n in names if isinstance(gm.get_submodule(n), nn.Linear)]
+    if not linears:
+        raise ModelError("method='dynamic' quantizes Linear layers and the model has none; "
+                         "use method='ptq' for convolutional models.")
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and node.target in linears:
+            name = f"dynamic_quant_{len(gm.meta['edgeopt_quant'].layers)}"
+            gm.add_submodule(name, DynamicActQuant())
+            with gm.graph.inserting_before(node):
+                q = gm.graph.call_module(name, (node.args[0],))
+            node.replace_input_with(node.args[0], q)
+            layer = QuantizedWeightLayer(gm.get_submodule(node.target), config.weights)
+            layer.separate_bias = True
+            _replace(gm, node.target, layer)
+            gm.meta["edgeopt_quant"].layers.append(layer_stats(node.target, layer, None))
+    gm.graph.lint()
+    gm.recompile()
+
+
+def _quantize_weights_only(gm: fx.GraphModule, names: list[str], config: QuantConfig) -> None:
+    grouped = config.weights.granularity is Granularity.PER_GROUP
+    for name in names:
+        float_layer = gm.get_submodule(name)
+        if grouped and isinstance(float_layer, nn.Linear):
+            layer: nn.Module = GroupedLinear(float_layer, config.weights)
+        elif grouped:
+            continue  # groups run along a Linear's input; convolutions stay float
+        else:
+            layer = QuantizedWeightLayer(float_layer, config.weights)
+        _replace(gm, name, layer)
+        gm.meta["edgeopt_quant"].layers.append(layer_stats(name, layer, None))
+    gm.recompile()
 
 
 @torch.no_grad()
@@ -127,33 +198,15 @@ def calibrate(gm: fx.GraphModule, batches: list[torch.Tensor], limit: int) -> in
 
 
 @torch.no_grad()
-def freeze(gm: fx.GraphModule) -> None:
-    """Fix every quantizer's scale and zero point and store biases as int32."""
-    stats: QuantStats = gm.meta["edgeopt_quant"]
+def freeze_activations(gm: fx.GraphModule) -> dict[str, ActQuant]:
+    """Fix every activation quantizer's scale and zero point from what it observed."""
     quantizers = {n: m for n, m in gm.named_modules() if isinstance(m, ActQuant)}
     unused = [n for n, m in quantizers.items() if not m.frozen and m.calls == 0]
     if unused:
         raise ModelError(f"activation quantizers {unused} saw no data during calibration.")
     for quantizer in quantizers.values():
         quantizer.freeze()
-    for layer_name, input_name in gm.meta["edgeopt_inputs_of"].items():
-        layer = gm.get_submodule(layer_name)
-        layer.quantize_bias(quantizers[input_name].scale)
-        stats.layers.append(_layer_stats(layer_name, layer, quantizers[input_name]))
-    stats.activation_quantizers = len(quantizers)
-    stats.float_layers = [n for n in stats.float_layers if n not in stats.quantized_layers]
-
-
-def _layer_stats(name: str, layer: QuantizedWeightLayer, quantizer: ActQuant) -> dict[str, Any]:
-    return {
-        "name": name,
-        "type": layer.float_type,
-        "weight_bits": layer.spec.bits,
-        "weight_scale_min": float(layer.weight_scale.min()),
-        "weight_scale_max": float(layer.weight_scale.max()),
-        "input_scale": float(quantizer.scale),
-        "input_zero_point": int(quantizer.zero_point),
-    }
+    return quantizers
 
 
 def quant_stats(model: nn.Module) -> QuantStats | None:

@@ -98,6 +98,7 @@ class QuantConfig(Config):
     exclude: tuple[str, ...] = ()
     epochs: int = 1
     lr: float = 1e-4
+    checkpoint_dir: str | None = None  # QAT: checkpoint every epoch here and resume from it
 
     def validate(self) -> None:
         if not 0.0 < self.percentile <= 100.0:

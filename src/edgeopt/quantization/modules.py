@@ -14,7 +14,14 @@ from edgeopt.profile.layers import register_macs
 from edgeopt.quantization import ops
 from edgeopt.quantization.config import Granularity, QuantSpec
 from edgeopt.quantization.observers import Observer
-from edgeopt.quantization.primitives import choose_qparams, quantize, spec_range, weight_minmax
+from edgeopt.quantization.primitives import (
+    choose_qparams,
+    group_minmax,
+    lsq_fake_quantize,
+    quantize,
+    spec_range,
+    weight_minmax,
+)
 
 
 def _zero_point_dtype(qmin: int, qmax: int) -> torch.dtype:
@@ -35,6 +42,8 @@ class ActQuant(nn.Module):
         self.calls = 0
         self.register_buffer("scale", torch.tensor(1.0))
         self.register_buffer("zero_point", torch.tensor(0, dtype=torch.uint8))
+        self.learned_scale: nn.Parameter | None = None
+        self.calibration_stats: dict[str, float] = {}
 
     @property
     def frozen(self) -> bool:
@@ -45,7 +54,21 @@ class ActQuant(nn.Module):
             self.observer.update(x)
             self.calls += 1
             return x
+        if self.learned_scale is not None and self.training:
+            qmin, qmax = ops.dtype_range(self.zero_point.dtype)
+            return lsq_fake_quantize(x, self.learned_scale.abs() + 1e-12,
+                                     self.zero_point.float(), qmin, qmax)
         return ops.quantize_dequantize(x, self.scale, self.zero_point)
+
+    def start_learning(self) -> None:
+        """QAT: the frozen scale becomes a trainable parameter (LSQ)."""
+        self.learned_scale = nn.Parameter(self.scale.detach().clone())
+
+    @torch.no_grad()
+    def stop_learning(self) -> None:
+        if self.learned_scale is not None:
+            self.scale = self.learned_scale.detach().abs().clamp(min=1e-12).clone()
+            self.learned_scale = None
 
     @torch.no_grad()
     def freeze(self) -> None:
@@ -53,6 +76,7 @@ class ActQuant(nn.Module):
         if self.observer is None:
             return
         low, high = self.observer.range()
+        self.calibration_stats = _clipping(self.observer, float(low), float(high))
         qmin, qmax = spec_range(self.spec, is_weight=False)
         scale, zero_point = choose_qparams(low, high, qmin, qmax, symmetric=self.spec.symmetric,
                                            power_of_two=self.spec.power_of_two_scale)
@@ -64,6 +88,17 @@ class ActQuant(nn.Module):
         if not self.frozen:
             return "observing"
         return f"scale={float(self.scale):.4g}, zero_point={int(self.zero_point)}"
+
+
+def _clipping(observer: Observer, low: float, high: float) -> dict[str, float]:
+    """The share of calibration values outside the chosen range (clipped, i.e. saturated)."""
+    hist = getattr(observer, "hist", None)
+    if hist is None or hist.sum() == 0:
+        return {"clip_ratio": 0.0, "range_min": low, "range_max": high}
+    edges = observer.edges()  # type: ignore[attr-defined]
+    centers = (edges[:-1] + edges[1:]) / 2
+    outside = hist[(centers < low) | (centers > high)].sum()
+    return {"clip_ratio": float(outside / hist.sum()), "range_min": low, "range_max": high}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +131,10 @@ class QuantizedWeightLayer(nn.Module):
     known, exactly as the runtime's integer kernels (QLinearConv, QGemm) store it.
     """
 
-    def __init__(self, layer: nn.Module, spec: QuantSpec) -> None:
+    export_tolerance = 0.05  # integer kernels may round an accumulator the other way
+
+    def __init__(self, layer: nn.Module, spec: QuantSpec, scale: torch.Tensor | None = None
+                 ) -> None:
         super().__init__()
         kind = WEIGHT_LAYERS[type(layer)]
         self.float_type = type(layer).__name__
@@ -106,10 +144,15 @@ class QuantizedWeightLayer(nn.Module):
         weight = layer.weight.detach()
         qmin, qmax = spec_range(spec, is_weight=True)
         low, high = weight_minmax(weight, spec.granularity)
-        scale, zero_point = choose_qparams(low, high, qmin, qmax, symmetric=spec.symmetric,
-                                           power_of_two=spec.power_of_two_scale)
+        chosen, zero_point = choose_qparams(low, high, qmin, qmax, symmetric=spec.symmetric,
+                                            power_of_two=spec.power_of_two_scale)
+        if scale is None:
+            scale = chosen
+        else:  # a learned (QAT) scale: symmetric, zero point 0
+            zero_point = torch.zeros_like(scale, dtype=torch.int32)
         self.register_buffer("weight_q", quantize(weight, scale, zero_point, qmin, qmax)
                              .to(_zero_point_dtype(qmin, qmax)))
+        self.reference_weight = weight  # read (and dropped) by the statistics
         self.register_buffer("weight_scale", scale)
         self.register_buffer("weight_zero_point", zero_point.to(self.weight_q.dtype))
         bias = layer.bias.detach().clone() if layer.bias is not None else None
@@ -117,6 +160,7 @@ class QuantizedWeightLayer(nn.Module):
         self.register_buffer("bias_q", None)
         self.register_buffer("bias_scale", None)
         self.register_buffer("bias_zero_point", None)
+        self.separate_bias = False
 
     @property
     def per_channel(self) -> bool:
@@ -143,6 +187,10 @@ class QuantizedWeightLayer(nn.Module):
         self.bias_float = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.separate_bias and self.bias_float is not None:
+            # dynamic quantization: the runtime's integer GEMM cannot take a float bias
+            y = self._functional(x, self.weight(), None, **self._hyperparameters)
+            return y + self.bias_float
         return self._functional(x, self.weight(), self.bias(), **self._hyperparameters)
 
     def stored_parameters(self) -> list[torch.Tensor]:
@@ -157,3 +205,111 @@ class QuantizedWeightLayer(nn.Module):
 def _quantized_layer_macs(layer: QuantizedWeightLayer, inputs: tuple, output: torch.Tensor) -> int:
     # every output element needs one multiply-add per weight of its output channel
     return output.numel() * layer.weight_q[0].numel()
+
+
+class DynamicActQuant(nn.Module):
+    """Quantizes each batch with its own range at run time (ONNX DynamicQuantizeLinear)."""
+
+    export_tolerance = 0.05
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.dynamic_quantize_dequantize(x)
+
+
+class GroupedLinear(nn.Module):
+    """A Linear with low-bit weights quantized in groups along the input dimension.
+
+    Stored transposed ([in, out]) so the exported DequantizeLinear(block_size) -> MatMul pair is
+    what ONNX Runtime fuses into MatMulNBits for 4-bit weights.
+    """
+
+    min_opset = 21  # block-wise DequantizeLinear
+    export_tolerance = 0.05
+
+    def __init__(self, layer: nn.Linear, spec: QuantSpec) -> None:
+        super().__init__()
+        assert spec.group_size is not None
+        self.float_type = "Linear"
+        self.spec = spec
+        self.group_size = spec.group_size
+        weight = layer.weight.detach().t().contiguous()  # [in, out]
+        qmin, qmax = spec_range(spec, is_weight=True)
+        low, high = group_minmax(weight, spec.group_size)
+        scale, zero_point = choose_qparams(low, high, qmin, qmax, symmetric=spec.symmetric)
+        expanded = scale.repeat_interleave(spec.group_size, 0)
+        zeros = zero_point.repeat_interleave(spec.group_size, 0)
+        self.register_buffer("weight_q", quantize(weight, expanded, zeros, qmin, qmax)
+                             .to(_zero_point_dtype(qmin, qmax)))
+        self.reference_weight = weight
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("weight_zero_point", zero_point.to(self.weight_q.dtype))
+        bias = layer.bias.detach().clone() if layer.bias is not None else None
+        self.register_buffer("bias", bias)
+
+    def weight(self) -> torch.Tensor:
+        return ops.dequantize_blocked(self.weight_q, self.weight_scale, self.weight_zero_point, 0,
+                                      self.group_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.matmul(x, self.weight())
+        return y + self.bias if self.bias is not None else y
+
+    def stored_parameters(self) -> list[torch.Tensor]:
+        return [t for t in (self.weight_q, self.bias) if t is not None]
+
+    def extra_repr(self) -> str:
+        return (f"in={self.weight_q.shape[0]}, out={self.weight_q.shape[1]}, "
+                f"bits={self.spec.bits}, group_size={self.group_size}")
+
+
+class QATWeightLayer(nn.Module):
+    """Trainable float weights, fake-quantized in every forward pass with a learned scale.
+
+    Weights that are exactly zero when QAT starts (a pruned model) stay zero: a fixed mask.
+    """
+
+    def __init__(self, layer: nn.Module, spec: QuantSpec) -> None:
+        super().__init__()
+        kind = WEIGHT_LAYERS[type(layer)]
+        self.float_layer_type = type(layer)
+        self._functional = kind.functional
+        self._hyperparameters = kind.hyperparameters(layer)
+        self.spec = spec
+        self.qmin, self.qmax = spec_range(spec, is_weight=True)
+        weight = layer.weight.detach().clone()
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(layer.bias.detach().clone()) if layer.bias is not None else None
+        self.register_buffer("mask", (weight != 0).to(weight.dtype))
+        low, high = weight_minmax(weight, spec.granularity)
+        scale, _ = choose_qparams(low, high, self.qmin, self.qmax, symmetric=True)
+        self.scale = nn.Parameter(scale)
+
+    def fake_weight(self) -> torch.Tensor:
+        zero = torch.zeros_like(self.scale)
+        return lsq_fake_quantize(self.weight * self.mask, self.scale.abs() + 1e-12, zero,
+                                 self.qmin, self.qmax)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._functional(x, self.fake_weight(), self.bias, **self._hyperparameters)
+
+    @torch.no_grad()
+    def to_quantized(self) -> QuantizedWeightLayer:
+        """The deployable layer: the trained weights stored as integers with the learned scale."""
+        layer = _empty_float_layer(self.float_layer_type, self.weight * self.mask, self.bias,
+                                   self._hyperparameters)
+        return QuantizedWeightLayer(layer, self.spec, scale=self.scale.detach().abs() + 1e-12)
+
+
+def _empty_float_layer(kind: type[nn.Module], weight: torch.Tensor, bias: torch.Tensor | None,
+                       hyperparameters: dict[str, Any]) -> nn.Module:
+    """A float Linear/Conv holding `weight` (masked) and `bias`, to re-quantize after QAT."""
+    if kind is nn.Linear:
+        layer: nn.Module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    else:
+        groups = hyperparameters["groups"]
+        layer = kind(weight.shape[1] * groups, weight.shape[0], weight.shape[2:], bias=bias is not None,
+                     **hyperparameters)
+    layer.weight.data.copy_(weight)
+    if bias is not None:
+        layer.bias.data.copy_(bias)
+    return layer

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from onnxscript import opset18 as op
+from onnxscript import opset21 as op21
 
 from edgeopt.export.onnx import register_translation
 
@@ -69,6 +70,45 @@ def _(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int)
     return torch.empty(q.shape, dtype=torch.float32, device=q.device)
 
 
+@torch.library.custom_op("edgeopt::dynamic_quantize_dequantize", mutates_args=())
+def dynamic_quantize_dequantize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 per-tensor fake quantization with the range of this very tensor, computed exactly
+    as ONNX DynamicQuantizeLinear computes it at run time."""
+    low, high = torch.clamp(x.min(), max=0.0), torch.clamp(x.max(), min=0.0)
+    scale = torch.clamp((high - low) / 255.0, min=1e-12)
+    zero = torch.clamp(torch.round(-low / scale), 0, 255)
+    return (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
+
+
+@dynamic_quantize_dequantize.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("edgeopt::dequantize_blocked", mutates_args=())
+def dequantize_blocked(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int,
+                       block_size: int) -> torch.Tensor:
+    """Block-wise dequantization: each run of `block_size` values along `axis` shares a scale."""
+    s = scale.repeat_interleave(block_size, dim=axis)
+    z = zero_point.to(torch.float32).repeat_interleave(block_size, dim=axis)
+    return (q.to(torch.float32) - z) * s
+
+
+@dequantize_blocked.register_fake
+def _(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int,
+      block_size: int) -> torch.Tensor:
+    return torch.empty(q.shape, dtype=torch.float32, device=q.device)
+
+
+def _dynamic_onnx(x):  # type: ignore[no-untyped-def]
+    q, scale, zero_point = op.DynamicQuantizeLinear(x)
+    return op.DequantizeLinear(q, scale, zero_point)
+
+
+def _dequantize_blocked_onnx(q, scale, zero_point, axis: int, block_size: int):  # type: ignore[no-untyped-def]
+    return op21.DequantizeLinear(q, scale, zero_point, axis=axis, block_size=block_size)
+
+
 def _quantize_dequantize_onnx(x, scale, zero_point):  # type: ignore[no-untyped-def]
     return op.DequantizeLinear(op.QuantizeLinear(x, scale, zero_point), scale, zero_point)
 
@@ -79,3 +119,5 @@ def _dequantize_onnx(q, scale, zero_point, axis: int):  # type: ignore[no-untype
 
 register_translation(torch.ops.edgeopt.quantize_dequantize.default, _quantize_dequantize_onnx)
 register_translation(torch.ops.edgeopt.dequantize.default, _dequantize_onnx)
+register_translation(torch.ops.edgeopt.dynamic_quantize_dequantize.default, _dynamic_onnx)
+register_translation(torch.ops.edgeopt.dequantize_blocked.default, _dequantize_blocked_onnx)

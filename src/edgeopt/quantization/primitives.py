@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from edgeopt.quantization.config import Granularity, QuantSpec
@@ -59,7 +61,8 @@ def choose_qparams(
 
 
 def _broadcast(param: torch.Tensor, like: torch.Tensor, axis: int) -> torch.Tensor:
-    if param.dim() == 0:
+    """Per-tensor (0-d) and full-shape parameters as they are; a vector along `axis`."""
+    if param.dim() == 0 or param.dim() == like.dim():
         return param
     shape = [1] * like.dim()
     shape[axis] = -1
@@ -108,3 +111,29 @@ def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     if noise == 0:
         return float("inf")
     return float(10 * torch.log10(signal / noise))
+
+
+def lsq_fake_quantize(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
+    axis: int = 0,
+) -> torch.Tensor:
+    """Differentiable fake quantization for QAT (LSQ, Esser et al. 2020).
+
+    Rounding passes gradients straight through inside the range (STE); the scale gets the LSQ
+    gradient, damped by 1/sqrt(elements per scale * qmax) so it learns at the weights' pace.
+    """
+    per_scale = max(x.numel() // max(scale.numel(), 1), 1)
+    damp = 1.0 / math.sqrt(per_scale * max(qmax, 1))
+    s = scale * damp + (scale - scale * damp).detach()
+    s = _broadcast(s, x, axis)
+    z = _broadcast(zero_point, x, axis).to(x.dtype)
+    v = torch.clamp(x / s + z, qmin, qmax)
+    v = v + (torch.round(v) - v).detach()
+    return (v - z) * s
+
+
+def group_minmax(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min and max of each run of `group_size` values along dim 0 of a [K, N] weight."""
+    k, n = weight.shape
+    blocks = weight.reshape(k // group_size, group_size, n)
+    return blocks.min(dim=1).values, blocks.max(dim=1).values

@@ -30,6 +30,7 @@ note. Fields are read by meaning, not by technique, so any technique may record 
         "clip_ratio": float,              # fraction of activations clipped at calibration
         "saturation": float,              # fraction of outputs at qmin/qmax
         "channel_saturation": [float],    # per output channel -> the saturation map
+        "weight_sqnr_db": float, "act_sqnr_db": float,   # signal-to-quantization-noise
         "outlier": bool,                  # optional: force an outlier call-out
         # pruning
         "sparsity": float,                # fraction of weights that are zero, 0..1
@@ -49,8 +50,10 @@ note. Fields are read by meaning, not by technique, so any technique may record 
      "sensitivity": [{"name": str, "metric_drop": float, "sqnr_db": float}],
      ...scalars (method, counts) and lists of layer names: listed as facts}
 
-Outlier layers (error histograms): RMS error above 3x the median over layers (>= 3 layers), or
-``"outlier": true``. Accuracy values in 0..1 are shown as percent.
+Outlier layers: error histogram RMS above 3x the median over layers (>= 3 layers) or
+``"outlier": true``; SQNR more than 10 dB below the median layer; clipping or saturation of
+1 % or more. Accuracy values in 0..1 are shown as percent. Record plain Python numbers and
+lists (numpy/torch values are converted, anything else becomes a string and is ignored).
 """
 
 from edgeopt.report.html import render_report, write_report

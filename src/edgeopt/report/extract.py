@@ -114,6 +114,7 @@ def technique_figures(stage: str, key: str, stats: dict[str, Any]) -> list[Figur
             saturation_bars(ctx, layers), saturation_map(ctx, layers),
             before_after(ctx, layers, "params", "parameters"),
             before_after(ctx, layers, "macs", "MACs"), ranks(ctx, layers),
+            sqnr(ctx, layers),
             layer_values(ctx, layers, "clusters", "Clusters per layer", "clusters"),
             layer_values(ctx, layers, "stored_bytes", "Stored weight bytes per layer", "bytes"),
             curves(ctx, stats), rounds(ctx, stats), masks(ctx, stats), sensitivity(ctx, stats)]
@@ -203,10 +204,12 @@ def saturation_bars(ctx: dict[str, Any], layers: list[dict[str, Any]]) -> Figure
     hot = sorted((n for n in names if peak[n] >= 1.0), key=lambda n: -peak[n])
     callouts = [f"{n}: {peak[n]:.1f} % of activations at the quantization range's limits"
                 for n in hot[:5]]
+    none = "No layer clipped or saturated any activation. " if not any(peak.values()) else ""
     return _bars(ctx, "Activation clipping and saturation per layer", names, series,
                  "% of activations", highlight=hot, callouts=callouts,
-                 caption="Share of calibration activations clipped by the chosen range, and of "
-                         "quantized outputs stuck at qmin/qmax. Layers at 1 % or more in red.")
+                 caption=none + "Share of calibration activations clipped by the chosen range, "
+                         "and of quantized outputs stuck at qmin/qmax. Layers at 1 % or more in "
+                         "red.")
 
 
 def saturation_map(ctx: dict[str, Any], layers: list[dict[str, Any]]) -> Figure | None:
@@ -246,6 +249,19 @@ def _short(value: float) -> str:
     from edgeopt.report.table import human
 
     return human(value)
+
+
+def sqnr(ctx: dict[str, Any], layers: list[dict[str, Any]]) -> Figure | None:
+    names, series = _series(layers, {"weight_sqnr_db": "weight", "act_sqnr_db": "activation"})
+    if not names:
+        return None
+    worst = {n: min(v[i] for v in series.values() if v[i] is not None)
+             for i, n in enumerate(names)}
+    median = statistics.median(worst.values())
+    low = [n for n in names if len(names) >= 3 and worst[n] < median - 10]
+    return _bars(ctx, "Quantization SQNR per layer", names, series, "SQNR (dB, higher is better)",
+                 highlight=low, callouts=[f"low SQNR {n}: {worst[n]:.1f} dB (median "
+                                          f"{median:.1f} dB)" for n in low])
 
 
 def ranks(ctx: dict[str, Any], layers: list[dict[str, Any]]) -> Figure | None:

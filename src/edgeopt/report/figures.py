@@ -142,6 +142,8 @@ def curves(fig: Any, data: dict[str, Any]) -> None:
 
 
 def hist_grid(fig: Any, data: dict[str, Any]) -> None:
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+
     shown = set(data["shown"])
     layers = [la for la in data["layers"] if la["name"] in shown]
     ncols = min(3, len(layers))
@@ -156,6 +158,8 @@ def hist_grid(fig: Any, data: dict[str, Any]) -> None:
         ax.text(0.98, 0.95, f"rms {layer['rms']:.2g}", transform=ax.transAxes, ha="right",
                 va="top", fontsize=7)
         ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(4, symmetric=True))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%.2g"))
         ax.set_yticks([])
     for ax in axes[len(layers):]:
         ax.set_visible(False)
@@ -214,6 +218,8 @@ def _bar_axes(axes: Any, names: list[str], data: dict[str, Any], separate: bool)
         values = [v for vs in panel for v in vs if v is not None]
         if values and min(values) > 0 and max(values) / min(values) > 100:
             each.set_xscale("log")
+        elif values and min(values) >= 0:
+            each.set_xlim(0, max(values) * 1.05 or 1.0)  # all zero still reads as zero
     if not separate:
         ax.set_xlabel(data["unit"])
         if len(data["series"]) > 1:

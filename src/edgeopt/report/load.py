@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,9 @@ def load_run(folder: str | Path) -> RunData:
     """Read `folder` (the ``--out`` of ``edgeopt optimize``); raise RunFolderError if not one."""
     path = Path(folder)
     if not path.is_dir():
-        raise RunFolderError(f"{str(path)!r} is not a run folder: no such directory."
-                             f"{_partial_hint(path)}")
+        what = "it is a file" if path.exists() else "no such directory"
+        raise RunFolderError(f"{str(path)!r} is not a run folder: {what}; pass the --out "
+                             f"folder of `edgeopt optimize`.{_partial_hint(path)}")
     metrics_file = path / "metrics.json"
     onnx = sorted(path.glob("*.onnx"), key=lambda p: (p.stat().st_mtime, p.name))
     if not metrics_file.is_file():
@@ -93,8 +95,26 @@ def _from_files(path: Path, onnx: list[Path], why: str) -> RunData:
     return run
 
 
+def plain(value: Any) -> Any:
+    """JSON fallback: numpy/torch scalars and arrays as numbers and lists, anything else str."""
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    return str(value)
+
+
 def normalize(raw: dict[str, Any]) -> RunData:
-    """A copy of `raw` in which every field the report reads has the right type or is None."""
+    """A copy of `raw` in which every field the report reads has the right type or is None.
+
+    `raw` first goes through JSON (tuples become lists, numpy scalars numbers), so a report
+    rendered at the end of a run and one rebuilt later from metrics.json are the same.
+    """
+    raw = json.loads(json.dumps(raw, default=plain))
     problems: list[str] = []
     stages = []
     for i, item in enumerate(raw.get("stages") or []):

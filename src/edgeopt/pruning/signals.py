@@ -1,0 +1,101 @@
+"""What data-driven criteria read: gradients and input activation norms, gathered over batches.
+
+Analysis only: the model's weights are never changed (gradients are cleared afterwards).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeopt.data import iter_batches
+from edgeopt.pruning.common import labeled_batches, loss_fn
+from edgeopt.pruning.importance import Signals
+
+
+def collect_gradients(
+    model: nn.Module, data: Any, params: dict[str, nn.Parameter], *, batches: int,
+    batch_size: int,
+) -> dict[str, Signals]:
+    """Sum of dL/dw and of |dL/dw| for `params` over up to `batches` labeled batches.
+
+    The model runs in eval mode (batch-norm statistics untouched); other parameters' gradients
+    are not kept."""
+    was_training = model.training
+    model.eval()
+    wanted = set(map(id, params.values()))
+    flags = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in wanted)
+    out = {name: Signals(grad_sum=torch.zeros_like(p), grad_abs_sum=torch.zeros_like(p))
+           for name, p in params.items()}
+    seen = 0
+    try:
+        for inputs, targets in labeled_batches(data, batches, batch_size, "data"):
+            model.zero_grad(set_to_none=True)
+            loss_fn(model(inputs), targets, inputs).backward()
+            for name, p in params.items():
+                if p.grad is not None:
+                    out[name].grad_sum += p.grad.detach()
+                    out[name].grad_abs_sum += p.grad.detach().abs()
+            seen += 1
+    finally:
+        model.zero_grad(set_to_none=True)
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        model.train(was_training)
+    for signals in out.values():
+        signals.batches = seen
+    return out
+
+
+@torch.no_grad()
+def collect_input_norms(
+    model: nn.Module, data: Any, layers: dict[str, nn.Module], *, batches: int, batch_size: int,
+) -> dict[str, torch.Tensor]:
+    """L2 norm of each layer's input per input channel (dim 1, or the last dim for Linear)."""
+    sums: dict[str, torch.Tensor] = {}
+    handles = [module.register_forward_pre_hook(_norm_hook(name, module, sums))
+               for name, module in layers.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        for index, (inputs, _) in enumerate(iter_batches(data, batch_size=batch_size)):
+            if index >= batches:
+                break
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return {name: total.sqrt() for name, total in sums.items()}
+
+
+def _norm_hook(name: str, module: nn.Module, sums: dict[str, torch.Tensor]) -> Callable[..., None]:
+    def hook(_: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0].detach().to(torch.float64)
+        channel = x.dim() - 1 if isinstance(module, nn.Linear) else 1
+        squares = x.pow(2).movedim(channel, 0).reshape(x.shape[channel], -1).sum(dim=1)
+        sums[name] = sums.get(name, 0) + squares
+
+    return hook
+
+
+class MovementTracker:
+    """Accumulates -w * dL/dw after every optimizer step (an `after_step` hook for fit)."""
+
+    def __init__(self, params: dict[str, nn.Parameter]) -> None:
+        self.params = params
+        self.scores = {name: torch.zeros_like(p) for name, p in params.items()}
+
+    def __call__(self, model: nn.Module) -> None:
+        with torch.no_grad():
+            for name, p in self.params.items():
+                if p.grad is not None and p.grad.shape == p.shape:
+                    self.scores[name] -= p.detach() * p.grad.detach()
+
+    def signals(self) -> dict[str, Signals]:
+        return {name: Signals(movement=score.clone()) for name, score in self.scores.items()}

@@ -1,0 +1,60 @@
+"""What quantization did, per layer, for the run summary and the report."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from edgeopt.quantization.primitives import sqnr_db
+
+
+@dataclasses.dataclass
+class QuantStats:
+    method: str
+    folded_batch_norms: int = 0
+    quantized_layers: list[str] = dataclasses.field(default_factory=list)
+    float_layers: list[str] = dataclasses.field(default_factory=list)
+    activation_quantizers: int = 0
+    calibration_samples: int = 0
+    layers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    curves: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+
+    def finish(self, gm: fx.GraphModule) -> None:
+        from edgeopt.quantization.modules import WEIGHT_LAYERS, ActQuant, DynamicActQuant
+
+        self.quantized_layers = [layer["name"] for layer in self.layers]
+        self.float_layers = [n for n, m in gm.named_modules() if type(m) in WEIGHT_LAYERS]
+        self.activation_quantizers = sum(
+            isinstance(m, ActQuant | DynamicActQuant) for m in gm.modules())
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@torch.no_grad()
+def layer_stats(name: str, layer: nn.Module, quantizer: nn.Module | None) -> dict[str, Any]:
+    """Scales, zero points and the weight quantization error of one layer."""
+    weight = layer.weight()
+    float_weight = layer.__dict__.pop("reference_weight", None)
+    row: dict[str, Any] = {
+        "name": name,
+        "type": getattr(layer, "float_type", type(layer).__name__),
+        "weight_bits": layer.spec.bits,
+        "granularity": layer.spec.granularity.value,
+        "weight_scale_min": float(layer.weight_scale.min()),
+        "weight_scale_max": float(layer.weight_scale.max()),
+    }
+    if float_weight is not None:
+        error = (weight - float_weight.reshape(weight.shape)).flatten()
+        row["weight_sqnr_db"] = sqnr_db(float_weight.reshape(weight.shape), weight)
+        counts, edges = torch.histogram(error.float(), bins=30)
+        row["weight_error_hist"] = {"edges": edges.tolist(), "counts": counts.tolist()}
+    if quantizer is not None and hasattr(quantizer, "scale"):
+        row["input_scale"] = float(quantizer.scale)
+        row["input_zero_point"] = int(quantizer.zero_point)
+        row.update(getattr(quantizer, "calibration_stats", {}))
+    return row

@@ -1,0 +1,143 @@
+"""Dynamic, weight-only (int8 and grouped int4) and QAT: simulated = deployed, real kernels."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn as nn
+
+import edgeopt as eo
+from edgeopt.errors import ConfigError, DataError, ModelError
+from edgeopt.quantization.modules import GroupedLinear, QuantizedWeightLayer
+from edgeopt.runtime.inspect import census
+
+
+def mlp(width: int = 64) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 5)).eval()
+
+
+def small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(8 * 64, 5)).eval()
+
+
+def _run(path, x):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+def _agree(model, path, x) -> float:
+    return float((_run(path, x).argmax(1) == model(x).detach().numpy().argmax(1)).mean())
+
+
+def test_dynamic_quantization_runs_integer_gemm(tmp_path):
+    q = eo.apply(mlp(), eo.QuantConfig(method="dynamic"))
+    x = torch.randn(200, 1, 8, 8)
+    path = eo.export_onnx(q, tmp_path / "d.onnx", x[:1])
+    assert _agree(q, path, x) >= 0.995
+    ops = census(path)["all_ops"]
+    assert ops.get("DynamicQuantizeLinear", 0) >= 1
+    assert ops.get("QGemm", 0) + ops.get("MatMulInteger", 0) + ops.get("DynamicQuantizeMatMul", 0) == 2
+
+
+def test_dynamic_refuses_models_without_linear():
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3)).eval()
+    with pytest.raises(ModelError, match="Linear"):
+        eo.apply(conv, eo.QuantConfig(method="dynamic"))
+
+
+def test_weight_only_int8_needs_no_data_and_shrinks_file(tmp_path):
+    model = mlp(256)
+    q = eo.apply(model, eo.QuantConfig(method="weight_only", activations=None))
+    assert all(isinstance(q.get_submodule(n), QuantizedWeightLayer) for n in ("1", "3"))
+    x = torch.randn(100, 1, 8, 8)
+    fp32 = eo.export_onnx(model, tmp_path / "f.onnx", x[:1])
+    int8 = eo.export_onnx(q, tmp_path / "q.onnx", x[:1])
+    assert int8.stat().st_size < fp32.stat().st_size / 3
+    assert _agree(q, int8, x) >= 0.995
+
+
+def test_int4_grouped_weight_only_packs_nibbles_and_fuses_matmulnbits(tmp_path):
+    model = mlp(256)
+    config = eo.QuantConfig(method="weight_only", activations=None,
+                            weights=eo.QuantSpec(bits=4, granularity="per_group", group_size=32))
+    q = eo.apply(model, config)
+    assert isinstance(q.get_submodule("1"), GroupedLinear)
+    assert int(q.get_submodule("1").weight_q.abs().max()) <= 7
+    x = torch.randn(100, 1, 8, 8)
+    fp32 = eo.export_onnx(model, tmp_path / "f.onnx", x[:1])
+    int4 = eo.export_onnx(q, tmp_path / "q.onnx", x[:1])
+    nodes = [n.op_type for n in onnx.load(str(int4)).graph.node]
+    assert nodes.count("MatMulNBits") == 2 and "DequantizeLinear" not in nodes
+    assert int4.stat().st_size < fp32.stat().st_size / 5
+    assert census(int4)["all_ops"].get("MatMulNBits", 0) == 2
+    assert _agree(q, int4, x) >= 0.97  # the kernel quantizes activations per block too
+    sim, ref = q(x).detach(), model(x).detach()
+    assert eo.quantization.primitives.sqnr_db(ref, sim) > 15
+
+
+def test_group_size_must_divide_input_width():
+    config = eo.QuantConfig(method="weight_only", activations=None,
+                            weights=eo.QuantSpec(bits=4, granularity="per_group", group_size=48))
+    with pytest.raises(ConfigError, match="group_size=48 does not divide the 64 input features"):
+        eo.apply(mlp(), config)
+
+
+def _digits_like(n=512, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    y = (x[:, 0, :4].sum((1, 2)) > 0).long() + 2 * (x[:, 0, 4:].sum((1, 2)) > 0).long()
+    return torch.utils.data.TensorDataset(x, y)
+
+
+def test_qat_trains_exports_and_matches_runtime(tmp_path):
+    data = _digits_like()
+    model = small_cnn()
+    config = eo.QuantConfig(method="qat", epochs=2, lr=1e-3,
+                            weights=eo.QuantSpec(bits=4), checkpoint_dir=str(tmp_path / "ck"))
+    q = eo.apply(model, config, data=data)
+    stats = eo.quantization.apply.quant_stats(q)
+    assert len(stats.curves["train_loss"]) == 2 and len(stats.curves["weight_quant_mse"]) == 2
+    x = data.tensors[0][:200]
+    path = eo.export_onnx(q, tmp_path / "q.onnx", x[:1])
+    assert _agree(q, path, x) >= 0.995
+    assert census(path)["all_ops"].get("QLinearConv", 0) == 1
+    assert (tmp_path / "ck" / "qat.safetensors").exists()
+
+
+def test_qat_resumes_from_checkpoint(tmp_path):
+    data = _digits_like()
+    config = eo.QuantConfig(method="qat", epochs=2, checkpoint_dir=str(tmp_path / "ck"))
+    eo.apply(small_cnn(), config, data=data)
+    # a second run with the same folder finds both epochs done and trains no more
+    q = eo.apply(small_cnn(), config, data=data)
+    assert eo.quantization.apply.quant_stats(q).curves["train_loss"] != []
+    info = (tmp_path / "ck" / "qat.json").read_text()
+    assert '"epochs_done": 2' in info
+
+
+def test_qat_keeps_pruned_weights_at_zero():
+    model = small_cnn()
+    with torch.no_grad():
+        model[4].weight[:, ::2] = 0.0
+    q = eo.apply(model, eo.QuantConfig(method="qat", epochs=1, lr=1e-2), data=_digits_like())
+    weight_q = q.get_submodule("4").weight_q
+    assert (weight_q[:, ::2] == 0).all()
+
+
+def test_qat_without_data_is_refused():
+    with pytest.raises(DataError, match="needs training data"):
+        eo.apply(small_cnn(), eo.QuantConfig(method="qat"))
+
+
+def test_simulated_int8_matches_runtime_numerically(tmp_path):
+    # stricter than top-1: outputs within a couple of quantization steps on every sample
+    model = small_cnn()
+    q = eo.apply(model, eo.QuantConfig(), data=[torch.randn(64, 1, 8, 8)])
+    x = torch.randn(100, 1, 8, 8)
+    path = eo.export_onnx(q, tmp_path / "q.onnx", x[:1])
+    diff = np.abs(_run(path, x) - q(x).detach().numpy())
+    assert diff.max() < 0.05 * np.abs(q(x).detach().numpy()).max()
