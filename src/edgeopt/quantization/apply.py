@@ -19,6 +19,7 @@ from edgeopt.quantization.config import (
     Method,
     NumberFormat,
     QuantConfig,
+    QuantSpec,
     Rounding,
 )
 from edgeopt.quantization.modules import (
@@ -39,16 +40,22 @@ _STATIC = (Method.PTQ, Method.QAT)
 def check_supported(config: QuantConfig) -> None:
     """Refuse, before any work, the options this version cannot honour."""
     acts = config.activations
+    specs = {"weights": config.weights} | {f"weight_overrides[{k!r}]": v
+                                           for k, v in config.weight_overrides.items()}
     unsupported = [
         ("rounding", config.rounding is not Rounding.NEAREST, config.rounding.value, "'nearest'"),
-        ("weights.dtype", config.weights.dtype is not NumberFormat.INT, config.weights.dtype.value,
-         "'int'"),
-        ("weights.bits", config.weights.bits > 8, config.weights.bits, "2..8"),
+    ]
+    for where, spec in specs.items():
+        unsupported += [
+            (f"{where}.dtype", spec.dtype is not NumberFormat.INT, spec.dtype.value, "'int'"),
+            (f"{where}.bits", spec.bits > 8, spec.bits, "2..8"),
+            (f"{where}.granularity", config.method is not Method.WEIGHT_ONLY
+             and spec.granularity is Granularity.PER_GROUP, "per_group",
+             "'per_channel' or 'per_tensor' (per_group is for method='weight_only')"),
+        ]
+    unsupported += [
         ("activations.bits", config.method in _STATIC and acts is not None and acts.bits != 8,
          acts.bits if acts else None, "8 (the runtime's integer kernels take 8-bit inputs)"),
-        ("weights.granularity", config.method is not Method.WEIGHT_ONLY
-         and config.weights.granularity is Granularity.PER_GROUP, "per_group",
-         "'per_channel' or 'per_tensor' (per_group is for method='weight_only')"),
         ("equalization", config.equalization, True, "False"),
         ("bias_correction", config.bias_correction, True, "False"),
         ("data_free", config.data_free, True, "False"),
@@ -89,6 +96,10 @@ def quantize_model(model: nn.Module, config: QuantConfig, *, data: Any = None) -
     else:
         _quantize_weights_only(gm, names, config)
     stats.finish(gm)
+    if config.sensitivity:
+        from edgeopt.quantization.analysis import layer_sensitivity
+
+        stats.sensitivity = [row.to_dict() for row in layer_sensitivity(model, config, data)]
     return gm
 
 
@@ -96,16 +107,22 @@ def _check_groups(gm: fx.GraphModule, names: list[str], config: QuantConfig) -> 
     if not names:
         raise ModelError("the model has no Linear or Conv layer left to quantize "
                          f"(exclude={list(config.exclude)}).")
-    size = config.weights.group_size
-    if size is None:
-        return
     for name in names:
         layer = gm.get_submodule(name)
-        if isinstance(layer, nn.Linear) and layer.in_features % size:
+        size = spec_for(name, layer, config).group_size
+        if size is not None and isinstance(layer, nn.Linear) and layer.in_features % size:
             raise ConfigError(
                 f"QuantSpec.group_size={size} does not divide the {layer.in_features} input "
                 f"features of layer {name!r}; use a divisor of every Linear's input width."
             )
+
+
+def spec_for(name: str, layer: nn.Module, config: QuantConfig) -> QuantSpec:
+    """The weight spec of one layer: the first matching override, else config.weights."""
+    for pattern, spec in config.weight_overrides.items():
+        if qgraph.matches(name, layer, pattern):
+            return spec
+    return config.weights
 
 
 def _replace(gm: fx.GraphModule, name: str, new: nn.Module) -> None:
@@ -126,7 +143,8 @@ def _quantize_static(gm: fx.GraphModule, names: list[str], config: QuantConfig,
     inputs_of = qgraph.insert_act_quantizers(gm, make_quantizer, set(names))
     layer_type = QATWeightLayer if config.method is Method.QAT else QuantizedWeightLayer
     for name in names:
-        _replace(gm, name, layer_type(gm.get_submodule(name), config.weights))
+        layer = gm.get_submodule(name)
+        _replace(gm, name, layer_type(layer, spec_for(name, layer, config)))
     calibrate(gm, batches, config.calibration_samples)
     quantizers = freeze_activations(gm)
     if config.method is Method.QAT:
@@ -156,7 +174,8 @@ def _quantize_dynamic(gm: fx.GraphModule, names: list[str], config: QuantConfig)
             with gm.graph.inserting_before(node):
                 q = gm.graph.call_module(name, (node.args[0],))
             node.replace_input_with(node.args[0], q)
-            layer = QuantizedWeightLayer(gm.get_submodule(node.target), config.weights)
+            float_layer = gm.get_submodule(node.target)
+            layer = QuantizedWeightLayer(float_layer, spec_for(node.target, float_layer, config))
             layer.separate_bias = True
             _replace(gm, node.target, layer)
             gm.meta["edgeopt_quant"].layers.append(layer_stats(node.target, layer, None))
@@ -165,15 +184,15 @@ def _quantize_dynamic(gm: fx.GraphModule, names: list[str], config: QuantConfig)
 
 
 def _quantize_weights_only(gm: fx.GraphModule, names: list[str], config: QuantConfig) -> None:
-    grouped = config.weights.granularity is Granularity.PER_GROUP
     for name in names:
         float_layer = gm.get_submodule(name)
-        if grouped and isinstance(float_layer, nn.Linear):
-            layer: nn.Module = GroupedLinear(float_layer, config.weights)
-        elif grouped:
-            continue  # groups run along a Linear's input; convolutions stay float
+        spec = spec_for(name, float_layer, config)
+        if spec.granularity is Granularity.PER_GROUP:
+            if not isinstance(float_layer, nn.Linear):
+                continue  # groups run along a Linear's input; convolutions stay float
+            layer: nn.Module = GroupedLinear(float_layer, spec)
         else:
-            layer = QuantizedWeightLayer(float_layer, config.weights)
+            layer = QuantizedWeightLayer(float_layer, spec)
         _replace(gm, name, layer)
         gm.meta["edgeopt_quant"].layers.append(layer_stats(name, layer, None))
     gm.recompile()

@@ -95,12 +95,18 @@ class QuantConfig(Config):
     equalization: bool = False
     bias_correction: bool = False
     data_free: bool = False
-    exclude: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()  # layer name patterns or types (e.g. "fc", "head.*", "Conv1d")
+    weight_overrides: dict[str, QuantSpec] = dataclasses.field(default_factory=dict)
     epochs: int = 1
     lr: float = 1e-4
+    sensitivity: bool = False  # also quantize one layer at a time and record each one's effect
     checkpoint_dir: str | None = None  # QAT: checkpoint every epoch here and resume from it
 
     def validate(self) -> None:
+        for pattern, spec in self.weight_overrides.items():
+            if not isinstance(pattern, str) or not isinstance(spec, QuantSpec):
+                raise invalid(f"QuantConfig.weight_overrides[{pattern!r}]",
+                              "a QuantSpec keyed by a layer name pattern or type", spec)
         if not 0.0 < self.percentile <= 100.0:
             raise invalid("QuantConfig.percentile", "a float in (0, 100]", self.percentile)
         if self.calibration_samples < 1:

@@ -103,13 +103,18 @@ def is_pass_through(gm: fx.GraphModule, node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in _PASS_METHODS
 
 
+def matches(name: str, module: nn.Module, pattern: str) -> bool:
+    """A layer matches a pattern by name (shell-style wildcards) or by its type's name."""
+    return fnmatch.fnmatch(name, pattern) or type(module).__name__ == pattern
+
+
 def weight_layer_names(gm: fx.GraphModule, exclude: tuple[str, ...]) -> list[str]:
     """Names of the Linear/Conv layers to quantize, skipping those matching `exclude`."""
     names = []
     for node in gm.graph.nodes:
         module = _module(gm, node)
         if module is not None and type(module) in WEIGHT_LAYERS:
-            if not any(fnmatch.fnmatch(str(node.target), p) for p in exclude):
+            if not any(matches(str(node.target), module, p) for p in exclude):
                 names.append(str(node.target))
     return names
 

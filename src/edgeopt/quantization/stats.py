@@ -22,6 +22,7 @@ class QuantStats:
     calibration_samples: int = 0
     layers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     curves: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    sensitivity: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def finish(self, gm: fx.GraphModule) -> None:
         from edgeopt.quantization.modules import WEIGHT_LAYERS, ActQuant, DynamicActQuant

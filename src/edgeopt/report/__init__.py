@@ -38,13 +38,16 @@ note. Fields are read by meaning, not by technique, so any technique may record 
         "macs_before": int, "macs_after": int,
         # low-rank
         "rank": int, "full_rank": int, "energy": float,   # energy kept, 0..1
+                                          # (aliases: "max_rank", "energy_kept")
         # clustering
         "clusters": int, "stored_bytes": int,
         # anything else scalar is listed in the stage's per-layer table
       }],
      "curves": {"train_loss": [per epoch], "val_loss": [...], "val_accuracy": [...],
-                "quant_mse": [...], ...},  # any name -> list of numbers (null allowed);
-                                           # "history": [{"epoch": 1, "loss": ..}, ..] also works
+                "quant_mse": [...], ...,   # any name -> list of numbers (null allowed)
+                "best_epoch": int},        # optional, 0-based: a dashed line there
+     # also read as curves: "history": [{"epoch": 1, "loss": ..}, ..], and any list of >= 2
+     # numbers stored directly in the stats (e.g. "finetune_loss": [...])
      "rounds": [{"round": int, "sparsity": float, "accuracy": float}],  # pruning trend
      "masks": {"layer name": [[0/1 or kept fraction, ...], ...]},     # 2-D, downsampled <=128
      "sensitivity": [{"name": str, "metric_drop": float, "sqnr_db": float}],

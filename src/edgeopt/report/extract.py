@@ -265,10 +265,12 @@ def sqnr(ctx: dict[str, Any], layers: list[dict[str, Any]]) -> Figure | None:
 
 
 def ranks(ctx: dict[str, Any], layers: list[dict[str, Any]]) -> Figure | None:
-    names, series = _series(layers, {"rank": "kept rank", "full_rank": "full rank"})
+    full = "full_rank" if any("full_rank" in la for la in layers) else "max_rank"
+    names, series = _series(layers, {"rank": "kept rank", full: "full rank"})
     if "kept rank" not in series:
         return None
-    energy = [v for la in layers if (v := number(la.get("energy"))) is not None]
+    energy = [v for la in layers
+              if (v := number(la.get("energy", la.get("energy_kept")))) is not None]
     caption = (f"Energy kept: {100 * min(energy):.1f} % (lowest layer) to "
                f"{100 * max(energy):.1f} %." if energy else "")
     return _bars(ctx, "Rank per layer", names, series, "rank", caption=caption)
@@ -299,17 +301,28 @@ def _records(records: Any, x_key: str) -> tuple[list[float], dict[str, list[floa
     return ([x if x is not None else i + 1 for i, x in enumerate(xs)], series)
 
 
+def top_level_curves(stats: dict[str, Any]) -> dict[str, list[float | None]]:
+    """Lists of >= 2 numbers stored beside the other fields (e.g. "finetune_loss")."""
+    return _numeric_series({k: v for k, v in stats.items() if k not in FIGURE_KEYS
+                            and isinstance(v, list) and len(v) >= 2
+                            and all(number(x) is not None for x in v)})
+
+
 def curves(ctx: dict[str, Any], stats: dict[str, Any]) -> Figure | None:
-    series = _numeric_series(stats["curves"]) if isinstance(stats.get("curves"), dict) else {}
+    raw = stats.get("curves") if isinstance(stats.get("curves"), dict) else {}
+    series = {**_numeric_series(raw), **top_level_curves(stats)}
     xs: list[float] = []
     if not series:
         xs, series = _records(stats.get("history"), "epoch")
     if not series:
         return None
     xs = xs or list(range(1, max(len(v) for v in series.values()) + 1))
-    data = {"x": xs, "x_label": "epoch", "series": series}
+    best = number(raw.get("best_epoch"))  # 0-based index of the epoch whose weights were kept
+    marker = xs[int(best)] if best is not None and 0 <= best < len(xs) else None
+    data = {"x": xs, "x_label": "epoch", "series": series, "marker": marker}
+    kept = " Dashed: the epoch whose weights were kept." if marker is not None else ""
     return _fig(ctx, "curves", "Training curves", data,
-                caption="Per epoch, as recorded during training.")
+                caption="Per epoch, as recorded during training." + kept)
 
 
 def rounds(ctx: dict[str, Any], stats: dict[str, Any]) -> Figure | None:
@@ -359,8 +372,9 @@ def sensitivity(ctx: dict[str, Any], stats: dict[str, Any]) -> Figure | None:
 def facts(stats: dict[str, Any]) -> list[tuple[str, str]]:
     """Scalar fields and lists of names, as (label, text), for a stage's technique summary."""
     out = []
+    plotted = FIGURE_KEYS | set(top_level_curves(stats))
     for key, value in stats.items():
-        if key in FIGURE_KEYS:
+        if key in plotted:
             continue
         label = str(key).replace("_", " ")
         if value is None or isinstance(value, str | int | float | bool):
@@ -374,15 +388,23 @@ def facts(stats: dict[str, Any]) -> list[tuple[str, str]]:
 def layer_table(layers: list[dict[str, Any]], max_columns: int = 10) -> dict[str, Any]:
     """The scalar per-layer fields as {"columns": [...], "rows": [[cell, ...], ...]}."""
     columns = list(dict.fromkeys(
-        k for la in layers for k, v in la.items()
-        if k != "name" and (v is None or isinstance(v, str | int | float | bool))))[:max_columns]
+        k for la in layers for k, v in la.items() if k != "name" and _is_cell(v)))[:max_columns]
     rows = [[la["name"]] + [_cell(la.get(c)) for c in columns] for la in layers]
     return {"columns": ["layer", *columns], "rows": rows} if columns else {}
 
 
+def _is_cell(value: Any) -> bool:
+    """Scalars, and short lists of numbers such as a Tucker rank [2, 3]."""
+    if isinstance(value, list):
+        return 0 < len(value) <= 4 and all(number(v) is not None for v in value)
+    return value is None or isinstance(value, str | int | float | bool)
+
+
 def _cell(value: Any) -> str:
-    if value is None:
+    if value is None or not _is_cell(value):
         return ""
+    if isinstance(value, list):
+        return "x".join(_cell(v) for v in value)
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

@@ -3,7 +3,8 @@
 - ``tradeoff``: stages, x, y, pareto (bools), x_label, y_label
 - ``heatmap``: rows, columns (labels or None), values (rows x columns, None = blank), vmin,
   vmax, colorbar, x_label, percent (annotate cells as %)
-- ``curves``: x, x_label, series {name: [values]}; series sharing a unit share a panel
+- ``curves``: x, x_label, series {name: [values]}, marker (x of a dashed line, e.g. the best
+  epoch, or None); series sharing a unit (loss, acc, mse, ...) share a panel
 - ``hist_grid``: layers [{name, edges, counts, rms, outlier}], shown [names], x_label
 - ``mask_grid``: masks [{name, values (2-D)}]
 - ``layer_bars``: layers, series {label: [values]}, unit, highlight [names], separate (one
@@ -132,10 +133,14 @@ def curves(fig: Any, data: dict[str, Any]) -> None:
         positive = [v for n in names for v in data["series"][n] if v is not None]
         if unit == "mse" and positive and min(positive) > 0 and max(positive) / min(positive) > 50:
             ax.set_yscale("log")
+        if data.get("marker") is not None:
+            ax.axvline(data["marker"], color="#888888", ls="--", lw=1)
         ax.set_xlabel(data["x_label"])
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(unit if len(names) > 1 else names[0])
-        if len(names) > 1:
+        if len(names) > 2:
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2)
+        elif len(names) > 1:
             ax.legend()
     for ax in axes[len(groups):]:
         ax.set_visible(False)

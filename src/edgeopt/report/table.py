@@ -27,7 +27,7 @@ def _row(s: dict[str, Any]) -> dict[str, str]:
         "Δ acc": "" if drop is None else f"{-drop:+.2f} pt",
         "size": NA if s.get("size_bytes") is None else human_bytes(s["size_bytes"]),
         "smaller": "" if ratio is None else f"{ratio:.2f}x",
-        "latency": NA if latency is None else f"{latency:.3f} ms",
+        "latency": NA if latency is None else f"{latency:.3g} ms",
         "speedup": ", ".join(f"{v:.2f}x @{k}" for k, v in (s.get("speedup") or {}).items()),
         "MACs": NA if s.get("macs") is None else human(s["macs"]),
         "params": NA if s.get("params") is None else human(s["params"]),

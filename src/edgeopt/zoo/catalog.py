@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 
 from torch import nn
 
 from edgeopt.errors import ConfigTypeError, ModelError, invalid
 from edgeopt.zoo import models
+
 
 @dataclass(frozen=True)
 class _Entry:
@@ -49,8 +51,10 @@ def check_input_shape(name: str, input_shape: Sequence[int]) -> tuple[int, ...]:
             f"got {type(input_shape).__name__}."
         )
     shape = tuple(input_shape)
-    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+    positive = all(isinstance(d, Integral) and not isinstance(d, bool) and d > 0 for d in shape)
+    if not shape or not positive:
         raise invalid("input_shape", "a non-empty tuple of positive ints", shape)
+    shape = tuple(int(d) for d in shape)  # numpy / torch ints -> plain ints
     wrong_rank = entry.ndim is not None and len(shape) != entry.ndim
     if wrong_rank or (entry.ndim is not None and min(shape[1:]) < entry.min_size):
         raise ModelError(
