@@ -24,8 +24,12 @@ PAIRS = [("lenet300", "mnist5k"), ("lenet5", "mnist5k"), ("dscnn", "mnist5k"),
 
 def ort_quantize(fp32: Path, out: Path, calib: torch.Tensor) -> Path:
     """ONNX Runtime's quantizer with its recommended settings for this CPU (QDQ, U8S8)."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):

@@ -12,6 +12,7 @@ _LAZY = {
     "apply": "edgeopt.api",
     "QuantConfig": "edgeopt.quantization.config",
     "QuantSpec": "edgeopt.quantization.config",
+    "PruneConfig": "edgeopt.pruning.config",
     "export_onnx": "edgeopt.export.onnx",
     "measure": "edgeopt.runtime.measure",
     "Measurement": "edgeopt.runtime.measure",
@@ -21,7 +22,7 @@ _LAZY = {
     "LowRankConfig": "edgeopt.lowrank.config",
     "ClusterConfig": "edgeopt.clustering.config",
 }
-_SUBMODULES = {"api", "config", "datasets", "zoo", "errors", "data", "recipes", "quantization", "export",
+_SUBMODULES = {"api", "config", "datasets", "zoo", "errors", "data", "recipes", "quantization", "pruning", "export",
                "runtime", "training", "report", "distillation", "lowrank", "clustering"}
 
 __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])

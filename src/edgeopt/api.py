@@ -41,6 +41,7 @@ def apply(
 # Each technique's handler module; importing it registers the handler (one line per technique).
 TECHNIQUE_MODULES = (
     "edgeopt.quantization.apply",
+    "edgeopt.pruning.apply",
     "edgeopt.distillation.apply",
     "edgeopt.lowrank.apply",
     "edgeopt.clustering.apply",

@@ -138,6 +138,21 @@ def test_sensitivity_is_sorted_and_tops_highlighted():
     assert mapping["data"]["layers"] == ["y", "x"]
 
 
+def test_sensitivity_as_quantization_records_it():
+    rows = [{"name": "a", "type": "Conv2d", "sqnr_db": 35.0, "agreement": 0.99,
+             "accuracy_drop": None},
+            {"name": "b", "type": "Conv2d", "sqnr_db": 18.0, "agreement": 0.9,
+             "accuracy_drop": None}]
+    fig = extract.sensitivity(CTX, {"sensitivity": rows})
+    assert fig["data"]["layers"] == ["b", "a"]  # lowest SQNR first
+    assert set(fig["data"]["series"]) == {"SQNR (dB)", "disagreement (%)"}
+    assert fig["data"]["series"]["disagreement (%)"] == pytest.approx([10.0, 1.0])
+    assert fig["callouts"] == ["most sensitive (SQNR (dB)): b, a"]
+    rows[0]["accuracy_drop"] = 0.4
+    assert extract.sensitivity(CTX, {"sensitivity": rows})["data"]["layers"] == ["a", "b"]
+    assert extract.sensitivity(CTX, {"sensitivity": [{"name": "a"}]}) is None
+
+
 def test_lowrank_and_cluster_bars():
     figs = {(f["stage"], f["title"]): f for f in figures_of(full_metrics())}
     rank = figs[("lowrank", "Rank per layer")]

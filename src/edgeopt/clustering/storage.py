@@ -34,8 +34,9 @@ from edgeopt.errors import ConfigTypeError, DataError
 __all__ = ["StorageReport", "TensorRecord", "load_compressed", "save_compressed", "stored_size"]
 
 MAGIC = b"EOZ1"
-_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9}]
 _MAX_TABLE = 1 << 16  # more distinct values than this: a codebook cannot pay off
+_PROBE, _PROBE_ABOVE = 1 << 16, 1 << 18
+_HEADER_CODEC = "lzma20"
 
 
 @dataclasses.dataclass
@@ -74,15 +75,33 @@ class StorageReport:
 # ---------------------------------------------------------------- streams
 
 
+def _filters(codec: str) -> list[dict[str, Any]]:
+    """'lzma<k>': LZMA2 at preset 9 with a 2^k-byte dictionary (sized to the stream, since a
+    64 MiB default dictionary costs more to set up than small streams take to compress)."""
+    return [{"id": lzma.FILTER_LZMA2, "preset": 9, "dict_size": 1 << int(codec[4:])}]
+
+
 def _compress(data: bytes) -> tuple[str, bytes]:
-    """('lzma', packed) or ('none', data), whichever is shorter."""
-    packed = lzma.compress(data, format=lzma.FORMAT_RAW, filters=_FILTERS) if data else b""
-    return ("lzma", packed) if len(packed) < len(data) else ("none", data)
+    """('lzma<k>', packed) or ('none', data), whichever is shorter.
+
+    Large streams that a 64 KiB sample shows to be nearly incompressible (dense float
+    mantissas) are stored plain without compressing the whole, which would take seconds.
+    """
+    if not data:
+        return "none", data
+    codec = f"lzma{min(26, max(12, math.ceil(math.log2(len(data)))))}"
+    if len(data) > _PROBE_ABOVE:
+        sample = lzma.compress(data[:_PROBE], format=lzma.FORMAT_RAW, filters=_filters(codec))
+        if len(sample) > 0.97 * _PROBE:
+            return "none", data
+    packed = lzma.compress(data, format=lzma.FORMAT_RAW, filters=_filters(codec))
+    return (codec, packed) if len(packed) < len(data) else ("none", data)
 
 
 def _decompress(codec: str, data: bytes) -> bytes:
-    return lzma.decompress(data, format=lzma.FORMAT_RAW, filters=_FILTERS) if codec == "lzma" \
-        else data
+    if codec == "none":
+        return data
+    return lzma.decompress(data, format=lzma.FORMAT_RAW, filters=_filters(codec))
 
 
 def _index_dtype(count: int) -> type[np.unsignedinteger[Any]]:
@@ -113,8 +132,12 @@ def _read_codes(meta: dict[str, Any], data: bytes, n: int, count: int) -> np.nda
 # ---------------------------------------------------------------- encodings
 
 
-def _candidates(values: np.ndarray, rows: int) -> list[tuple[str, dict[str, Any], list[bytes]]]:
-    """Lossless encodings of a flat float array: (kind, meta, streams)."""
+def _candidates(values: np.ndarray, rows: np.ndarray | None
+                ) -> list[tuple[str, dict[str, Any], list[bytes]]]:
+    """Lossless encodings of a flat float array: (kind, meta, streams).
+
+    `rows` gives each value's row (output channel) for the one-table-per-row codebook.
+    """
     out = []
     codec, data = _compress(values.tobytes())
     out.append(("raw", {"codecs": [codec]}, [data]))
@@ -124,23 +147,40 @@ def _candidates(values: np.ndarray, rows: int) -> list[tuple[str, dict[str, Any]
         meta, stream = _codes_stream(codes.ravel(), len(table))
         out.append(("codebook", {"codecs": [t_codec], "codes": meta, "table": len(table)},
                     [t_data, stream]))
-    if rows > 1 and len(values) % rows == 0 and len(table) > 1:
-        out.extend(_row_codebook(values.reshape(rows, -1)))
+    if rows is not None and len(table) > 1 and rows[-1] > 0:
+        out.extend(_row_codebook(values, rows))
     return out
 
 
-def _row_codebook(matrix: np.ndarray) -> list[tuple[str, dict[str, Any], list[bytes]]]:
-    """One table per row, padded to the longest row's table; indices shared across rows."""
-    tables = [np.unique(row, return_inverse=True) for row in matrix]
-    width = max(len(t) for t, _ in tables)
+def _row_codebook(values: np.ndarray, rows: np.ndarray
+                  ) -> list[tuple[str, dict[str, Any], list[bytes]]]:
+    """One table per row, padded to the longest row's table; codes index within the row."""
+    count = int(rows[-1]) + 1
+    starts = np.searchsorted(rows, np.arange(count + 1))
+    tables, codes = [], np.empty(len(values), dtype=np.int64)
+    for r in range(count):
+        table, local = np.unique(values[starts[r]:starts[r + 1]], return_inverse=True)
+        tables.append(table)
+        codes[starts[r]:starts[r + 1]] = local.ravel()
+    width = max(1, max(len(t) for t in tables))
     if width > 256:
         return []
-    padded = np.stack([np.pad(t, (0, width - len(t)), mode="edge") for t, _ in tables])
-    codes = np.concatenate([c.ravel() for _, c in tables])
+    padded = np.stack([np.pad(t, (0, width - len(t)), mode="edge") if len(t) else
+                       np.zeros(width, dtype=values.dtype) for t in tables])
     t_codec, t_data = _compress(padded.tobytes())
     meta, stream = _codes_stream(codes, width)
-    return [("row_codebook", {"codecs": [t_codec], "codes": meta, "table": width},
-             [t_data, stream])]
+    return [("row_codebook", {"codecs": [t_codec], "codes": meta, "table": width,
+                              "rows": count}, [t_data, stream])]
+
+
+def _row_ids(shape: tuple[int, ...], mask: np.ndarray | None) -> np.ndarray | None:
+    """Row (dim 0) of each stored value, in storage order; None for 0-/1-D tensors."""
+    if len(shape) < 2 or shape[0] < 2:
+        return None
+    per_row = math.prod(shape[1:])
+    if mask is None:
+        return np.repeat(np.arange(shape[0]), per_row)
+    return np.flatnonzero(mask) // per_row
 
 
 def _encode(array: np.ndarray) -> tuple[str, dict[str, Any], list[bytes]]:
@@ -149,12 +189,11 @@ def _encode(array: np.ndarray) -> tuple[str, dict[str, Any], list[bytes]]:
     if not np.issubdtype(flat.dtype, np.floating):
         codec, data = _compress(flat.tobytes())
         return "raw", {"codecs": [codec]}, [data]
-    rows = array.shape[0] if array.ndim >= 2 else 1
-    options = _candidates(flat, rows)
+    options = _candidates(flat, _row_ids(array.shape, None))
     mask = flat != 0
     if 0 < mask.sum() < 0.5 * flat.size:  # sparse enough that a bitmap may pay
         m_codec, m_data = _compress(np.packbits(mask, bitorder="little").tobytes())
-        for kind, meta, streams in _candidates(flat[mask], 1):
+        for kind, meta, streams in _candidates(flat[mask], _row_ids(array.shape, mask)):
             options.append((f"sparse_{kind}", {**meta, "mask_codec": m_codec},
                             [m_data, *streams]))
     return min(options, key=lambda o: sum(len(s) for s in o[2]))
@@ -175,8 +214,7 @@ def _decode(record: dict[str, Any], streams: list[bytes]) -> np.ndarray:
         table = np.frombuffer(_decompress(meta["codecs"][0], streams[0]), dtype=dtype)
         codes = _read_codes(meta["codes"], streams[1], count, meta["table"])
         if kind == "row_codebook":
-            rows = shape[0]
-            codes = codes + np.repeat(np.arange(rows) * meta["table"], count // rows)
+            codes = codes + _row_ids(shape, mask) * meta["table"]
         values = table[codes]
     if mask is None:
         return values.reshape(shape).copy()
@@ -238,7 +276,7 @@ def encode(source: Any) -> tuple[bytes, StorageReport]:
             index_bits=int(meta["codes"]["bits"]) if "codes" in meta else 0,
             dense_bytes=int(array.nbytes), stored_bytes=sum(len(s) for s in streams)))
     head = lzma.compress(json.dumps(header, separators=(",", ":")).encode(),
-                         format=lzma.FORMAT_RAW, filters=_FILTERS)
+                         format=lzma.FORMAT_RAW, filters=_filters(_HEADER_CODEC))
     blob = MAGIC + struct.pack("<I", len(head)) + head + b"".join(payload)
     report = StorageReport(tensors=records, header_bytes=len(head) + len(MAGIC) + 4,
                            total_bytes=len(blob), dense_bytes=sum(r.dense_bytes for r in records))
@@ -265,8 +303,7 @@ def load_compressed(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if blob[:4] != MAGIC:
         raise DataError(f"{str(path)!r} is not an edgeopt compressed-weights file.")
     (size,) = struct.unpack("<I", blob[4:8])
-    header = json.loads(lzma.decompress(blob[8:8 + size], format=lzma.FORMAT_RAW,
-                                        filters=_FILTERS))
+    header = json.loads(_decompress(_HEADER_CODEC, blob[8:8 + size]))
     offset, state = 8 + size, {}
     for record in header:
         streams = []

@@ -269,9 +269,12 @@ def _finalize(builder: Builder, program: Any, example: torch.Tensor) -> Dependen
     by_members: dict[tuple[Key, ...], list[int]] = {}
     for c in range(len(used)):
         by_members.setdefault(tuple(footprint[c]), []).append(c)
-    groups = []
+    groups, names = [], set()
     for members, channels in by_members.items():
-        name = members[0][0].rsplit(".", 1)[0]
+        name = base = members[0][0].rsplit(".", 1)[0]
+        while name in names:
+            name = f"{base}#{len(names)}"
+        names.add(name)
         kind = "head" if all(c in heads for c in channels) else "channel"
         groups.append(Group(name, members, tuple(channels),
                             frozenset(c for c in channels if c in pinned), kind))

@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgeopt.pruning.common import accuracy, loss_fn
-from edgeopt.training import fit
+from edgeopt.training import LossFn, fit
 
 
 def round_sparsities(target: float, steps: int) -> list[float]:
@@ -48,25 +48,30 @@ class FinetuneResult:
 def finetune(
     model: nn.Module, train: Any, val: Any, *, epochs: int, lr: float, patience: int,
     batch_size: int, seed: int, after_step: Callable[[nn.Module], None] | None = None,
-    keep_best: bool = True, progress: bool = True, desc: str = "finetune",
+    keep_best: bool = True, loss: LossFn | None = None,
+    on_epoch: Callable[[int, float | None], None] | None = None, progress: bool = True,
+    desc: str = "finetune",
 ) -> FinetuneResult:
     """Train `epochs` epochs (edgeopt.training.fit, one epoch per call) with a progress bar.
 
     With `val` and `keep_best`, keeps the weights of the best validation epoch and stops after
     `patience` epochs without improvement (without `keep_best`, e.g. while sparsity still
-    ramps up, every epoch runs and the last weights stay)."""
+    ramps up, every epoch runs and the last weights stay). `loss` replaces cross-entropy;
+    `on_epoch(epoch, val_accuracy)` runs after each epoch."""
     result = FinetuneResult()
     start = time.perf_counter()
     best_state, best = None, -1.0
     bar = tqdm(total=epochs, desc=desc, unit="epoch", disable=not progress, leave=False)
     for epoch in range(epochs):
         fit(model, train, None, epochs=1, lr=lr, batch_size=batch_size, seed=seed + epoch,
-            loss_fn=loss_fn, after_step=after_step, progress=False)
+            loss_fn=loss or loss_fn, after_step=after_step, progress=False)
         result.epochs += 1
         bar.update(1)
-        if val is None:
+        acc = accuracy(model, val) if val is not None else None
+        if on_epoch is not None:
+            on_epoch(epoch, acc)
+        if acc is None:
             continue
-        acc = accuracy(model, val)
         result.val_accuracy.append(acc)
         bar.set_postfix(val_acc=f"{acc:.4f}")
         if acc >= best:  # ties keep the later (longer-trained) weights

@@ -107,9 +107,13 @@ class PruneStats:
     channels_removed: int = 0
     blocks_removed: list[str] = dataclasses.field(default_factory=list)
     layers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    rounds: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    rounds: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # accuracy: on val
     skipped_layers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    plan: dict[str, float] = dataclasses.field(default_factory=dict)
+    plan: dict[str, float] = dataclasses.field(default_factory=dict)  # criterion='sensitivity'
+    sensitivity: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # per unit
+    sensitivity_curves: dict[str, Any] = dataclasses.field(default_factory=dict)
+    regularization: dict[str, Any] = dataclasses.field(default_factory=dict)
+    masks: dict[str, list[list[float]]] = dataclasses.field(default_factory=dict)  # kept fraction
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,10 +144,21 @@ def finish_stats(stats: PruneStats, before: dict[str, Any], model: nn.Module,
     stats.dense_bytes_before, stats.sparse_bytes_before = before["dense"], before["sparse"]
     stats.dense_bytes_after = dense_size_bytes(model)
     stats.sparse_bytes_after = sparse_size_bytes(model)
+    if 0 < stats.weight_sparsity and stats.structure in ("unstructured", "n:m"):
+        stats.masks = {name.rpartition(".")[0]: mask_grid(w) for name, w in weights.items()}
     kinds = {t.__name__ for t in PRUNABLE}
     stats.layers = [_layer_row(name, row, after.get(name)) for name, row in before["layers"].items()
                     if row["type"] in kinds or row["macs"]]
     return stats
+
+
+@torch.no_grad()
+def mask_grid(weight: torch.Tensor, size: int = 64) -> list[list[float]]:
+    """Kept fraction of `weight` (outputs x inputs*kernel) averaged into at most size x size."""
+    kept = (weight.detach().reshape(weight.shape[0], -1) != 0).float()[None, None]
+    rows, cols = min(size, kept.shape[2]), min(size, kept.shape[3])
+    pooled = torch.nn.functional.adaptive_avg_pool2d(kept, (rows, cols))[0, 0]
+    return [[round(float(v), 3) for v in row] for row in pooled]
 
 
 def _effective(row: dict[str, Any]) -> int:

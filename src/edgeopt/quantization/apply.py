@@ -81,26 +81,48 @@ def quantize_model(model: nn.Module, config: QuantConfig, *, data: Any = None) -
         raise DataError(f"method={config.method.value!r} needs {what} data; pass data=... "
                         "(or use method='dynamic' / 'weight_only', which need none).")
     check_finite_weights(model)
-    batches = (take_inputs(data, config.calibration_samples, what="calibration data")
-               if config.method in _STATIC else [])
-    gm = qgraph.trace(copy.deepcopy(model).eval())
-    folded = qgraph.fold_batch_norm(gm)
-    names = qgraph.weight_layer_names(gm, config.exclude)
+    if config.method in _STATIC:
+        batches = take_inputs(data, config.calibration_samples, what="calibration data")
+        gm = qgraph.trace(copy.deepcopy(model).eval(), batches[0][:2])
+    else:
+        batches, gm = [], _graph_if_traceable(model)
+    folded = qgraph.fold_batch_norm(gm) if isinstance(gm, fx.GraphModule) else 0
+    names = weight_layers(gm, config.exclude)
     _check_groups(gm, names, config)
     stats = QuantStats(method=config.method.value, folded_batch_norms=folded)
-    gm.meta["edgeopt_quant"] = stats
+    _meta(gm)["edgeopt_quant"] = stats
     if config.method in _STATIC:
         _quantize_static(gm, names, config, batches, data)
-    elif config.method is Method.DYNAMIC:
-        _quantize_dynamic(gm, names, config)
     else:
-        _quantize_weights_only(gm, names, config)
+        _swap_weight_layers(gm, names, config)
     stats.finish(gm)
     if config.sensitivity:
         from edgeopt.quantization.analysis import layer_sensitivity
 
         stats.sensitivity = [row.to_dict() for row in layer_sensitivity(model, config, data)]
     return gm
+
+
+def _graph_if_traceable(model: nn.Module) -> nn.Module:
+    """Weight-only and dynamic quantization need no graph, but fold BN when one is at hand."""
+    copied = copy.deepcopy(model).eval()
+    try:
+        return qgraph.trace(copied)
+    except ModelError:
+        return copied
+
+
+def _meta(model: nn.Module) -> dict[str, Any]:
+    if not isinstance(getattr(model, "meta", None), dict):
+        model.meta = {}
+    return model.meta
+
+
+def weight_layers(model: nn.Module, exclude: tuple[str, ...]) -> list[str]:
+    if isinstance(model, fx.GraphModule):
+        return qgraph.weight_layer_names(model, exclude)
+    return [n for n, m in model.named_modules() if type(m) in qgraph.WEIGHT_LAYERS
+            and not any(qgraph.matches(n, m, p) for p in exclude)]
 
 
 def _check_groups(gm: fx.GraphModule, names: list[str], config: QuantConfig) -> None:
@@ -161,41 +183,28 @@ def _quantize_static(gm: fx.GraphModule, names: list[str], config: QuantConfig,
             layer_stats(layer_name, layer, quantizers[input_name]))
 
 
-def _quantize_dynamic(gm: fx.GraphModule, names: list[str], config: QuantConfig) -> None:
-    """Linear layers get a run-time input quantizer; their output stays float."""
-    linears = [n for n in names if isinstance(gm.get_submodule(n), nn.Linear)]
-    if not linears:
+def _swap_weight_layers(model: nn.Module, names: list[str], config: QuantConfig) -> None:
+    """Dynamic and weight-only: swap layers in place of the float ones (no graph needed)."""
+    dynamic = config.method is Method.DYNAMIC
+    if dynamic and not any(isinstance(model.get_submodule(n), nn.Linear) for n in names):
         raise ModelError("method='dynamic' quantizes Linear layers and the model has none; "
                          "use method='ptq' for convolutional models.")
-    for node in list(gm.graph.nodes):
-        if node.op == "call_module" and node.target in linears:
-            name = f"dynamic_quant_{len(gm.meta['edgeopt_quant'].layers)}"
-            gm.add_submodule(name, DynamicActQuant())
-            with gm.graph.inserting_before(node):
-                q = gm.graph.call_module(name, (node.args[0],))
-            node.replace_input_with(node.args[0], q)
-            float_layer = gm.get_submodule(node.target)
-            layer = QuantizedWeightLayer(float_layer, spec_for(node.target, float_layer, config))
-            layer.separate_bias = True
-            _replace(gm, node.target, layer)
-            gm.meta["edgeopt_quant"].layers.append(layer_stats(node.target, layer, None))
-    gm.graph.lint()
-    gm.recompile()
-
-
-def _quantize_weights_only(gm: fx.GraphModule, names: list[str], config: QuantConfig) -> None:
     for name in names:
-        float_layer = gm.get_submodule(name)
+        float_layer = model.get_submodule(name)
         spec = spec_for(name, float_layer, config)
+        if (dynamic or spec.granularity is Granularity.PER_GROUP) and not isinstance(
+                float_layer, nn.Linear):
+            continue  # run-time input quantization and groups are for Linear layers
         if spec.granularity is Granularity.PER_GROUP:
-            if not isinstance(float_layer, nn.Linear):
-                continue  # groups run along a Linear's input; convolutions stay float
             layer: nn.Module = GroupedLinear(float_layer, spec)
         else:
             layer = QuantizedWeightLayer(float_layer, spec)
-        _replace(gm, name, layer)
-        gm.meta["edgeopt_quant"].layers.append(layer_stats(name, layer, None))
-    gm.recompile()
+            if dynamic:
+                layer.input_quantizer = DynamicActQuant()
+        qgraph._replace_submodule(model, name, layer)
+        _meta(model)["edgeopt_quant"].layers.append(layer_stats(name, layer, None))
+    if isinstance(model, fx.GraphModule):
+        model.recompile()
 
 
 @torch.no_grad()

@@ -21,28 +21,40 @@ from edgeopt.errors import ModelError
 from edgeopt.quantization.modules import WEIGHT_LAYERS, ActQuant
 
 _CONV_BN = {(nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d)}
+aten = torch.ops.aten
 _RELUS_MODULES = (nn.ReLU, nn.ReLU6)
-_RELU_FUNCTIONS = {torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6}
-_ADD_FUNCTIONS = {operator.add, torch.add, operator.iadd}
+_RELU_FUNCTIONS = {torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6,
+                   aten.relu.default, aten.relu_.default}
+_CLAMP_FUNCTIONS = {aten.hardtanh.default, aten.hardtanh_.default}  # ReLU6 once exported
+_ADD_FUNCTIONS = {operator.add, torch.add, operator.iadd, aten.add.Tensor, aten.add_.Tensor}
 _POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+_POOL_FUNCTIONS = {aten.adaptive_avg_pool2d.default, aten.adaptive_avg_pool1d.default,
+                   aten.avg_pool2d.default, aten.avg_pool1d.default}
 _PASS_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
 _PASS_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze,
                    torch.nn.functional.max_pool2d, torch.nn.functional.max_pool1d,
-                   torch.nn.functional.dropout}
+                   torch.nn.functional.dropout, aten.flatten.using_ints, aten.view.default,
+                   aten.reshape.default, aten.max_pool2d.default, aten.max_pool1d.default,
+                   aten.dropout.default, aten.dropout_.default, aten.squeeze.dim,
+                   aten.unsqueeze.default, aten.clone.default}
 _PASS_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "contiguous"}
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace `model` or explain why it cannot be."""
+def trace(model: nn.Module, example: torch.Tensor | None = None) -> fx.GraphModule:
+    """A graph of `model`: torch.fx symbolic tracing, else torch.export on `example`."""
     if isinstance(model, fx.GraphModule):
         return model
     try:
         return fx.symbolic_trace(model)
     except Exception as exc:  # tracing fails in many ways; all mean the same to a user
-        raise ModelError(
-            f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); models need a static graph."
-        ) from exc
+        if example is None:
+            raise ModelError(
+                f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}); "
+                "pass data so it can be captured with torch.export instead."
+            ) from exc
+    from edgeopt.quantization.tracing import export_graph
+
+    return export_graph(model, example)
 
 
 def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
@@ -83,14 +95,26 @@ def is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
         node.op == "call_method" and node.target == "relu")
 
 
+def is_float_tensor(node: fx.Node) -> bool:
+    """True unless the graph knows the value is not a float tensor (exported graphs carry it)."""
+    value = node.meta.get("val")
+    if value is None:
+        return True
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def _arg_value(node: fx.Node, index: int, default: object) -> object:
+    return node.args[index] if len(node.args) > index else default
+
+
 def is_integer_op(gm: fx.GraphModule, node: fx.Node) -> bool:
     """Ops the runtime can run on integers when their inputs and output are quantized."""
     module = _module(gm, node)
     if module is not None:
         return type(module) in WEIGHT_LAYERS or isinstance(module, _POOL_MODULES)
     if node.op == "call_function" and node.target in _ADD_FUNCTIONS:
-        return all(isinstance(a, fx.Node) for a in node.args[:2])
-    return False
+        return is_float_tensor(node) and all(isinstance(a, fx.Node) for a in node.args[:2])
+    return node.op == "call_function" and node.target in _POOL_FUNCTIONS
 
 
 def is_pass_through(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -98,6 +122,8 @@ def is_pass_through(gm: fx.GraphModule, node: fx.Node) -> bool:
     module = _module(gm, node)
     if module is not None:
         return isinstance(module, _PASS_MODULES)
+    if node.op == "call_function" and node.target is aten.pad.default:
+        return _arg_value(node, 2, "constant") == "constant" and not _arg_value(node, 3, None)
     if node.op == "call_function":
         return node.target in _PASS_FUNCTIONS
     return node.op == "call_method" and node.target in _PASS_METHODS
@@ -154,7 +180,7 @@ def insert_act_quantizers(
         if not wants_integer(node):
             continue
         for arg in node.args:
-            if isinstance(arg, fx.Node) and arg not in source and arg.meta.get("tensor", True):
+            if isinstance(arg, fx.Node) and arg not in source and is_float_tensor(arg):
                 quantize_after(arg)
         if node.op == "call_module" and str(node.target) in quantized_layers:
             inputs_of[str(node.target)] = source[node.args[0]]

@@ -160,7 +160,7 @@ class QuantizedWeightLayer(nn.Module):
         self.register_buffer("bias_q", None)
         self.register_buffer("bias_scale", None)
         self.register_buffer("bias_zero_point", None)
-        self.separate_bias = False
+        self.input_quantizer: nn.Module | None = None  # set for dynamic quantization
 
     @property
     def per_channel(self) -> bool:
@@ -187,10 +187,11 @@ class QuantizedWeightLayer(nn.Module):
         self.bias_float = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.separate_bias and self.bias_float is not None:
+        if self.input_quantizer is not None:
             # dynamic quantization: the runtime's integer GEMM cannot take a float bias
-            y = self._functional(x, self.weight(), None, **self._hyperparameters)
-            return y + self.bias_float
+            y = self._functional(self.input_quantizer(x), self.weight(), None,
+                                 **self._hyperparameters)
+            return y + self.bias_float if self.bias_float is not None else y
         return self._functional(x, self.weight(), self.bias(), **self._hyperparameters)
 
     def stored_parameters(self) -> list[torch.Tensor]:

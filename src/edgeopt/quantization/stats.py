@@ -6,7 +6,6 @@ import dataclasses
 from typing import Any
 
 import torch
-import torch.fx as fx
 import torch.nn as nn
 
 from edgeopt.quantization.primitives import sqnr_db
@@ -24,7 +23,7 @@ class QuantStats:
     curves: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     sensitivity: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
-    def finish(self, gm: fx.GraphModule) -> None:
+    def finish(self, gm: nn.Module) -> None:
         from edgeopt.quantization.modules import WEIGHT_LAYERS, ActQuant, DynamicActQuant
 
         self.quantized_layers = [layer["name"] for layer in self.layers]

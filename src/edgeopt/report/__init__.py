@@ -50,7 +50,9 @@ note. Fields are read by meaning, not by technique, so any technique may record 
      # numbers stored directly in the stats (e.g. "finetune_loss": [...])
      "rounds": [{"round": int, "sparsity": float, "accuracy": float}],  # pruning trend
      "masks": {"layer name": [[0/1 or kept fraction, ...], ...]},     # 2-D, downsampled <=128
-     "sensitivity": [{"name": str, "metric_drop": float, "sqnr_db": float}],
+     "sensitivity": [{"name": str, "metric_drop": float, "sqnr_db": float,
+                      "agreement": float}],   # 0..1 top-1 agreement; "accuracy_drop" is an
+                                              # alias of metric_drop (points)
      ...scalars (method, counts) and lists of layer names: listed as facts}
 
 Outlier layers: error histogram RMS above 3x the median over layers (>= 3 layers) or

@@ -356,17 +356,29 @@ def sensitivity(ctx: dict[str, Any], stats: dict[str, Any]) -> Figure | None:
     raw = stats.get("sensitivity")
     if isinstance(raw, dict):
         raw = [{"name": k, "metric_drop": v} for k, v in raw.items()]
-    rows = [r for r in raw if isinstance(r, dict) and isinstance(r.get("name"), str)] \
-        if isinstance(raw, list) else []
-    rows.sort(key=lambda r: -(number(r.get("metric_drop")) or -math.inf))
-    names, series = _series(rows, {"metric_drop": "metric drop", "sqnr_db": "SQNR (dB)"})
-    if not series:
+    rows = [_sensitivity_row(r) for r in raw if isinstance(r, dict)
+            and isinstance(r.get("name"), str)] if isinstance(raw, list) else []
+    key = next((k for k in ("metric drop", "SQNR (dB)", "disagreement (%)")
+                if any(r[k] is not None for r in rows)), None)
+    if key is None:
         return None
-    top = names[:3] if "metric drop" in series else []
+    worst_first = -1 if key == "SQNR (dB)" else 1  # low SQNR is sensitive, high drop is
+    rows.sort(key=lambda r: -worst_first * r[key] if r[key] is not None else math.inf)
+    names, series = _series(rows, {k: k for k in ("metric drop", "SQNR (dB)",
+                                                  "disagreement (%)")})
+    top = [r["name"] for r in rows if r[key] is not None][:3]
     return _bars(ctx, "Per-layer sensitivity", names, series, "", separate=True,
-                 highlight=top, callouts=[f"most sensitive: {', '.join(top)}"] if top else [],
-                 caption="Metric drop when only this layer is compressed (sorted), and its "
-                         "signal-to-quantization-noise ratio.")
+                 highlight=top, callouts=[f"most sensitive ({key}): {', '.join(top)}"],
+                 caption="Each layer compressed alone, sorted by " + key + ": metric (accuracy) "
+                         "drop, output signal-to-quantization-noise ratio, top-1 "
+                         "disagreement with the float model, where recorded.")
+
+
+def _sensitivity_row(row: dict[str, Any]) -> dict[str, Any]:
+    drop = number(row.get("metric_drop", row.get("accuracy_drop")))
+    agreement = number(row.get("agreement"))
+    return {"name": row["name"], "metric drop": drop, "SQNR (dB)": number(row.get("sqnr_db")),
+            "disagreement (%)": None if agreement is None else 100 * (1 - agreement)}
 
 
 def facts(stats: dict[str, Any]) -> list[tuple[str, str]]:
