@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= runs/demo
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install browser lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,9 +18,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/edgeopt optimize --out $(OUT)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m ruff check src tests bench
 	$(BIN)/python -m pytest -q
+
+# The report's browser test needs headless Chromium (Debian packages); skipped where absent.
+browser:
+	@command -v chromium >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+	  echo "chromium not installed: the report's browser test will be skipped")
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_int8.py

@@ -83,7 +83,6 @@ def write_report(metrics: dict[str, Any] | RunData, path: str | Path) -> Path:
     for target, text in ((path.with_name(TWIN_NAME), json.dumps(twin, indent=1)),
                          (path, page)):
         write_text(target, text)
-        target.chmod(0o644)  # a report is meant to be shared; the temp file was private
     return path
 
 
