@@ -13,51 +13,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+from common import PAIRS, calibration_tensor, ort_quantize_static
 
 import edgeopt as eo
 from edgeopt.runtime.measure import compare_latency, measure
-
-PAIRS = [("lenet300", "mnist5k"), ("lenet5", "mnist5k"), ("dscnn", "mnist5k"),
-         ("resnet8", "mnist5k"), ("tcn1d", "basic-motions")]
-
-
-def ort_quantize(fp32: Path, out: Path, calib: torch.Tensor) -> Path:
-    """ONNX Runtime's quantizer with its recommended settings for this CPU (QDQ, U8S8)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter([{"x": calib[i:i + 1].numpy()} for i in range(len(calib))])
-
-        def get_next(self):  # type: ignore[no-untyped-def]
-            return next(self.items, None)
-
-    pre = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(pre))
-    import onnx
-
-    name = onnx.load(str(pre)).graph.input[0].name
-    reader = Reader()
-    reader.items = iter([{name: calib[i:i + 1].numpy()} for i in range(len(calib))])
-    quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    per_channel=True)
-    return out
 
 
 def bench_one(model_name: str, data_name: str, folder: Path, rounds: int) -> list[str]:
     splits = eo.datasets.load(data_name, seed=0)
     model = eo.zoo.pretrained(model_name, data_name)
     config = eo.QuantConfig()
-    calib = torch.stack([splits.train[i][0] for i in range(min(config.calibration_samples,
-                                                                len(splits.train)))])
+    calib = calibration_tensor(splits, config.calibration_samples)
     example = calib[:1]
     fp32 = eo.export_onnx(model, folder / f"{model_name}_fp32.onnx", example)
     start = time.perf_counter()
@@ -65,7 +31,7 @@ def bench_one(model_name: str, data_name: str, folder: Path, rounds: int) -> lis
     ours = eo.export_onnx(qmodel, folder / f"{model_name}_int8.onnx", example)
     ours_s = time.perf_counter() - start
     start = time.perf_counter()
-    theirs = ort_quantize(fp32, folder / f"{model_name}_ort.onnx", calib)
+    theirs = ort_quantize_static(fp32, folder / f"{model_name}_ort.onnx", calib)
     theirs_s = time.perf_counter() - start
     paths = [fp32, ours, theirs]
     results = [measure(p, splits.test, threads=1, runs=5, warmup=1) for p in paths]

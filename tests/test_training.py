@@ -19,9 +19,9 @@ def _digits_lenet(seed: int = 0):
 def test_fit_beats_chance_on_digits_and_keeps_best_val():
     splits, net = _digits_lenet()
     before = evaluate(net, splits.test)
-    history = fit(net, splits.train, splits.val, epochs=3, progress=False)
+    history = fit(net, splits.train, splits.val, epochs=2, progress=False)
     assert isinstance(history, TrainHistory)
-    assert len(history.train_loss) == len(history.val_accuracy) == 3
+    assert len(history.train_loss) == len(history.val_accuracy) == 2
     assert history.train_loss[-1] < history.train_loss[0]
     assert history.best_val_accuracy == max(history.val_accuracy)
     assert evaluate(net, splits.val) == pytest.approx(history.best_val_accuracy)

@@ -43,4 +43,4 @@ def test_unknown_field_from_dict_lists_valid_fields():
 
 def test_unsupported_option_is_refused_before_work():
     with pytest.raises(ConfigError, match="rounding"):
-        check_supported(QuantConfig(rounding="adaround"))
+        check_supported(QuantConfig(method="qat", rounding="adaround"))

@@ -37,6 +37,8 @@ def test_yaml_file_maps_onto_configs(tmp_path):
      r"recipe.stages\[0\].from must be an earlier stage", ConfigError),
     ({"stages": [{"technique": "quantize"}, {"technique": "quantize"}]},
      r"recipe.stages\[1\].name must be a unique name", ConfigError),
+    ({"stages": [{"technique": "quantize", "speed_guard": "yes"}]},
+     r"recipe.stages\[0\].speed_guard must be true or false", ConfigTypeError),
     ({"measure": {"threads": 0}}, r"recipe.measure.threads must be a positive int", ConfigError),
     ({"measure": {"speed_threads": []}}, r"speed_threads must be a non-empty list", ConfigError),
     ({"model": "tcn1d", "data": "mnist5k"}, r"tcn1d", Exception),

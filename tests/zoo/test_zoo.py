@@ -9,7 +9,7 @@ import torch.fx
 from torch import nn
 
 from edgeopt import datasets, zoo
-from edgeopt.errors import ModelError
+from edgeopt.errors import ModelError, OutputError
 
 NATURAL = {"lenet300": "mnist5k", "lenet5": "mnist5k", "dscnn": "mnist5k", "resnet8": "mnist5k",
            "tcn1d": "basic-motions"}
@@ -33,9 +33,8 @@ def test_forward_and_fx_trace(name, data):
     assert torch.allclose(traced(x), out)
     ops = {n.target for n in traced.graph.nodes if n.op == "call_function"}
     assert torch.nn.functional.relu not in ops  # ReLUs are modules, so fusion can find them
-    if name != "lenet300":
-        assert any(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in net.modules()) or \
-            name == "lenet5"
+    has_bn = any(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in net.modules())
+    assert has_bn == (name in {"dscnn", "resnet8", "tcn1d"})
 
 
 def test_init_is_deterministic_for_a_seed():
@@ -116,3 +115,10 @@ def test_pretrained_recovers_from_a_damaged_cache(tmp_path):
         net = zoo.pretrained("lenet300", "digits", epochs=1, cache_dir=tmp_path, progress=False)
     assert net(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
     assert weights.stat().st_size > 1000
+
+
+def test_unwritable_cache_fails_before_training(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(OutputError, match="EDGEOPT_CACHE_DIR"):
+        zoo.pretrained("lenet300", "digits", epochs=1, cache_dir=blocker / "zoo", progress=False)

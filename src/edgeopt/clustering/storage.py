@@ -16,6 +16,7 @@ whichever is smaller. The reported size is the byte length of the container, hea
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import lzma
@@ -37,6 +38,7 @@ MAGIC = b"EOZ1"
 _MAX_TABLE = 1 << 16  # more distinct values than this: a codebook cannot pay off
 _PROBE, _PROBE_ABOVE = 1 << 16, 1 << 18
 _HEADER_CODEC = "lzma20"
+_ENTROPY = contextvars.ContextVar("edgeopt_storage_entropy", default=True)
 
 
 @dataclasses.dataclass
@@ -87,7 +89,7 @@ def _compress(data: bytes) -> tuple[str, bytes]:
     Large streams that a 64 KiB sample shows to be nearly incompressible (dense float
     mantissas) are stored plain without compressing the whole, which would take seconds.
     """
-    if not data:
+    if not data or not _ENTROPY.get():
         return "none", data
     codec = f"lzma{min(26, max(12, math.ceil(math.log2(len(data)))))}"
     if len(data) > _PROBE_ABOVE:
@@ -186,7 +188,7 @@ def _row_ids(shape: tuple[int, ...], mask: np.ndarray | None) -> np.ndarray | No
 def _encode(array: np.ndarray) -> tuple[str, dict[str, Any], list[bytes]]:
     """The smallest lossless encoding of one tensor."""
     flat = array.ravel()
-    if not np.issubdtype(flat.dtype, np.floating):
+    if flat.dtype.kind not in "fiu" or flat.size < 2:  # bool, complex, scalars: as they are
         codec, data = _compress(flat.tobytes())
         return "raw", {"codecs": [codec]}, [data]
     options = _candidates(flat, _row_ids(array.shape, None))
@@ -258,8 +260,20 @@ def _onnx_tensors(path: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def encode(source: Any) -> tuple[bytes, StorageReport]:
-    """The container bytes of `source` (module, state dict or .onnx path) and its report."""
+def encode(source: Any, *, entropy_coding: bool = True) -> tuple[bytes, StorageReport]:
+    """The container bytes of `source` (module, state dict or .onnx path) and its report.
+
+    `entropy_coding=False` stores every stream plain (bit-packed indices, bitmaps, raw
+    values): the size before the entropy-coding stage of Deep Compression.
+    """
+    token = _ENTROPY.set(bool(entropy_coding))
+    try:
+        return _encode_all(source)
+    finally:
+        _ENTROPY.reset(token)
+
+
+def _encode_all(source: Any) -> tuple[bytes, StorageReport]:
     records, payload, header = [], [], []
     for name, array in _tensors(source).items():
         kind, meta, streams = _encode(np.ascontiguousarray(array))
@@ -283,16 +297,17 @@ def encode(source: Any) -> tuple[bytes, StorageReport]:
     return blob, report
 
 
-def stored_size(source: Any) -> StorageReport:
+def stored_size(source: Any, *, entropy_coding: bool = True) -> StorageReport:
     """How many bytes the weights of `source` take in the compressed container."""
-    return encode(source)[1]
+    return encode(source, entropy_coding=entropy_coding)[1]
 
 
-def save_compressed(source: Any, path: str | os.PathLike[str]) -> StorageReport:
+def save_compressed(source: Any, path: str | os.PathLike[str], *,
+                    entropy_coding: bool = True) -> StorageReport:
     """Write the container to `path` (atomically); its file size is `report.total_bytes`."""
     from edgeopt.atomic import write_bytes
 
-    blob, report = encode(source)
+    blob, report = encode(source, entropy_coding=entropy_coding)
     write_bytes(Path(path), blob)
     return report
 

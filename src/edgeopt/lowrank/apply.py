@@ -172,7 +172,10 @@ def _input_shapes(model: nn.Module, candidates: list[tuple[str, nn.Module, Decom
     shapes = {}
 
     def recorder(name: str) -> Any:
-        return lambda module, inputs, output: shapes.setdefault(name, tuple(inputs[0].shape[1:]))
+        def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: Any) -> None:
+            shapes.setdefault(name, tuple(inputs[0].shape[1:]))  # a hook's return replaces output
+
+        return record
 
     handles = [layer.register_forward_hook(recorder(n)) for n, layer, _ in candidates]
     try:

@@ -82,11 +82,12 @@ def prune(model: nn.Module, config: PruneConfig, data: Any = None, *,
     start = time.perf_counter()
     model = copy.deepcopy(model).eval()
     ctx = _context(model, config, data, val_data)
+    pruner = make_pruner(model, config, ctx.data, ctx.example)  # checks layers before work
     before = snapshot(model, ctx.example)
     if config.regularization is not Regularization.NONE:
         _regularize(model, ctx)
-    plan = _plan(model, ctx) if config.criterion is Criterion.SENSITIVITY else None
-    pruner = make_pruner(model, config, ctx.data, ctx.example, plan)
+    if config.criterion is Criterion.SENSITIVITY:
+        pruner.plan = _plan(model, ctx)
     runner = {Schedule.ONE_SHOT: _one_shot, Schedule.ITERATIVE: _iterative,
               Schedule.POLYNOMIAL: _polynomial}[config.schedule]
     if config.rewind is not Rewind.NONE:

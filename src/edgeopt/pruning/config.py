@@ -125,7 +125,8 @@ class PruneConfig(Config):
     n: int = 2
     m: int = 4
     lr: float = 5e-4  # fine-tuning learning rate (Adam)
-    exclude: tuple[str, ...] = ()  # fnmatch patterns of module names left dense
+    exclude: tuple[str, ...] = ()  # fnmatch patterns of modules left as they are (dense, and
+    # for channel pruning with every channel they read or write)
     regularization: Regularization = Regularization.NONE
     reg_strength: float = 1e-4
     reg_epochs: int = 0  # epochs of penalized training before pruning

@@ -36,6 +36,7 @@ Hook = Callable[[nn.Module], None]
 
 class Pruner(Protocol):
     extra_hook: Hook | None
+    plan: dict[str, float] | None  # per-layer sparsities (criterion='sensitivity')
 
     def step(self, model: nn.Module, sparsity: float) -> None: ...
     def soft(self, model: nn.Module, sparsity: float) -> None: ...
@@ -66,9 +67,9 @@ def _chain(*hooks: Hook | None) -> Hook | None:
 class WeightPruner:
     """Unstructured / N:M: masks baked into the weights, re-applied after every step."""
 
-    def __init__(self, model: nn.Module, config: PruneConfig, data: Any,
-                 plan: dict[str, float] | None) -> None:
-        self.config, self.data, self.plan = config, data, plan
+    def __init__(self, model: nn.Module, config: PruneConfig, data: Any) -> None:
+        self.config, self.data = config, data
+        self.plan: dict[str, float] | None = None
         self.weights = prunable_weights(model, config.exclude)
         self.skipped: list[dict[str, Any]] = []
         if config.structure is Structure.NM:
@@ -108,9 +109,10 @@ class WeightPruner:
 class ChannelPruner:
     """Channels / neurons / heads: removed for real in `step`; zero-masked in `soft`."""
 
-    def __init__(self, model: nn.Module, config: PruneConfig, data: Any, example: torch.Tensor,
-                 plan: dict[str, float] | None) -> None:
-        self.config, self.data, self.example, self.plan = config, data, example, plan
+    def __init__(self, model: nn.Module, config: PruneConfig, data: Any, example: torch.Tensor
+                 ) -> None:
+        self.config, self.data, self.example = config, data, example
+        self.plan: dict[str, float] | None = None
         self.done = 0.0  # sparsity already removed for real
         self.graph: DependencyGraph | None = None
         self.removed: set[int] = set()
@@ -167,6 +169,7 @@ class LayerPruner:
                 f"{type(model).__name__} has none. Use structure='channel' instead.")
         self.removed: list[str] = []
         self.extra_hook: Hook | None = None
+        self.plan: dict[str, float] | None = None  # unused: blocks are ranked directly
 
     def step(self, model: nn.Module, sparsity: float) -> None:
         count = math.floor(self.total * sparsity + 1e-9) - len(self.removed)
@@ -190,11 +193,11 @@ class LayerPruner:
         stats.blocks_removed = list(self.removed)
 
 
-def make_pruner(model: nn.Module, config: PruneConfig, data: Any, example: torch.Tensor | None,
-                plan: dict[str, float] | None) -> Pruner:
+def make_pruner(model: nn.Module, config: PruneConfig, data: Any, example: torch.Tensor | None
+                ) -> Pruner:
     if config.structure in (Structure.UNSTRUCTURED, Structure.NM):
-        return WeightPruner(model, config, data, plan)
+        return WeightPruner(model, config, data)
     assert example is not None  # check_inputs refuses structured pruning without data
     if config.structure is Structure.LAYER:
         return LayerPruner(model, config, data, example)
-    return ChannelPruner(model, config, data, example, plan)
+    return ChannelPruner(model, config, data, example)

@@ -60,7 +60,7 @@ def finetune(
     `on_epoch(epoch, val_accuracy)` runs after each epoch."""
     result = FinetuneResult()
     start = time.perf_counter()
-    best_state, best = None, -1.0
+    best_state, best, improved = None, -1.0, 0
     bar = tqdm(total=epochs, desc=desc, unit="epoch", disable=not progress, leave=False)
     for epoch in range(epochs):
         fit(model, train, None, epochs=1, lr=lr, batch_size=batch_size, seed=seed + epoch,
@@ -74,10 +74,12 @@ def finetune(
             continue
         result.val_accuracy.append(acc)
         bar.set_postfix(val_acc=f"{acc:.4f}")
+        if acc > best:
+            improved = epoch
         if acc >= best:  # ties keep the later (longer-trained) weights
             best, result.best_epoch = acc, epoch
             best_state = copy.deepcopy(model.state_dict()) if keep_best else None
-        elif keep_best and epoch - (result.best_epoch or 0) >= patience:
+        if keep_best and epoch - improved >= patience:
             break
     bar.close()
     if best_state is not None and keep_best:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import torch
@@ -10,14 +11,17 @@ import torch.fx as fx
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from edgeopt.data import take_inputs
 from edgeopt.errors import ConfigError, DataError, ModelError
+from edgeopt.quantization import (
+    advanced,
+    packing,  # noqa: F401  (registers the int4 export pass)
+)
 from edgeopt.quantization import graph as qgraph
-from edgeopt.quantization import packing  # noqa: F401  (registers the int4 export pass)
+from edgeopt.quantization.bias_correction import input_means
 from edgeopt.quantization.config import (
     Granularity,
+    Levels,
     Method,
-    NumberFormat,
     QuantConfig,
     QuantSpec,
     Rounding,
@@ -31,40 +35,67 @@ from edgeopt.quantization.modules import (
 )
 from edgeopt.quantization.observers import make_observer
 from edgeopt.quantization.primitives import spec_range
-from edgeopt.quantization.stats import QuantStats, layer_stats
+from edgeopt.quantization.reconstruct import refine_weights
+from edgeopt.quantization.simulated import CodebookLayer, FloatFormatLayer
+from edgeopt.quantization.stats import QuantStats, layer_stats, simulated_layer_stats
+from edgeopt.quantization.weights import LayerBuilder, runs_on_integers
 from edgeopt.registry import register
 
 _STATIC = (Method.PTQ, Method.QAT)
+_LEARNED = (Rounding.ADAROUND, Rounding.GPTQ)
 
 
 def check_supported(config: QuantConfig) -> None:
-    """Refuse, before any work, the options this version cannot honour."""
-    acts = config.activations
+    """Refuse, before any work, the options (and combinations) this version cannot honour."""
+    acts, method = config.activations, config.method
     specs = {"weights": config.weights} | {f"weight_overrides[{k!r}]": v
                                            for k, v in config.weight_overrides.items()}
     unsupported = [
-        ("rounding", config.rounding is not Rounding.NEAREST, config.rounding.value, "'nearest'"),
+        ("rounding", method is Method.QAT and config.rounding in _LEARNED, config.rounding.value,
+         "'nearest' or 'stochastic' with method='qat' (QAT learns its rounding by training)"),
     ]
     for where, spec in specs.items():
-        unsupported += [
-            (f"{where}.dtype", spec.dtype is not NumberFormat.INT, spec.dtype.value, "'int'"),
-            (f"{where}.bits", spec.bits > 8, spec.bits, "2..8"),
-            (f"{where}.granularity", config.method is not Method.WEIGHT_ONLY
-             and spec.granularity is Granularity.PER_GROUP, "per_group",
-             "'per_channel' or 'per_tensor' (per_group is for method='weight_only')"),
-        ]
+        unsupported += _spec_problems(where, spec, config)
+    float_acts = acts is not None and acts.dtype.is_float
     unsupported += [
-        ("activations.bits", config.method in _STATIC and acts is not None and acts.bits != 8,
-         acts.bits if acts else None, "8 (the runtime's integer kernels take 8-bit inputs)"),
-        ("equalization", config.equalization, True, "False"),
-        ("bias_correction", config.bias_correction, True, "False"),
-        ("data_free", config.data_free, True, "False"),
+        ("activations.bits", method in _STATIC and acts is not None and not float_acts
+         and acts.bits != 8, acts.bits if acts else None,
+         "8 (the runtime's integer kernels take 8-bit inputs)"),
+        ("activations.dtype", float_acts and not all(s.dtype.is_float for s in specs.values()),
+         acts.dtype.value if acts else None,
+         "'int', or a float format for the weights too (float-format layers round their inputs)"),
+        ("data_free", config.data_free and method is Method.QAT, True,
+         "False with method='qat' (training needs real data)"),
+        ("mixed_precision", config.mixed_precision is not None and method in (
+            Method.QAT, Method.DYNAMIC), "MixedPrecision(...)",
+         "None with method='qat' or 'dynamic' (use 'ptq' or 'weight_only')"),
+        ("smoothquant", config.smoothquant and method is Method.WEIGHT_ONLY, True,
+         "False with method='weight_only' (it eases activation quantization; there is none)"),
     ]
     for field, bad, got, valid in unsupported:
         if bad:
             raise ConfigError(
                 f"QuantConfig.{field}={got!r} is not supported in this version; use {valid}."
             )
+
+
+def _spec_problems(where: str, spec: QuantSpec, config: QuantConfig) -> list[tuple]:
+    method = config.method
+    nonuniform = spec.levels is not Levels.UNIFORM
+    return [
+        (f"{where}.bits", not spec.dtype.is_float and spec.bits > 8, spec.bits,
+         "2..8 (or dtype='fp16' / 'bf16' for 16-bit weights)"),
+        (f"{where}.granularity", method is not Method.WEIGHT_ONLY
+         and spec.granularity is Granularity.PER_GROUP, "per_group",
+         "'per_channel' or 'per_tensor' (per_group is for method='weight_only')"),
+        (f"{where}.dtype", spec.dtype.is_float and method in (Method.QAT, Method.DYNAMIC),
+         spec.dtype.value, "'int' with method='qat' or 'dynamic' (float formats are simulated "
+         "post-training: use method='ptq' or 'weight_only')"),
+        (f"{where}.levels", nonuniform and (method is Method.QAT or config.rounding is not
+                                            Rounding.NEAREST or spec.granularity is
+                                            Granularity.PER_GROUP), spec.levels.value,
+         "'uniform' with method='qat', per-group weights or rounding other than 'nearest'"),
+    ]
 
 
 def check_finite_weights(model: nn.Module) -> None:
@@ -76,39 +107,58 @@ def check_finite_weights(model: nn.Module) -> None:
 @register(QuantConfig)
 def quantize_model(model: nn.Module, config: QuantConfig, *, data: Any = None) -> nn.Module:
     check_supported(config)
-    if config.method in _STATIC and data is None:
-        what = "training" if config.method is Method.QAT else "calibration"
-        raise DataError(f"method={config.method.value!r} needs {what} data; pass data=... "
-                        "(or use method='dynamic' / 'weight_only', which need none).")
+    advanced.check_data(config, data)
     check_finite_weights(model)
-    if config.method in _STATIC:
-        batches = take_inputs(data, config.calibration_samples, what="calibration data")
-        gm = qgraph.trace(copy.deepcopy(model).eval(), batches[0][:2])
-    else:
-        batches, gm = [], _graph_if_traceable(model)
-    folded = qgraph.fold_batch_norm(gm) if isinstance(gm, fx.GraphModule) else 0
-    names = weight_layers(gm, config.exclude)
-    _check_groups(gm, names, config)
+    batches, synthesis = advanced.calibration_inputs(model, config, data)
+    gm = _graph(model, config, batches)
+    bn_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    folded = qgraph.fold_batch_norm(gm, bn_stats) if isinstance(gm, fx.GraphModule) else 0
     stats = QuantStats(method=config.method.value, folded_batch_norms=folded)
     _meta(gm)["edgeopt_quant"] = stats
+    if synthesis is not None:
+        stats.methods["data_free"] = synthesis
+    if config.mixed_precision is not None:
+        names = weight_layers(gm, config.exclude)
+        config = advanced.plan_mixed_precision(model, gm, names, config, data, batches, stats)
+    names = weight_layers(gm, config.exclude)
+    _check_groups(gm, names, config)
+    advanced.prepare_float(gm, names, config, batches, bn_stats, stats)
+    means = input_means(gm, names, bn_stats) if isinstance(gm, fx.GraphModule) else {}
+    reference = copy.deepcopy(gm) if config.rounding in _LEARNED or config.bias_correction \
+        else None
     if config.method in _STATIC:
         _quantize_static(gm, names, config, batches, data)
     else:
         _swap_weight_layers(gm, names, config)
+    if reference is not None:
+        stats.methods["refinement"] = refine_weights(gm, reference, names, config, batches,
+                                                     means, stats.notes)
+    _finish_layers(gm, names)
     stats.finish(gm)
     if config.sensitivity:
         from edgeopt.quantization.analysis import layer_sensitivity
 
-        stats.sensitivity = [row.to_dict() for row in layer_sensitivity(model, config, data)]
+        single = dataclasses.replace(config, data_free=False, mixed_precision=None)
+        rows = layer_sensitivity(model, single, data if data is not None else batches)
+        stats.sensitivity = [row.to_dict() for row in rows]
     return gm
 
 
-def _graph_if_traceable(model: nn.Module) -> nn.Module:
+def _graph(model: nn.Module, config: QuantConfig, batches: list[torch.Tensor]) -> nn.Module:
+    if config.method in _STATIC:
+        return qgraph.trace(copy.deepcopy(model).eval(), batches[0][:2])
+    needs_graph = config.equalization or config.smoothquant
+    return _graph_if_traceable(model, batches[0][:2] if needs_graph and batches else None)
+
+
+def _graph_if_traceable(model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
     """Weight-only and dynamic quantization need no graph, but fold BN when one is at hand."""
     copied = copy.deepcopy(model).eval()
     try:
-        return qgraph.trace(copied)
+        return qgraph.trace(copied, example)
     except ModelError:
+        if example is not None:
+            raise
         return copied
 
 
@@ -162,49 +212,59 @@ def _quantize_static(gm: fx.GraphModule, names: list[str], config: QuantConfig,
                                  qmin=qmin, qmax=qmax)
         return ActQuant(spec, observer)
 
-    inputs_of = qgraph.insert_act_quantizers(gm, make_quantizer, set(names))
-    layer_type = QATWeightLayer if config.method is Method.QAT else QuantizedWeightLayer
-    for name in names:
-        layer = gm.get_submodule(name)
-        _replace(gm, name, layer_type(layer, spec_for(name, layer, config)))
+    integer = {n for n in names if runs_on_integers(spec_for(n, gm.get_submodule(n), config))}
+    inputs_of = qgraph.insert_act_quantizers(gm, make_quantizer, integer) if integer else {}
+    gm.meta["edgeopt_input_quantizers"] = inputs_of
+    _swap_weight_layers(gm, names, config)
     calibrate(gm, batches, config.calibration_samples)
-    quantizers = freeze_activations(gm)
+    freeze_activations(gm)
     if config.method is Method.QAT:
         from edgeopt.quantization.qat import train_qat
 
         train_qat(gm, config, data)
-    for layer_name, input_name in inputs_of.items():
-        layer = gm.get_submodule(layer_name)
-        if isinstance(layer, QATWeightLayer):
-            layer = layer.to_quantized()
-            _replace(gm, layer_name, layer)
-        layer.quantize_bias(quantizers[input_name].scale)
-        gm.meta["edgeopt_quant"].layers.append(
-            layer_stats(layer_name, layer, quantizers[input_name]))
+        for name in names:
+            layer = gm.get_submodule(name)
+            if isinstance(layer, QATWeightLayer):
+                _replace(gm, name, layer.to_quantized())
 
 
 def _swap_weight_layers(model: nn.Module, names: list[str], config: QuantConfig) -> None:
-    """Dynamic and weight-only: swap layers in place of the float ones (no graph needed)."""
+    """Replace each float layer by its quantized (or simulated) version, in place."""
     dynamic = config.method is Method.DYNAMIC
     if dynamic and not any(isinstance(model.get_submodule(n), nn.Linear) for n in names):
         raise ModelError("method='dynamic' quantizes Linear layers and the model has none; "
                          "use method='ptq' for convolutional models.")
+    builder = LayerBuilder(config)
     for name in names:
         float_layer = model.get_submodule(name)
         spec = spec_for(name, float_layer, config)
         if (dynamic or spec.granularity is Granularity.PER_GROUP) and not isinstance(
                 float_layer, nn.Linear):
             continue  # run-time input quantization and groups are for Linear layers
-        if spec.granularity is Granularity.PER_GROUP:
-            layer: nn.Module = GroupedLinear(float_layer, spec)
-        else:
-            layer = QuantizedWeightLayer(float_layer, spec)
-            if dynamic:
-                layer.input_quantizer = DynamicActQuant()
+        layer = builder.build(float_layer, spec)
+        if dynamic and isinstance(layer, QuantizedWeightLayer):
+            layer.input_quantizer = DynamicActQuant()
         qgraph._replace_submodule(model, name, layer)
-        _meta(model)["edgeopt_quant"].layers.append(layer_stats(name, layer, None))
     if isinstance(model, fx.GraphModule):
         model.recompile()
+
+
+def _finish_layers(model: nn.Module, names: list[str]) -> None:
+    """Store biases as int32 in the accumulator's scale and record each layer's statistics."""
+    meta = _meta(model)
+    inputs_of = meta.pop("edgeopt_input_quantizers", {})
+    quantizers = {n: m for n, m in model.named_modules() if isinstance(m, ActQuant)}
+    for name in names:
+        layer = model.get_submodule(name)
+        if isinstance(layer, FloatFormatLayer | CodebookLayer):
+            meta["edgeopt_quant"].layers.append(simulated_layer_stats(name, layer))
+            continue
+        if not isinstance(layer, QuantizedWeightLayer | GroupedLinear):
+            continue
+        quantizer = quantizers.get(inputs_of.get(name, ""))
+        if quantizer is not None and isinstance(layer, QuantizedWeightLayer):
+            layer.quantize_bias(quantizer.scale)
+        meta["edgeopt_quant"].layers.append(layer_stats(name, layer, quantizer))
 
 
 @torch.no_grad()

@@ -18,11 +18,11 @@ import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from edgeopt.errors import ModelError
-from edgeopt.quantization.modules import WEIGHT_LAYERS, ActQuant
+from edgeopt.quantization.modules import WEIGHT_LAYERS, ActQuant, ChannelClamp
 
 _CONV_BN = {(nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d)}
 aten = torch.ops.aten
-_RELUS_MODULES = (nn.ReLU, nn.ReLU6)
+_RELUS_MODULES = (nn.ReLU, nn.ReLU6, ChannelClamp)
 _RELU_FUNCTIONS = {torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6,
                    aten.relu.default, aten.relu_.default}
 _CLAMP_FUNCTIONS = {aten.hardtanh.default, aten.hardtanh_.default}  # ReLU6 once exported
@@ -61,8 +61,13 @@ def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return gm.get_submodule(node.target) if node.op == "call_module" else None
 
 
-def fold_batch_norm(gm: fx.GraphModule) -> int:
-    """Fold every BatchNorm that directly follows a conv into the conv's weights; count them."""
+def fold_batch_norm(gm: fx.GraphModule,
+                    bn_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> int:
+    """Fold every BatchNorm that directly follows a conv into the conv's weights; count them.
+
+    `bn_stats`, when given, receives {conv name: (beta, |gamma|)}: the mean and standard
+    deviation each output channel has after folding, if the batch-norm statistics hold.
+    """
     folded = 0
     for node in list(gm.graph.nodes):
         bn = _module(gm, node)
@@ -72,6 +77,11 @@ def fold_batch_norm(gm: fx.GraphModule) -> int:
         conv = _module(gm, conv_node)
         if conv is None or (type(conv), type(bn)) not in _CONV_BN or len(conv_node.users) != 1:
             continue
+        if bn_stats is not None:
+            beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_mean)
+            gamma = (bn.weight.detach().abs() if bn.weight is not None
+                     else torch.ones_like(bn.running_var))
+            bn_stats[str(conv_node.target)] = (beta.clone().float(), gamma.clone().float())
         fused = fuse_conv_bn_eval(conv.eval(), bn.eval())
         _replace_submodule(gm, conv_node.target, fused)
         node.replace_all_uses_with(conv_node)
@@ -93,6 +103,16 @@ def is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
         return isinstance(module, _RELUS_MODULES)
     return node.op == "call_function" and node.target in _RELU_FUNCTIONS or (
         node.op == "call_method" and node.target == "relu")
+
+
+def is_relu6(gm: fx.GraphModule, node: fx.Node) -> bool:
+    module = _module(gm, node)
+    if module is not None:
+        return isinstance(module, nn.ReLU6)
+    if node.op == "call_function" and node.target is torch.nn.functional.relu6:
+        return True
+    return (node.op == "call_function" and node.target in _CLAMP_FUNCTIONS
+            and float(_arg_value(node, 1, -1.0)) == 0.0 and float(_arg_value(node, 2, 1.0)) == 6.0)
 
 
 def is_float_tensor(node: fx.Node) -> bool:

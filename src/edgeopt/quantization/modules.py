@@ -198,6 +198,24 @@ class QuantizedWeightLayer(nn.Module):
         """The weights as stored (integers), for size and parameter counts."""
         return [t for t in (self.weight_q, self.bias_q, self.bias_float) if t is not None]
 
+    def integer_grid(self) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """Scale and zero point broadcast to the weight's shape, and the integer range."""
+        return _grid(self.weight_q, self.weight_scale, self.weight_zero_point, self.spec)
+
+    @torch.no_grad()
+    def set_integer_weight(self, q: torch.Tensor, scale: torch.Tensor | None = None) -> None:
+        """Store new integer weights (AdaRound, GPTQ, log2); a new scale means zero point 0."""
+        if scale is not None:
+            self.weight_scale = scale.float().clone()
+            self.weight_zero_point = torch.zeros_like(scale, dtype=self.weight_q.dtype)
+        self.weight_q = q.round().to(self.weight_q.dtype)
+
+    def set_float_bias(self, bias: torch.Tensor) -> None:
+        """Replace the float bias (bias correction); it is stored as int32 later."""
+        if self.bias_q is not None:
+            raise RuntimeError("the bias is already stored as integers")
+        self.bias_float = bias.detach().float().clone()
+
     def extra_repr(self) -> str:
         return f"{self.float_type}, weight={tuple(self.weight_q.shape)} {self.weight_q.dtype}"
 
@@ -206,6 +224,33 @@ class QuantizedWeightLayer(nn.Module):
 def _quantized_layer_macs(layer: QuantizedWeightLayer, inputs: tuple, output: torch.Tensor) -> int:
     # every output element needs one multiply-add per weight of its output channel
     return output.numel() * layer.weight_q[0].numel()
+
+
+class ChannelClamp(nn.Module):
+    """ReLU6 after cross-layer equalization: clamp(x, 0, upper[c]) per channel, so scaling a
+    channel by 1/s keeps the function exact (the clip at 6 becomes 6/s)."""
+
+    def __init__(self, upper: torch.Tensor, channel_dim: int = 1) -> None:
+        super().__init__()
+        self.channel_dim = channel_dim
+        self.register_buffer("upper", upper.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = [1] * x.dim()
+        shape[self.channel_dim] = -1
+        return torch.minimum(torch.relu(x), self.upper.reshape(shape))
+
+
+class ChannelScale(nn.Module):
+    """x * factor[c] along the last dimension (SmoothQuant's division of the activations, where
+    it cannot be folded into a preceding LayerNorm); exported as one Mul."""
+
+    def __init__(self, factor: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("factor", factor.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
 
 
 class DynamicActQuant(nn.Module):
@@ -258,6 +303,20 @@ class GroupedLinear(nn.Module):
     def stored_parameters(self) -> list[torch.Tensor]:
         return [t for t in (self.weight_q, self.bias) if t is not None]
 
+    def integer_grid(self) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        scale = self.weight_scale.repeat_interleave(self.group_size, 0)
+        zero = self.weight_zero_point.repeat_interleave(self.group_size, 0)
+        return _grid(self.weight_q, scale, zero, self.spec)
+
+    @torch.no_grad()
+    def set_integer_weight(self, q: torch.Tensor, scale: torch.Tensor | None = None) -> None:
+        if scale is not None:
+            raise ValueError("GroupedLinear keeps its group scales")
+        self.weight_q = q.round().to(self.weight_q.dtype)
+
+    def set_float_bias(self, bias: torch.Tensor) -> None:
+        self.bias = bias.detach().float().clone()
+
     def extra_repr(self) -> str:
         return (f"in={self.weight_q.shape[0]}, out={self.weight_q.shape[1]}, "
                 f"bits={self.spec.bits}, group_size={self.group_size}")
@@ -269,7 +328,7 @@ class QATWeightLayer(nn.Module):
     Weights that are exactly zero when QAT starts (a pruned model) stay zero: a fixed mask.
     """
 
-    def __init__(self, layer: nn.Module, spec: QuantSpec) -> None:
+    def __init__(self, layer: nn.Module, spec: QuantSpec, stochastic: bool = False) -> None:
         super().__init__()
         kind = WEIGHT_LAYERS[type(layer)]
         self.float_layer_type = type(layer)
@@ -284,11 +343,12 @@ class QATWeightLayer(nn.Module):
         low, high = weight_minmax(weight, spec.granularity)
         scale, _ = choose_qparams(low, high, self.qmin, self.qmax, symmetric=True)
         self.scale = nn.Parameter(scale)
+        self.stochastic = stochastic  # stochastic rounding while training; nearest when frozen
 
     def fake_weight(self) -> torch.Tensor:
         zero = torch.zeros_like(self.scale)
         return lsq_fake_quantize(self.weight * self.mask, self.scale.abs() + 1e-12, zero,
-                                 self.qmin, self.qmax)
+                                 self.qmin, self.qmax, stochastic=self.stochastic and self.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._functional(x, self.fake_weight(), self.bias, **self._hyperparameters)
@@ -299,6 +359,20 @@ class QATWeightLayer(nn.Module):
         layer = _empty_float_layer(self.float_layer_type, self.weight * self.mask, self.bias,
                                    self._hyperparameters)
         return QuantizedWeightLayer(layer, self.spec, scale=self.scale.detach().abs() + 1e-12)
+
+
+def _grid(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec
+          ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    shape = (-1,) + (1,) * (q.dim() - 1)
+    if scale.dim() == 0:
+        full_scale, full_zero = scale.expand(q.shape), zero.expand(q.shape)
+    elif scale.shape == q.shape:
+        full_scale, full_zero = scale, zero
+    else:
+        full_scale = scale.reshape(shape).expand(q.shape)
+        full_zero = zero.reshape(shape).expand(q.shape)
+    qmin, qmax = spec_range(spec, is_weight=True)
+    return full_scale.float().contiguous(), full_zero.float().contiguous(), qmin, qmax
 
 
 def _empty_float_layer(kind: type[nn.Module], weight: torch.Tensor, bias: torch.Tensor | None,

@@ -79,6 +79,17 @@ def quantize(
     return torch.clamp(torch.round(x / s) + z, qmin, qmax).to(torch.int32)
 
 
+@torch.no_grad()
+def quantize_stochastic(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
+    generator: torch.Generator | None = None, axis: int = 0,
+) -> torch.Tensor:
+    """Stochastic rounding: up with probability equal to the fraction (unbiased on average)."""
+    s, z = _broadcast(scale, x, axis), _broadcast(zero_point, x, axis)
+    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype)
+    return torch.clamp(torch.floor(x / s + noise) + z, qmin, qmax).to(torch.int32)
+
+
 def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int = 0
                ) -> torch.Tensor:
     s, z = _broadcast(scale, q, axis), _broadcast(zero_point, q, axis)
@@ -115,12 +126,13 @@ def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
 
 def lsq_fake_quantize(
     x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
-    axis: int = 0,
+    axis: int = 0, stochastic: bool = False,
 ) -> torch.Tensor:
     """Differentiable fake quantization for QAT (LSQ, Esser et al. 2020).
 
     Rounding passes gradients straight through inside the range (STE); the scale gets the LSQ
     gradient, damped by 1/sqrt(elements per scale * qmax) so it learns at the weights' pace.
+    `stochastic` rounds up with probability equal to the fraction instead of to nearest.
     """
     per_scale = max(x.numel() // max(scale.numel(), 1), 1)
     damp = 1.0 / math.sqrt(per_scale * max(qmax, 1))
@@ -128,7 +140,8 @@ def lsq_fake_quantize(
     s = _broadcast(s, x, axis)
     z = _broadcast(zero_point, x, axis).to(x.dtype)
     v = torch.clamp(x / s + z, qmin, qmax)
-    v = v + (torch.round(v) - v).detach()
+    rounded = torch.floor(v + torch.rand_like(v)) if stochastic else torch.round(v)
+    v = v + (rounded - v).detach()
     return (v - z) * s
 
 

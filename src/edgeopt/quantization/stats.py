@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -22,11 +23,21 @@ class QuantStats:
     layers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     curves: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     sensitivity: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # what each advanced method did, model-wide (equalization, data_free, mixed_precision, ...)
+    methods: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # per-layer values from those methods, merged into `layers` by finish()
+    notes: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def finish(self, gm: nn.Module) -> None:
         from edgeopt.quantization.modules import WEIGHT_LAYERS, ActQuant, DynamicActQuant
 
-        self.quantized_layers = [layer["name"] for layer in self.layers]
+        for row in self.layers:
+            row.update(self.notes.pop(row["name"], {}))
+        for name, values in self.notes.items():  # layers left in float by a method's choice
+            self.layers.append({"name": name, **values})
+        self.notes = {}
+        self.quantized_layers = [row["name"] for row in self.layers if "weight_bits" in row
+                                 or "format" in row]
         self.float_layers = [n for n, m in gm.named_modules() if type(m) in WEIGHT_LAYERS]
         self.activation_quantizers = sum(
             isinstance(m, ActQuant | DynamicActQuant) for m in gm.modules())
@@ -47,7 +58,11 @@ def layer_stats(name: str, layer: nn.Module, quantizer: nn.Module | None) -> dic
         "granularity": layer.spec.granularity.value,
         "weight_scale_min": float(layer.weight_scale.min()),
         "weight_scale_max": float(layer.weight_scale.max()),
+        "stored_bytes": math.ceil(weight.numel() * layer.spec.bits / 8)
+        + 4 * layer.weight_scale.numel(),
     }
+    if layer.spec.levels.value != "uniform":
+        row["levels"] = layer.spec.levels.value
     if float_weight is not None:
         error = (weight - float_weight.reshape(weight.shape)).flatten()
         row["weight_sqnr_db"] = sqnr_db(float_weight.reshape(weight.shape), weight)
@@ -57,4 +72,27 @@ def layer_stats(name: str, layer: nn.Module, quantizer: nn.Module | None) -> dic
         row["input_scale"] = float(quantizer.scale)
         row["input_zero_point"] = int(quantizer.zero_point)
         row.update(getattr(quantizer, "calibration_stats", {}))
+    return row
+
+
+@torch.no_grad()
+def simulated_layer_stats(name: str, layer: nn.Module) -> dict[str, Any]:
+    """Float-format and codebook layers: their format or levels, stored size and weight error."""
+    weight = layer.weight()
+    float_weight = layer.__dict__.pop("reference_weight", None)
+    row: dict[str, Any] = {"name": name, "type": layer.float_type,
+                           "stored_bytes": int(layer.stored_bytes())}
+    if hasattr(layer, "format"):
+        row["format"] = layer.format.value
+        row["input_format"] = layer.input_format.value if layer.input_format else "float32"
+        row["artifact"] = ("float32 ONNX: the exporter folds the weight cast into a float32 "
+                           "constant; input casts stay as Cast pairs so ONNX Runtime computes "
+                           "what the simulation does")
+    else:
+        row["levels"] = layer.levels
+        row["weight_bits"] = layer.bits
+        row["codebook_entries"] = int(layer.codebook.numel())
+        row["artifact"] = "float32 ONNX (codes are expanded to float weights at export)"
+    if float_weight is not None:
+        row["weight_sqnr_db"] = sqnr_db(float_weight.reshape(weight.shape), weight)
     return row

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from edgeopt import __version__
 from edgeopt.errors import OutputError
+from edgeopt.quantization.config import Method
 from edgeopt.recipes.schema import Recipe, Stage, load_recipe
 
 
@@ -35,6 +36,7 @@ class StageResult:
     size_ratio: float | None = None
     runtime: dict[str, Any] = dataclasses.field(default_factory=dict)
     technique_stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    profile_table: str = ""  # per-layer params / MACs as markdown, for summary.md
     warnings: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,7 +110,7 @@ def _execute(recipe: Recipe, folder: Path, progress: bool) -> list[StageResult]:
     example = splits.test[0][0].unsqueeze(0)
     results = [_measure_stage("baseline", "baseline", baseline, example, splits, recipe, folder)]
     for stage in recipe.stages:
-        model = _apply_stage(stage, models, splits)
+        model = _apply_stage(stage, models, splits, recipe)
         models[stage.name] = model
         results.append(_measure_stage(stage.name, stage.config.kind, model, example, splits,
                                       recipe, folder))
@@ -116,14 +118,25 @@ def _execute(recipe: Recipe, folder: Path, progress: bool) -> list[StageResult]:
     return results
 
 
-def _apply_stage(stage: Stage, models: dict[str, nn.Module], splits: Any) -> nn.Module:
+def _apply_stage(stage: Stage, models: dict[str, nn.Module], splits: Any, recipe: Recipe
+                 ) -> nn.Module:
     from edgeopt.api import apply
 
     data = splits.train if stage.data == "train" else splits.val
+    source = models[stage.source]
+    if stage.speed_guard and getattr(stage.config, "method", None) == Method.PTQ:
+        from edgeopt.recipes.speed import fastest_placement
+
+        example = splits.test[0][0].unsqueeze(0)
+        model, choice = fastest_placement(source, stage.config, data, example, splits.val,
+                                          threads=recipe.measure.threads,
+                                          rounds=recipe.measure.runs)
+        model.meta["edgeopt_speed"] = choice
+        return model
     kwargs: dict[str, Any] = {"data": data}
     if getattr(stage.config, "needs_teacher", False):
         kwargs["teacher"] = models["baseline"]
-    return apply(models[stage.source], stage.config, **kwargs)
+    return apply(source, stage.config, **kwargs)
 
 
 def _measure_stage(name: str, technique: str, model: nn.Module, example: torch.Tensor,
@@ -140,7 +153,8 @@ def _measure_stage(name: str, technique: str, model: nn.Module, example: torch.T
         name=name, technique=technique, accuracy=m.accuracy, size_bytes=m.size_bytes,
         latency_ms=m.latency_ms, onnx=path.name, params=prof.params, macs=prof.macs,
         peak_activation_bytes=prof.peak_activation_bytes,
-        runtime=m.to_dict(), technique_stats=_technique_stats(model))
+        runtime=m.to_dict(), technique_stats=_technique_stats(model),
+        profile_table=prof.to_markdown())
 
 
 def _technique_stats(model: nn.Module) -> dict[str, Any]:

@@ -25,6 +25,7 @@ class Stage:
     config: Config
     source: str  # the stage whose model this one starts from
     data: str  # which split feeds calibration / training: train or val
+    speed_guard: bool = True  # quantize (ptq): keep layers float where int8 does not pay
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -52,7 +53,7 @@ class Recipe:
 
 
 _TOP_KEYS = {"model", "data", "seed", "epochs", "stages", "export", "measure"}
-_STAGE_KEYS = {"name", "technique", "config", "from", "data"}
+_STAGE_KEYS = {"name", "technique", "config", "from", "data", "speed_guard"}
 
 
 def load_recipe(recipe: str | Path | dict[str, Any] | None) -> Recipe:
@@ -131,7 +132,11 @@ def _parse_stages(raw: Any) -> tuple[Stage, ...]:
         config = config_type(technique).from_dict(_mapping(item.get("config", {}),
                                                            f"{where}.config"),
                                                   where=f"{where}.config")
-        stages.append(Stage(name=name, config=config, source=source, data=split))
+        guard = item.get("speed_guard", True)
+        if not isinstance(guard, bool):
+            raise ConfigTypeError(f"{where}.speed_guard must be true or false; got {guard!r}.")
+        stages.append(Stage(name=name, config=config, source=source, data=split,
+                            speed_guard=guard))
         names.add(name)
     return tuple(stages)
 

@@ -30,6 +30,7 @@ def render_summary(result: RunResult) -> str:
              "compute ops of the runtime's optimized graph.", ""]
     parts += ["## Warnings", ""] + ([f"- {w}" for w in data["warnings"]] or ["- none"]) + [""]
     for stage in data["stages"]:
+        parts += [f"## {stage['name']}: per-layer profile", "", stage.get("profile_table", ""), ""]
         quant = stage.get("technique_stats", {}).get("quant")
         if quant:
             parts += [f"## {stage['name']}: quantization", "",
@@ -38,4 +39,8 @@ def render_summary(result: RunResult) -> str:
                       f"- layers left in float: {', '.join(quant['float_layers']) or 'none'}",
                       f"- activation quantizers: {quant['activation_quantizers']}",
                       f"- calibration samples: {quant['calibration_samples']}", ""]
+        speed = stage.get("technique_stats", {}).get("speed")
+        if speed:
+            tried = ", ".join(f"{k} {v:.2f}x" for k, v in speed["speedups"].items())
+            parts += [f"- speed guard kept: **{speed['chosen']}** (tried: {tried})", ""]
     return "\n".join(parts)

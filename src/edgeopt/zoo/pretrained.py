@@ -184,6 +184,8 @@ def _train_and_cache(info: PretrainedInfo, progress: bool) -> tuple[nn.Module, P
     from edgeopt import __version__
     from edgeopt.training import evaluate, fit
 
+    folder = Path(info.weights).parent
+    _guard_write(folder, lambda: folder.mkdir(parents=True, exist_ok=True))  # before training
     splits = datasets.load(info.dataset, seed=info.seed)
     plan = _plan(info.model, info.dataset)
     with torch.random.fork_rng(devices=[]):  # deterministic init without touching global RNG
@@ -220,18 +222,24 @@ def _save(model: nn.Module, info: PretrainedInfo) -> None:
     from safetensors.torch import save_file
 
     folder = Path(info.weights).parent
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    # The weights path is stored relative to the sidecar so the cache folder can move.
+    record = {**asdict(info), "input_shape": list(info.input_shape)}
+    record["weights"] = Path(info.weights).name
+    # Weights first, sidecar last: an entry counts as cached only once both exist.
+    text = json.dumps(record, indent=2)
+    _guard_write(folder, lambda: _atomic_write(Path(info.weights), lambda t: save_file(state, t)))
+    _guard_write(folder, lambda: _atomic_write(_sidecar(info), lambda t: Path(t).write_text(text)))
+
+
+def _guard_write(folder: Path, action: Callable[[], object]) -> None:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        action()
     except OSError as exc:
         raise OutputError(
-            f"cannot create the zoo cache folder {folder}: {exc}; set EDGEOPT_CACHE_DIR or pass "
+            f"cannot write the zoo cache in {folder}: {exc}; set EDGEOPT_CACHE_DIR or pass "
             "cache_dir= to a writable folder."
         ) from exc
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    record = {**asdict(info), "input_shape": list(info.input_shape)}
-    # Weights first, sidecar last: an entry counts as cached only once both exist.
-    _atomic_write(Path(info.weights), lambda tmp: save_file(state, tmp))
-    _atomic_write(_sidecar(info), lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
 
 
 def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
@@ -240,6 +248,7 @@ def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a cache is not secret
         os.replace(tmp, path)
     except BaseException:
         with suppress(OSError):

@@ -1,0 +1,67 @@
+"""Non-uniform weight levels: power-of-two (log2) and k-means codebooks (look-up tables).
+
+Pure functions: each returns integer codes and what maps them back to values, so the layer can
+store the codes (and the codebook) and the statistics can count the stored bytes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def log2_magnitudes(bits: int) -> int:
+    """Non-zero magnitudes a signed log2 code of `bits` bits holds: 2^0 .. 2^(m-1), plus zero."""
+    return 2 ** (bits - 1) - 1
+
+
+@torch.no_grad()
+def log2_quantize(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per output channel: w ~ scale * sign * 2^k with k in [0, m), or 0; nearest in value.
+
+    Returns (levels, scale): `levels` are the integers sign * 2^k (or 0), float32, shaped like
+    `weight`; `scale` maps the channel's absolute maximum to the top level 2^(m-1).
+    """
+    m = log2_magnitudes(bits)
+    top = 2.0 ** (m - 1)
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    amax = weight.abs().reshape(weight.shape[0], -1).amax(dim=1).clamp(min=1e-12)
+    scale = (amax / top).reshape(shape)
+    x = (weight.abs() / scale).clamp(max=top)
+    exponent = torch.floor(torch.log2(x.clamp(min=1.0)))
+    low = torch.exp2(exponent)
+    level = torch.where(x >= 1.5 * low, 2 * low, low).clamp(max=top)  # 1.5 * 2^k: the midpoint
+    level = torch.where(x < 0.5, torch.zeros_like(x), level)
+    return torch.sign(weight) * level, scale.reshape(-1)
+
+
+@torch.no_grad()
+def kmeans_1d(values: torch.Tensor, clusters: int, iterations: int = 30
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means on scalars with linear initialization between min and max.
+
+    Returns (codebook [clusters], sorted; indices shaped like `values`, int64). In one dimension
+    the nearest centroid is found by bucketing against the midpoints of the sorted centroids.
+    """
+    flat = values.detach().float().reshape(-1)
+    clusters = max(1, min(clusters, flat.numel()))
+    codebook = torch.linspace(float(flat.min()), float(flat.max()), clusters)
+    index = torch.zeros_like(flat, dtype=torch.long)
+    for _ in range(iterations):
+        codebook, _ = torch.sort(codebook)
+        index = torch.bucketize(flat, (codebook[1:] + codebook[:-1]) / 2)
+        sums = torch.zeros(clusters).index_add_(0, index, flat)
+        counts = torch.zeros(clusters).index_add_(0, index, torch.ones_like(flat))
+        updated = torch.where(counts > 0, sums / counts.clamp(min=1), codebook)
+        if torch.allclose(updated, codebook, rtol=0.0, atol=1e-9):
+            break
+        codebook = updated
+    codebook, _ = torch.sort(codebook)
+    index = torch.bucketize(flat, (codebook[1:] + codebook[:-1]) / 2)
+    return codebook, index.reshape(values.shape)
+
+
+def codebook_bytes(numel: int, bits: int, codebook_entries: int) -> int:
+    """Stored size of `numel` codes of `bits` bits, packed, plus a float32 codebook."""
+    return math.ceil(numel * bits / 8) + 4 * codebook_entries

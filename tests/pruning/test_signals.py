@@ -1,0 +1,29 @@
+import torch
+import torch.nn.functional as F
+from pruning_models import batches, mlp
+
+from edgeopt.pruning.signals import collect_gradients, collect_input_norms
+
+
+def test_gradients_match_manual_autograd():
+    model = mlp()
+    params = {"1.weight": model[1].weight, "5.bias": model[5].bias}
+    signals = collect_gradients(model, batches(), params, batches=2, batch_size=32)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+    total, total_abs = torch.zeros_like(model[1].weight), torch.zeros_like(model[1].weight)
+    for x, y in batches()[:2]:
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        total += model[1].weight.grad
+        total_abs += model[1].weight.grad.abs()
+    assert signals["1.weight"].batches == 2
+    assert torch.allclose(signals["1.weight"].grad_sum, total, atol=1e-6)
+    assert torch.allclose(signals["1.weight"].grad_abs_sum, total_abs, atol=1e-6)
+
+
+def test_input_norms_per_channel():
+    model = mlp()
+    x = torch.randn(6, 1, 8, 8)
+    norms = collect_input_norms(model, [x], {"1": model[1]}, batches=1, batch_size=6)
+    assert torch.allclose(norms["1"], x.reshape(6, 64).double().norm(dim=0))
