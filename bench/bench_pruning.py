@@ -74,7 +74,7 @@ def _tp_prune(model: torch.nn.Module, example: torch.Tensor, ratio: float) -> to
     model = copy.deepcopy(model)
     last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
-                                  pruning_ratio=ratio, ignored_layers=[last])
+                                  pruning_ratio=ratio, ignored_layers=[last], round_to=4)
     pruner.step()
     return model
 

@@ -16,6 +16,7 @@ from pruning_models import (
 )
 
 import edgeopt as eo
+from edgeopt.pruning import AdvancedPrune
 from edgeopt.export.onnx import export_onnx
 from edgeopt.pruning.graph import build_graph
 from edgeopt.pruning.structured import channel_scores, select_channels
@@ -82,32 +83,39 @@ def test_head_pruning_removes_whole_heads():
 
 
 def test_nearly_full_sparsity_keeps_one_channel_per_group():
-    pruned = eo.apply(mlp(), eo.PruneConfig(sparsity=0.99, structure="neuron"), data=[X])
+    exact = AdvancedPrune(round_to=1)
+    config = eo.PruneConfig(sparsity=0.99, structure="neuron", advanced=exact)
+    pruned = eo.apply(mlp(), config, data=[X])
     assert pruned[1].out_features == 1 and pruned[3].out_features == 1
-    pruned = eo.apply(mlp(), eo.PruneConfig(sparsity=0.99, structure="neuron", scope="global"),
-                      data=[X])
+    config = eo.PruneConfig(sparsity=0.99, structure="neuron", scope="global", advanced=exact)
+    pruned = eo.apply(mlp(), config, data=[X])
     assert pruned[1].out_features >= 1 and pruned[3].out_features >= 1
+    pruned = eo.apply(mlp(), eo.PruneConfig(sparsity=0.99, structure="neuron"), data=[X])
+    assert pruned[1].out_features == 4 and pruned[3].out_features == 4  # default round_to=4
 
 
 def test_global_scope_prunes_low_groups_more_and_round_to():
     model = mlp()
     with torch.no_grad():
         model[1].weight[:16] *= 0.01  # half of the first layer is nearly dead
-    config = eo.PruneConfig(sparsity=0.3, structure="channel", scope="global")
+    config = eo.PruneConfig(sparsity=0.3, structure="channel", scope="global",
+                            advanced=AdvancedPrune(round_to=1))
     pruned = eo.apply(model, config, data=[X])
     assert pruned[1].out_features == 32 - 14 and pruned[3].out_features == 16
-    config = eo.PruneConfig(sparsity=0.3, structure="channel",
-                            advanced=eo.pruning.AdvancedPrune(round_to=4))
-    pruned = eo.apply(mlp(), config, data=[X])
-    assert pruned[1].out_features % 4 == 0 and pruned[3].out_features % 4 == 0
+    for scope in ("global", "layer"):
+        config = eo.PruneConfig(sparsity=0.3, structure="channel", scope=scope)
+        pruned = eo.apply(model, config, data=[X])
+        assert pruned[1].out_features % 4 == 0 and pruned[3].out_features % 4 == 0
+        assert pruned[1].out_features < 32
 
 
 @pytest.mark.parametrize("criterion", ["l1", "gradient", "taylor", "activation", "random",
                                        "movement", "sensitivity"])
 def test_every_criterion_prunes_channels(criterion):
     config = eo.PruneConfig(sparsity=0.5, structure="channel", criterion=criterion)
-    pruned = eo.apply(make(ResidualNet), config, data=batches())
-    assert pruned.conv1.out_channels < 8 and pruned(X).shape == (4, 5)
+    model = make(ResidualNet)
+    pruned = eo.apply(model, config, data=batches())
+    assert _params(pruned) < 0.7 * _params(model) and pruned(X).shape == (4, 5)
 
 
 def test_excluded_layers_keep_their_channels():

@@ -134,7 +134,7 @@ class ChannelPruner:
         scores = channel_scores(model, self.graph, self.config, self.data)
         self.removed = select_channels(self.graph, scores, self.config, sparsity,
                                        _scaled(self.plan, sparsity, self.config.sparsity),
-                                       already=self.removed) | self.removed
+                                       already=self.removed)
         self.masks = channel_masks(self.graph, self.removed)
         zero_channels(model, self.masks)
 

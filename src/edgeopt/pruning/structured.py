@@ -105,6 +105,10 @@ def candidate_groups(graph: DependencyGraph, config: PruneConfig) -> list[tuple[
     return out
 
 
+def _round_to(group: Group, round_to: int) -> int:
+    return 1 if group.kind == "head" else round_to
+
+
 def _removable(group: Group, candidates: int, sparsity: float, round_to: int) -> int:
     """How many channels of `group` to remove: at least one survives; kept widths are multiples
     of `round_to` where the group allows it."""
@@ -129,7 +133,7 @@ def select_channels(
     if config.scope.value == "layer" or plan is not None:
         for group, cands in groups:
             target = plan.get(group.name, 0.0) if plan is not None else sparsity
-            count = _removable(group, len(cands), target, adv.round_to)
+            count = _removable(group, len(cands), target, _round_to(group, adv.round_to))
             order = sorted(cands, key=lambda c: (c not in already, scores[c]))
             removed.update(order[:count])
         return removed
@@ -146,7 +150,23 @@ def select_channels(
         if taken.get(group.name, 0) < caps[group.name]:
             removed.add(channel)
             taken[group.name] = taken.get(group.name, 0) + 1
-    return removed
+    return _rounded(removed, [g for g, _ in groups], scores, already, adv.round_to)
+
+
+def _rounded(removed: set[int], groups: list[Group], scores: np.ndarray, already: set[int],
+             round_to: int) -> set[int]:
+    """Give back the best-scored removed channels of each group until its kept count is a
+    multiple of `round_to` (channels removed earlier are given back last)."""
+    out = set(removed)
+    for group in groups:
+        step = _round_to(group, round_to)
+        chosen = sorted((c for c in group.channels if c in out),
+                        key=lambda c: (c in already, -scores[c]))
+        kept = len(group.channels) - len(chosen)
+        if step > 1 and kept % step:
+            extra = min(len(chosen), step - kept % step)
+            out.difference_update(chosen[:extra])
+    return out
 
 
 def prune_channels(

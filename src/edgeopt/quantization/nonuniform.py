@@ -16,24 +16,36 @@ def log2_magnitudes(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
+def _log2_levels(x: torch.Tensor, top: float) -> torch.Tensor:
+    """Nearest of {0, 1, 2, 4, ..., top} to each non-negative x (midpoints 0.5 and 1.5 * 2^k)."""
+    x = x.clamp(max=top)
+    low = torch.exp2(torch.floor(torch.log2(x.clamp(min=1.0))))
+    level = torch.where(x >= 1.5 * low, 2 * low, low).clamp(max=top)
+    return torch.where(x < 0.5, torch.zeros_like(x), level)
+
+
 @torch.no_grad()
-def log2_quantize(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+def log2_quantize(weight: torch.Tensor, bits: int, steps: int = 16
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per output channel: w ~ scale * sign * 2^k with k in [0, m), or 0; nearest in value.
 
     Returns (levels, scale): `levels` are the integers sign * 2^k (or 0), float32, shaped like
-    `weight`; `scale` maps the channel's absolute maximum to the top level 2^(m-1).
+    `weight`. Power-of-two levels repeat every factor of two, so each channel's scale is the
+    best (least squared error) of `steps` candidates between amax / top / 2 and amax / top.
     """
-    m = log2_magnitudes(bits)
-    top = 2.0 ** (m - 1)
-    shape = (-1,) + (1,) * (weight.dim() - 1)
-    amax = weight.abs().reshape(weight.shape[0], -1).amax(dim=1).clamp(min=1e-12)
-    scale = (amax / top).reshape(shape)
-    x = (weight.abs() / scale).clamp(max=top)
-    exponent = torch.floor(torch.log2(x.clamp(min=1.0)))
-    low = torch.exp2(exponent)
-    level = torch.where(x >= 1.5 * low, 2 * low, low).clamp(max=top)  # 1.5 * 2^k: the midpoint
-    level = torch.where(x < 0.5, torch.zeros_like(x), level)
-    return torch.sign(weight) * level, scale.reshape(-1)
+    top = 2.0 ** (log2_magnitudes(bits) - 1)
+    flat = weight.detach().float().reshape(weight.shape[0], -1)
+    amax = flat.abs().amax(dim=1).clamp(min=1e-12)
+    best_scale, best_error = amax / top, torch.full_like(amax, float("inf"))
+    for alpha in torch.linspace(1.0, 0.5, steps):
+        scale = alpha * amax / top
+        levels = _log2_levels(flat.abs() / scale[:, None], top)
+        error = (levels * scale[:, None] - flat.abs()).pow(2).sum(dim=1)
+        better = error < best_error
+        best_scale = torch.where(better, scale, best_scale)
+        best_error = torch.where(better, error, best_error)
+    levels = _log2_levels(flat.abs() / best_scale[:, None], top)
+    return (torch.sign(flat) * levels).reshape(weight.shape), best_scale
 
 
 @torch.no_grad()

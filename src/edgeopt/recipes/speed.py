@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from edgeopt.errors import EdgeoptError
 
+MARGIN = 0.05  # another placement must be this much faster to replace the requested one
 PLACEMENTS: dict[str, tuple[str, ...]] = {
     "all layers": (),
     "convolutions in float": ("Conv1d", "Conv2d"),
@@ -57,4 +58,6 @@ def fastest_placement(source: nn.Module, config: Any, data: Any, example: torch.
         medians = compare_latency(paths, timing_data, threads=threads, rounds=rounds)
     speedups = {label: medians[0] / m for label, m in zip(models, medians[1:])}
     chosen = max(speedups, key=lambda label: speedups[label])
+    if speedups[chosen] < speedups["all layers"] * (1 + MARGIN):
+        chosen = "all layers"  # within timing noise: keep what the user asked for
     return models[chosen], SpeedChoice(chosen=chosen, speedups=speedups)
