@@ -27,3 +27,18 @@ def test_input_norms_per_channel():
     x = torch.randn(6, 1, 8, 8)
     norms = collect_input_norms(model, [x], {"1": model[1]}, batches=1, batch_size=6)
     assert torch.allclose(norms["1"], x.reshape(6, 64).double().norm(dim=0))
+
+
+def test_batch_norm_recalibration_matches_the_data_statistics():
+    from pruning_models import ResidualNet, make
+
+    from edgeopt.pruning.signals import recalibrate_batch_norm
+
+    model = make(ResidualNet)
+    x = torch.randn(64, 1, 8, 8) * 3 + 1
+    momentum = model.stem[1].momentum
+    assert recalibrate_batch_norm(model, [x], batches=1, batch_size=64) == 4
+    with torch.no_grad():
+        pre = model.stem[0](x)
+    assert torch.allclose(model.stem[1].running_mean, pre.mean(dim=(0, 2, 3)), atol=1e-4)
+    assert model.stem[1].momentum == momentum and not model.training

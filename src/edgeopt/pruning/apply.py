@@ -36,6 +36,7 @@ from edgeopt.pruning.pruners import Pruner, make_pruner
 from edgeopt.pruning.regularization import group_lasso_penalty, l1_penalty, penalized
 from edgeopt.pruning.schedules import finetune, polynomial_sparsity, round_sparsities
 from edgeopt.pruning.sensitivity import sensitivity_analysis
+from edgeopt.pruning.signals import recalibrate_batch_norm
 from edgeopt.pruning.stats import PruneStats, finish_stats, snapshot
 from edgeopt.registry import register
 
@@ -144,8 +145,14 @@ def _round(model: nn.Module, ctx: Context, index: int, sparsity: float, result: 
     })
 
 
+def _recalibrate(model: nn.Module, ctx: Context) -> None:
+    adv = ctx.config.advanced
+    recalibrate_batch_norm(model, ctx.data, batches=adv.bn_batches, batch_size=adv.batch_size)
+
+
 def _one_shot(model: nn.Module, pruner: Pruner, ctx: Context) -> None:
     pruner.step(model, ctx.config.sparsity)
+    _recalibrate(model, ctx)
     result = None
     if ctx.config.finetune_epochs:
         result = _finetune(model, pruner, ctx, ctx.config.finetune_epochs, "finetune")
@@ -156,6 +163,7 @@ def _iterative(model: nn.Module, pruner: Pruner, ctx: Context) -> None:
     targets = round_sparsities(ctx.config.sparsity, ctx.config.steps)
     for index, sparsity in enumerate(targets, start=1):
         pruner.step(model, sparsity)
+        _recalibrate(model, ctx)
         result = None
         if ctx.config.finetune_epochs:
             result = _finetune(model, pruner, ctx, ctx.config.finetune_epochs,
@@ -190,6 +198,7 @@ def _polynomial(model: nn.Module, pruner: Pruner, ctx: Context) -> None:
     pruner.extra_hook = None
     pruner.soft(model, config.sparsity)
     pruner.finish(model)
+    _recalibrate(model, ctx)
     rest = config.finetune_epochs - ramp_epochs
     result = _finetune(model, pruner, ctx, rest, "finetune") if rest > 0 else None
     _round(model, ctx, len(ctx.stats.rounds) + 1, config.sparsity, result)

@@ -80,6 +80,8 @@ class AdvancedPrune(Config):
     prune_every: int = 20  # polynomial: optimizer steps between mask updates
     rewind_steps: int = 50  # rewind='early': weights saved after this many optimizer steps
     activation_stat: ActivationStat = ActivationStat.MEAN_ABS
+    bn_batches: int = 8  # batches of `data` re-estimating batch-norm statistics after each
+    # pruning step (0: keep the old statistics)
     sensitivity_levels: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9)
     sensitivity_batches: int = 4  # val batches per accuracy point of a sensitivity curve
     seed: int = 0
@@ -91,6 +93,8 @@ class AdvancedPrune(Config):
             value = getattr(self, name)
             if value < 1:
                 raise invalid(f"AdvancedPrune.{name}", "an int >= 1", value)
+        if self.bn_batches < 0:
+            raise invalid("AdvancedPrune.bn_batches", "an int >= 0", self.bn_batches)
         if not 0.0 < self.max_layer_sparsity < 1.0:
             raise invalid("AdvancedPrune.max_layer_sparsity", "a float in (0, 1)",
                           self.max_layer_sparsity)

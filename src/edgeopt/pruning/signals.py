@@ -84,6 +84,34 @@ def _norm_hook(name: str, module: nn.Module, sums: dict[str, torch.Tensor]) -> C
     return hook
 
 
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, data: Any, *, batches: int, batch_size: int) -> int:
+    """Re-estimate batch-norm running statistics on `batches` of `data` (the rest of the model
+    stays in eval mode); returns the number of norms updated. Pruning shifts activations, and
+    stale statistics alone can drop a pruned network to chance accuracy."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats]
+    if not norms or data is None or batches < 1:
+        return 0
+    saved = [(m, m.momentum, m.training) for m in norms]
+    was_training = model.training
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches seen
+        m.train()
+    try:
+        for index, (inputs, _) in enumerate(iter_batches(data, batch_size=batch_size)):
+            if index >= batches:
+                break
+            model(inputs)
+    finally:
+        for m, momentum, training in saved:
+            m.momentum, m.training = momentum, training
+        model.train(was_training)
+    return len(norms)
+
+
 class MovementTracker:
     """Accumulates -w * dL/dw after every optimizer step (an `after_step` hook for fit)."""
 

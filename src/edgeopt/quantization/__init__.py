@@ -1,5 +1,5 @@
 """Quantization: configs, pure math, observers, quantized modules and graph surgery."""
 
-from edgeopt.quantization.config import QuantConfig, QuantSpec
+from edgeopt.quantization.config import AdvancedQuantConfig, MixedPrecision, QuantConfig, QuantSpec
 
-__all__ = ["QuantConfig", "QuantSpec"]
+__all__ = ["AdvancedQuantConfig", "MixedPrecision", "QuantConfig", "QuantSpec"]
