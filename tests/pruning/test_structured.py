@@ -16,8 +16,8 @@ from pruning_models import (
 )
 
 import edgeopt as eo
-from edgeopt.pruning import AdvancedPrune
 from edgeopt.export.onnx import export_onnx
+from edgeopt.pruning import AdvancedPrune
 from edgeopt.pruning.graph import build_graph
 from edgeopt.pruning.structured import channel_scores, select_channels
 from edgeopt.pruning.surgery import channel_masks, shrink, zero_channels
@@ -143,3 +143,19 @@ def test_input_model_is_not_modified():
     eo.apply(model, eo.PruneConfig(sparsity=0.5, structure="channel"), data=[X])
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert not hasattr(model, "meta")
+
+
+def test_nothing_to_remove_names_layers_and_reasons():
+    from test_graph import _Unknown
+
+    with pytest.raises(ValueError, match=r"no channel of _Unknown can be removed \('conv': "
+                                         r"aten.flip.default"):
+        eo.apply(_Unknown(), eo.PruneConfig(structure="channel"), data=[X])
+    with pytest.raises(ValueError, match="structure='head' found no attention heads"):
+        eo.apply(make(ResidualNet), eo.PruneConfig(structure="head"), data=[X])
+
+
+def test_stats_say_why_channels_were_kept():
+    pruned = eo.apply(mlp(), eo.PruneConfig(sparsity=0.5, structure="channel"), data=[X])
+    pinned = pruned.meta["edgeopt_prune"].pinned
+    assert pinned == [{"name": "5", "channels": 5, "reasons": ["it reaches the model output"]}]

@@ -85,8 +85,10 @@ def test_data_criteria_without_data_are_refused(criterion):
 
 
 def test_gradient_criteria_need_labels():
-    with pytest.raises(DataError, match="no targets"):
+    with pytest.raises(DataError, match="needs labeled data; data has no targets"):
         eo.apply(mlp(), eo.PruneConfig(criterion="taylor"), data=[X])
+    with pytest.raises(DataError, match="needs labeled data"):
+        eo.apply(mlp(), eo.PruneConfig(finetune_epochs=1), data=[X])
 
 
 def test_structured_without_data_is_refused():

@@ -14,11 +14,13 @@ import copy
 import dataclasses
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
+from edgeopt.data import iter_batches
 from edgeopt.errors import ConfigTypeError, DataError, ModelError
 from edgeopt.pruning.common import accuracy, example_batch, prunable_weights, split_data
 from edgeopt.pruning.config import (
@@ -60,6 +62,7 @@ def check_inputs(model: Any, config: Any, data: Any) -> None:
     if not isinstance(config, PruneConfig):
         raise ConfigTypeError(f"config must be a PruneConfig; got {type(config).__name__}.")
     if data is not None:
+        _check_labels(config, data)
         return
     needs = []
     if config.structure in CHANNEL_STRUCTURES or config.structure is Structure.LAYER:
@@ -72,6 +75,21 @@ def check_inputs(model: Any, config: Any, data: Any) -> None:
     if needs:
         raise DataError(f"PruneConfig needs data: {'; '.join(needs)}. Pass data=... "
                         "(a Dataset, DataLoader or list of (inputs, targets) batches).")
+
+
+def _check_labels(config: PruneConfig, data: Any) -> None:
+    """Training and gradient criteria need targets: look at the first batch before any work."""
+    wanted = (config.finetune_epochs or config.reg_epochs or config.criterion in GRADIENT_CRITERIA
+              or config.criterion is Criterion.SENSITIVITY)
+    if not wanted or isinstance(data, Iterator):
+        return
+    for _, targets in iter_batches(data, what="data"):
+        if targets is None:
+            raise DataError(
+                f"PruneConfig (criterion={config.criterion.value!r}, finetune_epochs="
+                f"{config.finetune_epochs}, reg_epochs={config.reg_epochs}) needs labeled data; "
+                "data has no targets. Give (inputs, targets) batches.")
+        return
 
 
 @register(PruneConfig)

@@ -48,6 +48,8 @@ class Builder:
         self.param_nodes = param_nodes
         self.parent: list[int] = []
         self.pinned: list[int] = []
+        self.reasons: dict[int, str] = {}  # first reason each pinned atom was pinned for
+        self.current: fx.Node | None = None
         self.heads: list[int] = []
         self.uses: dict[Key, np.ndarray] = {}
         self.metas: dict[fx.Node, Any] = {}
@@ -74,7 +76,11 @@ class Builder:
     def pin(self, *infos: Info) -> None:
         for info in infos:
             if isinstance(info, np.ndarray):
-                self.pinned.extend(info.reshape(-1).tolist())
+                atoms = info.reshape(-1).tolist()
+                self.pinned.extend(atoms)
+                reason = _describe(self.current)
+                for atom in atoms:
+                    self.reasons.setdefault(atom, reason)
 
     def pin_meta(self, meta: Any) -> None:
         if isinstance(meta, list | tuple):
@@ -147,6 +153,19 @@ class Builder:
             self.pin_meta(self.meta(arg))
 
 
+def _describe(node: fx.Node | None) -> str:
+    """Where a channel got pinned: the op and, when known, the module it runs in."""
+    if node is None:
+        return "unknown"
+    if node.op == "output":
+        return "it reaches the model output"
+    stack = node.meta.get("nn_module_stack") or {}
+    where = f" in {list(stack.values())[-1][0]!r}" if stack and list(stack.values())[-1][0] else ""
+    op = str(node.target) if isinstance(node.target, torch._ops.OpOverload) else getattr(
+        node.target, "__name__", str(node.target))
+    return f"{op}{where} (node {node.name}) cannot follow removed channels"
+
+
 def _flat_nodes(value: Any) -> list[fx.Node]:
     out: list[fx.Node] = []
     fx.node.map_arg(value, out.append)
@@ -162,6 +181,7 @@ class Group:
     channels: tuple[int, ...]  # channel ids, in index order of the first member
     pinned: frozenset[int]
     kind: str  # "channel" or "head"
+    reasons: tuple[str, ...] = ()  # why its pinned channels cannot be removed
 
     @property
     def prunable(self) -> tuple[int, ...]:
@@ -193,8 +213,8 @@ class DependencyGraph:
 
     def summary(self) -> list[dict[str, Any]]:
         return [{"name": g.name, "kind": g.kind, "channels": len(g.channels),
-                 "prunable": len(g.prunable), "members": [f"{p}[{d}]" for p, d in g.members]}
-                for g in self.groups]
+                 "prunable": len(g.prunable), "members": [f"{p}[{d}]" for p, d in g.members],
+                 "pinned_because": list(g.reasons)} for g in self.groups]
 
 
 def export_program(model: nn.Module, example: torch.Tensor) -> Any:
@@ -226,6 +246,7 @@ def build_graph(model: nn.Module, example: torch.Tensor) -> DependencyGraph:
                    if n.op == "placeholder" and n.name in names}
     builder = Builder({k: v for k, v in state.items()}, param_nodes)
     for node in program.graph.nodes:
+        builder.current = node
         if node.op == "placeholder":
             fqn = param_nodes.get(node)
             rank = len(builder.shape(node) or ())
@@ -261,6 +282,11 @@ def _finalize(builder: Builder, program: Any, example: torch.Tensor) -> Dependen
     renumber[used] = np.arange(len(used))
     uses = {key: renumber[roots[ids]] for key, ids in builder.uses.items()}
     pinned = {int(renumber[roots[a]]) for a in builder.pinned} - {-1}
+    reasons: dict[int, list[str]] = {}
+    for atom, reason in builder.reasons.items():
+        channel = int(renumber[roots[atom]])
+        if channel >= 0 and reason not in reasons.setdefault(channel, []):
+            reasons[channel].append(reason)
     heads = {int(renumber[roots[a]]) for a in builder.heads} - {-1}
     footprint: dict[int, list[Key]] = {}
     for key, ids in uses.items():
@@ -276,8 +302,9 @@ def _finalize(builder: Builder, program: Any, example: torch.Tensor) -> Dependen
             name = f"{base}#{len(names)}"
         names.add(name)
         kind = "head" if all(c in heads for c in channels) else "channel"
+        why = tuple(dict.fromkeys(r for c in channels for r in reasons.get(c, [])))
         groups.append(Group(name, members, tuple(channels),
-                            frozenset(c for c in channels if c in pinned), kind))
+                            frozenset(c for c in channels if c in pinned), kind, why[:3]))
     nodes = {}
     for node, meta in builder.metas.items():
         if isinstance(meta, list):

@@ -23,6 +23,7 @@ from edgeopt.pruning.layers import block_scores, bypass, find_blocks
 from edgeopt.pruning.signals import MovementTracker
 from edgeopt.pruning.stats import PruneStats
 from edgeopt.pruning.structured import (
+    candidate_groups,
     channel_scores,
     prune_channels,
     select_channels,
@@ -117,7 +118,11 @@ class ChannelPruner:
         self.graph: DependencyGraph | None = None
         self.removed: set[int] = set()
         self.masks: dict[Any, Any] = {}
-        self.channels_before = build_graph(model, example).num_channels
+        graph = build_graph(model, example)
+        _check_prunable(model, graph, config)
+        self.channels_before = graph.num_channels
+        self.pinned = [{"name": g.name, "channels": len(g.pinned), "reasons": list(g.reasons)}
+                       for g in graph.groups if g.pinned]
         self.channels_removed = 0
         self.extra_hook: Hook | None = None
 
@@ -154,6 +159,22 @@ class ChannelPruner:
     def record(self, stats: PruneStats) -> None:
         stats.channels_before = self.channels_before
         stats.channels_removed = self.channels_removed
+        stats.pinned = self.pinned
+
+
+def _check_prunable(model: nn.Module, graph: DependencyGraph, config: PruneConfig) -> None:
+    """Refuse, naming layers and reasons, a structure the model has nothing to remove for."""
+    if candidate_groups(graph, config):
+        return
+    name = type(model).__name__
+    if config.structure is Structure.HEAD:
+        raise ModelError(
+            f"structure='head' found no attention heads in {name}: heads are query / key / value "
+            "projections reshaped to (heads, head_dim) with -1 heads and fed to attention.")
+    why = "; ".join(f"{g.name!r}: {g.reasons[0] if g.reasons else 'excluded'}"
+                    for g in graph.groups[:6])
+    raise ModelError(f"no channel of {name} can be removed ({why}). Check PruneConfig.exclude "
+                     "or use structure='unstructured'.")
 
 
 class LayerPruner:

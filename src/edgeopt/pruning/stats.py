@@ -105,6 +105,7 @@ class PruneStats:
     sparse_bytes_after: int = 0
     channels_before: int = 0  # structured: channels in the dependency graph
     channels_removed: int = 0
+    pinned: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # kept, and why
     blocks_removed: list[str] = dataclasses.field(default_factory=list)
     layers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     rounds: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # accuracy: on val

@@ -18,7 +18,7 @@ import torch.nn as nn
 from edgeopt.data import iter_batches, take_inputs
 from edgeopt.errors import ConfigError, DataError, ModelError
 from edgeopt.quantization import mixed
-from edgeopt.quantization.config import Method, QuantConfig, Rounding
+from edgeopt.quantization.config import BiasCorrection, Method, QuantConfig, Rounding
 from edgeopt.quantization.datafree import require_batch_norm, synthesize_inputs
 from edgeopt.quantization.equalization import absorb_biases, equalize
 from edgeopt.quantization.modules import WEIGHT_LAYERS
@@ -41,6 +41,17 @@ def data_driven(config: QuantConfig) -> list[str]:
     if config.mixed_precision is not None:
         needs.append("mixed_precision")
     return needs
+
+
+def resolve_auto(config: QuantConfig, data: Any) -> QuantConfig:
+    """bias_correction='auto': empirical with real data, analytical (from batch-norm statistics)
+    when there is none or the calibration inputs are synthesized."""
+    if config.advanced.bias_correction is not BiasCorrection.AUTO:
+        return config
+    mode = (BiasCorrection.EMPIRICAL if data is not None and not config.data_free
+            else BiasCorrection.ANALYTICAL)
+    return dataclasses.replace(config, advanced=dataclasses.replace(config.advanced,
+                                                                    bias_correction=mode))
 
 
 def check_data(config: QuantConfig, data: Any) -> None:

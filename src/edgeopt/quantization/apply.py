@@ -107,6 +107,7 @@ def check_finite_weights(model: nn.Module) -> None:
 @register(QuantConfig)
 def quantize_model(model: nn.Module, config: QuantConfig, *, data: Any = None) -> nn.Module:
     check_supported(config)
+    config = advanced.resolve_auto(config, data)
     advanced.check_data(config, data)
     check_finite_weights(model)
     batches, synthesis = advanced.calibration_inputs(model, config, data)

@@ -44,7 +44,7 @@ class Levels(str, enum.Enum):
 
 
 class BiasCorrection(str, enum.Enum):
-    AUTO = "auto"  # analytical when data_free, else empirical
+    AUTO = "auto"  # empirical with real data, else analytical
     EMPIRICAL = "empirical"  # from the layer outputs on calibration data
     ANALYTICAL = "analytical"  # from batch-norm statistics, no data
 

@@ -56,8 +56,8 @@ class _Plan:
 _PLANS: dict[tuple[str, str], _Plan] = {
     ("lenet300", "mnist5k"): _Plan(20),
     ("lenet5", "mnist5k"): _Plan(20),
-    ("dscnn", "mnist5k"): _Plan(20),
-    ("resnet8", "mnist5k"): _Plan(20),
+    ("dscnn", "mnist5k"): _Plan(15),
+    ("resnet8", "mnist5k"): _Plan(15),
 }
 _DEFAULT_PLANS: dict[str, _Plan] = {
     "mnist5k": _Plan(15),

@@ -1,0 +1,38 @@
+import torch
+import torch.nn.functional as F
+from test_adaround import correlated_layer
+
+from edgeopt.quantization.gptq import gptq, hessian, im2col
+
+
+def test_gptq_lowers_layer_output_error_versus_rtn():
+    w, scale, zero, x, y = correlated_layer()
+    q = gptq(w, hessian(x), scale, zero, -7, 7, block_size=8)
+    rtn = torch.clamp(torch.round(w / scale), -7, 7)
+    error = (F.linear(x, q * scale) - y).pow(2).mean()
+    error_rtn = (F.linear(x, rtn * scale) - y).pow(2).mean()
+    assert float(error) < 0.7 * float(error_rtn)
+    assert int(q.abs().max()) <= 7 and torch.equal(q, q.round())
+
+
+def test_gptq_with_white_inputs_is_round_to_nearest():
+    # H = I: no column's error can be compensated by another, so GPTQ reduces to RTN
+    w, scale, zero, _, _ = correlated_layer()
+    q = gptq(w, torch.eye(w.shape[1]), scale, zero, -7, 7, damping=0.0)
+    assert torch.equal(q, torch.clamp(torch.round(w / scale), -7, 7))
+
+
+def test_im2col_times_flattened_weight_is_the_convolution():
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(2, 3, 7, 6, generator=g), torch.randn(5, 3, 3, 2, generator=g)
+    params = {"stride": (2, 1), "padding": (1, 0), "dilation": (1, 2), "groups": 1}
+    rows = im2col(x, w.shape, params)
+    out = F.conv2d(x, w, **params)
+    via_rows = (rows @ w.reshape(5, -1).T).reshape(2, -1, 5).permute(0, 2, 1)
+    assert torch.allclose(via_rows.reshape(out.shape), out, atol=1e-5)
+    x1, w1 = torch.randn(2, 3, 9, generator=g), torch.randn(4, 3, 3, generator=g)
+    p1 = {"stride": (1,), "padding": (1,), "dilation": (2,), "groups": 1}
+    out1 = F.conv1d(x1, w1, **p1)
+    rows1 = im2col(x1, w1.shape, p1)
+    assert torch.allclose((rows1 @ w1.reshape(4, -1).T).reshape(2, -1, 4).permute(0, 2, 1),
+                          out1, atol=1e-5)
