@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-# `from helpers import ...` works under any pytest import mode (prepend or importlib).
-if str(Path(__file__).parent) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).parent))
+# Shared test modules (`helpers`, and per-folder ones such as `pruning_models`) import by name
+# under pytest's importlib mode, which test files sharing a base name need.
+for _folder in [Path(__file__).parent, *sorted(Path(__file__).parent.iterdir())]:
+    if _folder.is_dir() and not _folder.name.startswith((".", "_")) and str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
 
 @pytest.fixture(autouse=True)

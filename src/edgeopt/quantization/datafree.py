@@ -87,7 +87,7 @@ def synthesize_inputs(model: nn.Module, input_shape: tuple[int, ...], *, samples
             for step in range(steps):
                 loss = statistics_loss(model, x)
                 if step == 0:
-                    start_loss += float(loss) * n / samples
+                    start_loss += float(loss.detach()) * n / samples
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

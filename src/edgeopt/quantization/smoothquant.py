@@ -3,7 +3,8 @@
 For Linear layers sharing an input X, Y = (X / s) (s W) is the same function; with
 s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) the per-channel activation outliers shrink (easy to
 quantize per tensor) and the weights absorb them (quantized per channel anyway). The division is
-folded into the preceding LayerNorm when only these Linears read it, else exported as one Mul.
+folded into the preceding LayerNorm (or Linear) when only these Linears read it, else exported
+as one Mul.
 """
 
 from __future__ import annotations
@@ -89,8 +90,18 @@ def _attribute(gm: fx.GraphModule, node: Any) -> torch.Tensor | None:
 
 def _fold_into_layer_norm(gm: fx.GraphModule, source: fx.Node, s: torch.Tensor,
                           linears: list[fx.Node]) -> bool:
+    """Divide the producer's output channels by s: a LayerNorm's affine parameters or a
+    preceding Linear's rows, when only the smoothed Linears read it."""
+    if set(source.users) != set(linears):
+        return False
+    producer = qgraph._module(gm, source)
+    if isinstance(producer, nn.Linear):
+        producer.weight.data.div_(s.reshape(-1, 1))
+        if producer.bias is not None:
+            producer.bias.data.div_(s)
+        return True
     params = _layer_norm_params(gm, source)
-    if params is None or set(source.users) != set(linears):
+    if params is None:
         return False
     weight, bias = params
     weight.data.div_(s)
