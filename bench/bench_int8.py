@@ -16,6 +16,7 @@ from pathlib import Path
 from common import PAIRS, calibration_tensor, ort_quantize_static
 
 import edgeopt as eo
+from edgeopt.recipes.speed import fastest_placement
 from edgeopt.runtime.measure import compare_latency, measure
 
 
@@ -31,16 +32,23 @@ def bench_one(model_name: str, data_name: str, folder: Path, rounds: int) -> lis
     ours = eo.export_onnx(qmodel, folder / f"{model_name}_int8.onnx", example)
     ours_s = time.perf_counter() - start
     start = time.perf_counter()
+    guarded_model, choice = fastest_placement(model, config, [calib], example, splits.val,
+                                              threads=1, rounds=rounds)
+    guarded = eo.export_onnx(guarded_model, folder / f"{model_name}_guard.onnx", example)
+    guard_s = time.perf_counter() - start
+    start = time.perf_counter()
     theirs = ort_quantize_static(fp32, folder / f"{model_name}_ort.onnx", calib)
     theirs_s = time.perf_counter() - start
-    paths = [fp32, ours, theirs]
+    paths = [fp32, ours, guarded, theirs]
     results = [measure(p, splits.test, threads=1, runs=5, warmup=1) for p in paths]
     lat = {t: compare_latency(paths, splits.test, threads=t, rounds=rounds) for t in (1, 2)}
     rows = []
-    for i, label in enumerate(["fp32", "edgeopt int8", "ORT quantize_static"]):
+    labels = ["fp32", "edgeopt int8", f"edgeopt int8, speed guard ({choice.chosen})",
+              "ORT quantize_static"]
+    for i, label in enumerate(labels):
         r = results[i]
         speed = " / ".join(f"{lat[t][0] / lat[t][i]:.2f}x" for t in (1, 2))
-        secs = {1: f"{ours_s:.1f}", 2: f"{theirs_s:.1f}"}.get(i, "")
+        secs = {1: f"{ours_s:.1f}", 2: f"{guard_s:.1f}", 3: f"{theirs_s:.1f}"}.get(i, "")
         rows.append(f"| {model_name} | {label} | {100 * r.accuracy:.2f} | {r.size_bytes / 1024:.1f}"
                     f" | {lat[1][i]:.3f} | {lat[2][i]:.3f} | {speed} | "
                     f"{sum(r.int8_ops.values())}/{sum(r.int8_ops.values()) + sum(r.float_ops.values())}"

@@ -6,7 +6,7 @@ accuracies are top-1 on the test split. Latency ratios come from `compare_latenc
 medians, batch 1, 1 thread). PyTorch runs on one thread (steady timings on a shared machine).
 
     .venv/bin/python bench/bench_pruning.py [--sections unstructured,structured,criteria,lottery]
-        [--epochs 3] [--rounds 200]
+        [--epochs 3] [--structured-epochs 8] [--rounds 200]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from edgeopt.pruning.storage import dense_size_bytes, sparse_size_bytes
 from edgeopt.runtime.measure import compare_latency
 
 QUIET = AdvancedPrune(progress=False)
+STRUCTURED_LR = 3e-4  # fine-tuning a pretrained net: below its training rate
 
 
 def _splits() -> eo.datasets.Splits:
@@ -50,8 +51,8 @@ def _pct(value: float) -> str:
 def unstructured(epochs: int) -> list[str]:
     """LeNet-300-100 and LeNet-5: accuracy vs weight sparsity, one-shot vs iterative."""
     splits = _splits()
-    rows = ["| model | sparsity | one-shot, no FT | one-shot + FT | iterative (3 rounds) + FT "
-            "| compact size (dense = 100 %) |", "|---|---|---|---|---|---|"]
+    rows = [f"| model | sparsity | one-shot, no FT | one-shot + FT ({epochs} ep) | iterative "
+            "(3 rounds x 1 ep) | compact size (dense = 100 %) |", "|---|---|---|---|---|---|"]
     for name in ("lenet300", "lenet5"):
         model = eo.zoo.pretrained(name, "mnist5k", progress=False)
         dense_bytes = sparse_size_bytes(model)
@@ -79,27 +80,31 @@ def _tp_prune(model: torch.nn.Module, example: torch.Tensor, ratio: float) -> to
     return model
 
 
-def _finetune(model: torch.nn.Module, splits: eo.datasets.Splits, epochs: int) -> None:
-    finetune(model, splits.train, splits.val, epochs=epochs, lr=1e-3, patience=3, batch_size=64,
+def _finetune(model: torch.nn.Module, splits: eo.datasets.Splits, epochs: int, lr: float) -> None:
+    finetune(model, splits.train, splits.val, epochs=epochs, lr=lr, patience=3, batch_size=64,
              seed=0, progress=False)
 
 
 def _structured_variants(model, splits, example, epochs):
     """(label, model) for dense, edgeopt one-shot / iterative and Torch-Pruning."""
     out = [("dense", model)]
-    for sparsity in (0.25, 0.3, 0.5):
+    for sparsity in (0.25, 0.4, 0.5):
         config = eo.PruneConfig(sparsity=sparsity, structure="channel", finetune_epochs=epochs,
-                                lr=1e-3, advanced=QUIET)
+                                lr=STRUCTURED_LR, advanced=QUIET)
         out.append((f"edgeopt {sparsity:.0%} one-shot", prune(model, config, splits.train,
                                                                val_data=splits.val)))
-    config = eo.PruneConfig(sparsity=0.5, structure="channel", schedule="iterative", steps=2,
-                            finetune_epochs=max(1, epochs // 2 + 1), lr=1e-3, advanced=QUIET)
-    out.append(("edgeopt 50% iterative x2", prune(model, config, splits.train,
-                                                  val_data=splits.val)))
+    config = eo.PruneConfig(sparsity=0.5, structure="channel", finetune_epochs=epochs,
+                            lr=STRUCTURED_LR, advanced=AdvancedPrune(round_to=16, progress=False))
+    out.append(("edgeopt 50% one-shot, widths x16", prune(model, config, splits.train,
+                                                          val_data=splits.val)))
+    config = eo.PruneConfig(sparsity=0.4, structure="channel", schedule="iterative", steps=2,
+                            finetune_epochs=max(1, epochs // 2), lr=STRUCTURED_LR, advanced=QUIET)
+    out.append(("edgeopt 40% iterative (2 rounds)", prune(model, config, splits.train,
+                                                          val_data=splits.val)))
     try:
-        for ratio in (0.3, 0.5):
+        for ratio in (0.4, 0.5):
             tp_model = _tp_prune(model, example, ratio)
-            _finetune(tp_model, splits, epochs)
+            _finetune(tp_model, splits, epochs, STRUCTURED_LR)
             out.append((f"Torch-Pruning {ratio:.0%}", tp_model))
     except ImportError:
         pass
@@ -130,7 +135,8 @@ def structured(epochs: int, rounds: int) -> list[str]:
 
 
 def criteria(epochs: int) -> list[str]:
-    """ResNet-8, 50 % of channels, every criterion, one-shot + the same fine-tuning."""
+    """ResNet-8, 50 % of channels, every criterion, one-shot (batch-norm statistics
+    re-estimated) + the same fine-tuning."""
     splits = _splits()
     model = eo.zoo.pretrained("resnet8", "mnist5k", progress=False)
     rows = ["| criterion | test acc % before FT | after FT | seconds |", "|---|---|---|---|"]
@@ -141,7 +147,7 @@ def criteria(epochs: int) -> list[str]:
                                 advanced=QUIET)
         pruned = prune(model, config, splits.train, val_data=splits.val)
         before = accuracy(pruned, splits.test)
-        _finetune(pruned, splits, epochs)
+        _finetune(pruned, splits, epochs, STRUCTURED_LR)
         rows.append(f"| {criterion} | {_pct(before)} | {_pct(accuracy(pruned, splits.test))} | "
                     f"{time.perf_counter() - start:.1f} |")
     return rows
@@ -172,6 +178,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sections", default="unstructured,structured,criteria,lottery")
     parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs")
+    parser.add_argument("--structured-epochs", type=int, default=8,
+                        help="fine-tuning epochs of the structured section")
     parser.add_argument("--rounds", type=int, default=200, help="latency rounds")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -179,8 +187,9 @@ def main() -> None:
         "unstructured": ("Unstructured: accuracy vs sparsity (global magnitude)",
                          lambda: unstructured(args.epochs)),
         "structured": ("Structured: channels removed, ONNX Runtime latency",
-                       lambda: structured(args.epochs, args.rounds)),
-        "criteria": ("Criteria: ResNet-8, 50 % of channels", lambda: criteria(args.epochs)),
+                       lambda: structured(args.structured_epochs, args.rounds)),
+        "criteria": ("Criteria: ResNet-8, 50 % of channels",
+                     lambda: criteria(args.structured_epochs)),
         "lottery": ("Lottery ticket: LeNet-300-100, rewound to init", lambda: lottery(10)),
     }
     for key in args.sections.split(","):

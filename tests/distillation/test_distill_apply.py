@@ -167,3 +167,34 @@ def test_missing_teacher_or_data(teacher):
         eo.apply(_student(), eo.DistillConfig(), teacher=teacher)
     with pytest.raises(ConfigTypeError, match="teacher must be a torch.nn.Module"):
         eo.apply(_student(), eo.DistillConfig(), data=_data(), teacher="resnet8")
+
+
+def test_self_distillation_with_deeper_exits():
+    base = _student()
+    out = eo.apply(base, eo.DistillConfig(mode="self", exits=("1",), epochs=2), data=_data())
+    stats = out.meta["edgeopt_distill"]
+    assert stats.exits == ["1"] and len(stats.curves.exit_loss) == 2
+    assert stats.curves.exit_loss[0] > 0
+    assert sum(p.numel() for p in out.parameters()) == sum(p.numel() for p in base.parameters())
+    assert all(not m._forward_hooks for m in out.modules())
+    with pytest.raises(ConfigError, match="DistillConfig.exits are used by mode='self' only"):
+        eo.DistillConfig(exits=("1",))
+    with pytest.raises(ConfigError, match=r"DistillConfig.exits names layer '10'.*close "
+                                          r"matches: 1, 0"):
+        eo.apply(base, eo.DistillConfig(mode="self", exits=("10",)), data=_data())
+
+
+def test_recipe_stages_map_onto_the_three_configs():
+    from edgeopt.recipes.schema import load_recipe
+
+    recipe = load_recipe({"model": "lenet300", "data": "digits", "stages": [
+        {"name": "kd", "technique": "distill", "config": {"temperature": 2, "features": ["fc1"]}},
+        {"name": "lr", "technique": "lowrank", "config": {"method": "tucker", "energy": 0.8}},
+        {"name": "cl", "technique": "cluster", "config": {"clusters": 8, "init": "kmeans++"}},
+    ]})
+    kd, lowrank, cluster = (s.config for s in recipe.stages)
+    assert kd == eo.DistillConfig(temperature=2.0, features=("fc1",))
+    assert lowrank == eo.LowRankConfig(method="tucker", energy=0.8)
+    assert cluster == eo.ClusterConfig(clusters=8, init="kmeans++")
+    with pytest.raises(ConfigError, match=r"recipe.stages\[0\].config.temp is not a known field"):
+        load_recipe({"stages": [{"technique": "distill", "config": {"temp": 2}}]})

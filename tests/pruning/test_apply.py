@@ -126,3 +126,11 @@ def test_stats_reach_the_run_report():
     pruned = eo.apply(mlp(), eo.PruneConfig(sparsity=0.5), data=[X])
     stats = _technique_stats(pruned)["prune"]
     assert stats["structure"] == "unstructured" and stats["layers"]
+
+
+def test_iterative_channels_reach_the_one_shot_widths():
+    config = eo.PruneConfig(sparsity=0.5, structure="channel", schedule="iterative", steps=3,
+                            advanced=QUIET)
+    pruned = eo.apply(make(ResidualNet), config, data=[X])
+    assert pruned.conv1.out_channels == 4 and pruned.down[0].out_channels == 8
+    assert len(pruned.meta["edgeopt_prune"].rounds) == 3

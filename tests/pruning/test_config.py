@@ -53,3 +53,16 @@ def test_wrong_types_are_type_errors():
         PruneConfig(finetune_epochs="2")
     with pytest.raises(ConfigError, match="AdvancedPrune.max_layer_sparsity"):
         AdvancedPrune(max_layer_sparsity=1.0)
+
+
+def test_recipe_stage_maps_onto_the_config():
+    from edgeopt.recipes.schema import parse_recipe
+
+    recipe = parse_recipe({"model": "lenet300", "data": "mnist5k", "stages": [
+        {"name": "pruned", "technique": "prune",
+         "config": {"sparsity": 0.8, "structure": "channel", "finetune_epochs": 2,
+                    "advanced": {"round_to": 8}}},
+        {"name": "int8", "technique": "quantize", "from": "pruned"}]})
+    config = recipe.stages[0].config
+    assert config == PruneConfig(sparsity=0.8, structure="channel", finetune_epochs=2,
+                                 advanced=AdvancedPrune(round_to=8))

@@ -101,3 +101,10 @@ def test_bias_absorption_is_exact_where_the_relu_never_cuts():
         assert torch.allclose(gm(x), before, atol=1e-4)
         # the activation range the next quantizer must cover shrank
         assert float(torch.relu(gm.get_submodule("0")(x)).max()) < float(pre.max()) / 2
+
+
+def test_relu6_to_relu_keeps_a_plain_relu_for_the_integer_kernels():
+    gm, stats = folded(ds_cnn(relu6=True))
+    equalize(gm, qgraph.weight_layer_names(gm, ()), 20, stats, relu6_to_relu=True)
+    assert not any(isinstance(m, (ChannelClamp, nn.ReLU6)) for m in gm.modules())
+    assert sum(qgraph.is_relu(gm, n) for n in gm.graph.nodes) == 3

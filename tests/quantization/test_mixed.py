@@ -73,3 +73,12 @@ def test_accuracy_budget_keeps_the_measured_drop_within_it():
 def test_bad_mixed_precision_configs(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         MixedPrecision(**kwargs)
+
+
+def test_fill_budget_spends_spare_bytes_on_the_most_useful_upgrade():
+    from edgeopt.quantization.mixed import fill_budget
+
+    sens = {"big": {2: 1.0, 4: 0.5, 8: 0.0}, "small": {2: 0.9, 4: 0.1, 8: 0.0}}
+    sizes = {"big": {2: 100, 4: 200, 8: 400}, "small": {2: 10, 4: 20, 8: 40}}
+    chosen = fill_budget({"big": 2, "small": 2}, sens, sizes, (2, 4, 8), spare=35)
+    assert chosen == {"big": 2, "small": 8}  # 10 + 20 bytes fit; the big layer's 100 do not

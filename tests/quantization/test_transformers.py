@@ -65,3 +65,32 @@ def test_dynamic_and_weight_only_need_no_graph():
         stats = eo.quantization.apply.quant_stats(q)
         assert len(stats.quantized_layers) == 14
         assert q(x).shape == model(x).shape
+
+
+@pytest.mark.slow
+def test_smoothquant_folds_into_exported_layer_norms_and_gptq_runs_without_a_graph(tmp_path):
+    # (whether it helps is measured in bench/bench_quant_advanced.py and test_smoothquant.py)
+    torch.manual_seed(0)
+    vit, shape = _models()["vit"]
+    model = Logits(vit.eval())
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight[:2] *= 10.0  # outlier channels
+    x = torch.randn(96, *shape)
+    smoothed = eo.apply(model, eo.QuantConfig(smoothquant=True), data=[x[:48]])
+    test = x[48:]
+    stats = eo.quantization.apply.quant_stats(smoothed).methods["smoothquant"]
+    assert stats["folded"] >= 4  # q/k/v and the MLP input read a LayerNorm in every block
+    path = eo.export_onnx(smoothed, tmp_path / "vit_sq.onnx", test[:1])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    deployed = session.run(None, {session.get_inputs()[0].name: test.numpy()})[0]
+    assert (deployed.argmax(-1) == smoothed(test).detach().numpy().argmax(-1)).mean() >= 0.98
+
+    bert, _ = _models()["bert"]
+    ids = torch.randint(0, 100, (32, 8))
+    group = eo.QuantSpec(bits=4, granularity="per_group", group_size=16)
+    q = eo.apply(Logits(bert.eval()), eo.QuantConfig(method="weight_only", activations=None,
+                                                     weights=group, rounding="gptq"), data=[ids])
+    rows = eo.quantization.apply.quant_stats(q).layers
+    assert len(rows) == 14 and all(r["gptq_loss"] <= r["gptq_loss_nearest"] for r in rows)

@@ -12,7 +12,12 @@ from torch import nn
 from edgeopt.data import take_inputs
 from edgeopt.distillation import train as loop
 from edgeopt.distillation.config import DistillConfig, Mode
-from edgeopt.distillation.features import FeatureTap, make_projection, resolve_layer
+from edgeopt.distillation.features import (
+    FeatureTap,
+    make_exit_head,
+    make_projection,
+    resolve_layer,
+)
 from edgeopt.errors import ConfigError, ConfigTypeError, DataError, ModelError
 from edgeopt.registry import register
 from edgeopt.training import evaluate
@@ -33,6 +38,7 @@ class DistillStats:
     train_samples: int | None
     val_samples: int | None
     teacher_val_accuracy_before: float | None
+    exits: list[str]
     curves: loop.Curves
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,6 +59,8 @@ def distill(model: nn.Module, config: DistillConfig, *, data: Any = None,
     for student_layer, teacher_layer in config.feature_pairs:  # names checked before any work
         resolve_layer(model, student_layer, "student")
         resolve_layer(teacher if teacher is not None else model, teacher_layer, "teacher")
+    for name in config.exits:
+        resolve_layer(model, name, "student", "exits")
     student = copy.deepcopy(model)
     teacher = copy.deepcopy(teacher if teacher is not None else model)
     train, val = loop.holdout(data, config.val_fraction, config.seed)
@@ -60,8 +68,8 @@ def distill(model: nn.Module, config: DistillConfig, *, data: Any = None,
         train, val = data, None  # unlabeled: nothing to measure accuracy with
     probe = take_inputs(train, 2, what="train data")[0][:2]
     party = _party(student, teacher, config, probe)
-    teacher_acc = evaluate(teacher, val) if val is not None else None
     try:
+        teacher_acc = evaluate(teacher, val) if val is not None else None
         curves = loop.run(party, config, train, val, progress)
     finally:
         party.student_tap.remove()
@@ -71,7 +79,8 @@ def distill(model: nn.Module, config: DistillConfig, *, data: Any = None,
         temperature=config.temperature, alpha=config.alpha, epochs=config.epochs,
         student_params=count_params(student), teacher_params=count_params(teacher),
         features=_feature_stats(party), train_samples=_samples(train),
-        val_samples=_samples(val), teacher_val_accuracy_before=teacher_acc, curves=curves)
+        val_samples=_samples(val), teacher_val_accuracy_before=teacher_acc,
+        exits=list(config.exits), curves=curves)
     meta = getattr(model, "meta", None)
     student.meta = {**(meta if isinstance(meta, dict) else {}), "edgeopt_distill": stats}
     return student.eval()
@@ -93,7 +102,7 @@ def _party(student: nn.Module, teacher: nn.Module, config: DistillConfig,
            probe: torch.Tensor) -> loop.Party:
     """Check the output shapes agree, tap the feature layers and size the projections."""
     pairs = config.feature_pairs
-    s_tap = FeatureTap(student, [s for s, _ in pairs], "student")
+    s_tap = FeatureTap(student, [s for s, _ in pairs] + list(config.exits), "student")
     t_tap = FeatureTap(teacher, [t for _, t in pairs], "teacher")
     try:
         s_out, t_out = _probe(student, probe, "student"), _probe(teacher, probe, "teacher")
@@ -107,12 +116,15 @@ def _party(student: nn.Module, teacher: nn.Module, config: DistillConfig,
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             projections = nn.ModuleList(make_projection(s, t) for s, t in shapes)
+            heads = nn.ModuleList(make_exit_head(tuple(s_tap.features[e].shape[1:]),
+                                                 s_out.shape[1]) for e in config.exits)
     except BaseException:
         s_tap.remove()
         t_tap.remove()
         raise
     return loop.Party(student=student, teacher=teacher, projections=projections, pairs=pairs,
-                      shapes=shapes, student_tap=s_tap, teacher_tap=t_tap)
+                      shapes=shapes, student_tap=s_tap, teacher_tap=t_tap,
+                      exits=config.exits, exit_heads=heads)
 
 
 @torch.no_grad()

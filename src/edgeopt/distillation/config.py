@@ -34,7 +34,11 @@ class DistillConfig(Config):
     student's width onto the teacher's where they differ and is dropped after training.
     `val_fraction` of a map-style Dataset (or of a list of batches) is held out to pick the best
     epoch and to record validation accuracy; 0 trains on everything and keeps the last epoch.
-    In `mode="self"` any teacher passed is not used: the student's previous-epoch snapshot is.
+    In `mode="self"` any teacher passed is not used: the student's previous-epoch snapshot is;
+    `exits` (self mode only) names intermediate layers that get a temporary classifier head
+    (pool + linear), trained on the labels and on the final output's soft targets: the deeper
+    part of the network teaches the shallower (Zhang et al. 2019, "Be your own teacher"). The
+    heads are dropped after training.
     """
 
     kind: ClassVar[str] = "distill"
@@ -46,6 +50,7 @@ class DistillConfig(Config):
     mode: Mode = Mode.OFFLINE
     features: tuple[Any, ...] = ()
     feature_weight: float = 1.0
+    exits: tuple[str, ...] = ()
     epochs: int = 5
     lr: float = 1e-3
     batch_size: int = 64
@@ -68,6 +73,11 @@ class DistillConfig(Config):
         if not 0.0 <= self.val_fraction < 1.0:
             raise invalid("DistillConfig.val_fraction", "a float in [0, 1)", self.val_fraction)
         object.__setattr__(self, "features", tuple(_pair(f) for f in self.features))
+        if self.exits and self.mode is not Mode.SELF:
+            raise ConfigError(f"DistillConfig.exits are used by mode='self' only; got "
+                              f"mode={self.mode.value!r} with exits={list(self.exits)}.")
+        if not all(isinstance(e, str) and e for e in self.exits):
+            raise invalid("DistillConfig.exits", "a list of layer names", self.exits)
 
     @property
     def feature_pairs(self) -> tuple[tuple[str, str], ...]:

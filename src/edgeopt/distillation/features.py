@@ -20,7 +20,7 @@ Shape = tuple[int, ...]
 ProjectionFactory = Callable[[Shape, Shape], nn.Module]
 
 
-def resolve_layer(model: nn.Module, name: str, who: str) -> nn.Module:
+def resolve_layer(model: nn.Module, name: str, who: str, field: str = "features") -> nn.Module:
     """The submodule called `name`, or an error listing the closest existing names."""
     modules = {n: m for n, m in model.named_modules() if n}
     if name in modules:
@@ -28,7 +28,7 @@ def resolve_layer(model: nn.Module, name: str, who: str) -> nn.Module:
     close = difflib.get_close_matches(name, list(modules), n=5, cutoff=0.4)
     hint = f"close matches: {', '.join(close)}" if close else (
         f"layers are: {', '.join(list(modules)[:20])}{', ...' if len(modules) > 20 else ''}")
-    raise ConfigError(f"DistillConfig.features names layer {name!r}, which the {who} does not "
+    raise ConfigError(f"DistillConfig.{field} names layer {name!r}, which the {who} does not "
                       f"have; {hint}.")
 
 
@@ -108,3 +108,12 @@ def make_projection(student: Shape, teacher: Shape) -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(student), math.prod(teacher),
                                                      bias=False), nn.Unflatten(1, teacher))
     return factory(student, teacher)
+
+
+def make_exit_head(feature: Shape, num_classes: int) -> nn.Module:
+    """A classifier on an intermediate feature: global average pool (if spatial) + linear."""
+    pools = {2: nn.AdaptiveAvgPool1d(1), 3: nn.AdaptiveAvgPool2d(1)}
+    pool = pools.get(len(feature))
+    width = feature[0] if pool is not None else math.prod(feature)
+    layers = [pool] if pool is not None else []
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(width, num_classes))

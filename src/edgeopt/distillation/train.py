@@ -34,6 +34,8 @@ class Party:
     shapes: list[tuple[tuple[int, ...], tuple[int, ...]]]  # per-sample (student, teacher) shapes
     student_tap: FeatureTap
     teacher_tap: FeatureTap
+    exits: tuple[str, ...] = ()  # self mode: student layers with a temporary classifier head
+    exit_heads: nn.ModuleList = dataclasses.field(default_factory=nn.ModuleList)
 
 
 @dataclasses.dataclass
@@ -44,6 +46,7 @@ class Curves:
     soft_loss: list[float] = dataclasses.field(default_factory=list)
     hard_loss: list[float] = dataclasses.field(default_factory=list)
     feature_loss: list[float] = dataclasses.field(default_factory=list)
+    exit_loss: list[float] = dataclasses.field(default_factory=list)
     val_accuracy: list[float] = dataclasses.field(default_factory=list)
     teacher_val_accuracy: list[float] = dataclasses.field(default_factory=list)
     best_epoch: int | None = None
@@ -93,7 +96,7 @@ def run(party: Party, config: DistillConfig, train: Any, val: Any, progress: boo
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         loader = train_batches(train, config.batch_size, config.seed)
-        trained = [party.student, party.projections]
+        trained = [party.student, party.projections, party.exit_heads]
         if config.mode is Mode.ONLINE:
             trained.append(party.teacher)
         params = [p for m in trained for p in m.parameters() if p.requires_grad]
@@ -128,8 +131,9 @@ def _epoch(party: Party, config: DistillConfig, loader: Iterable[Any],
     online = config.mode is Mode.ONLINE
     party.student.train()
     party.projections.train()
+    party.exit_heads.train()
     party.teacher.train(online)  # a frozen teacher keeps its batch-norm statistics
-    sums = torch.zeros(4, dtype=torch.float64)
+    sums = torch.zeros(5, dtype=torch.float64)
     count = 0
     for inputs, targets in iter_batches(loader, what="train data"):
         optimizer.zero_grad(set_to_none=True)
@@ -142,13 +146,14 @@ def _epoch(party: Party, config: DistillConfig, loader: Iterable[Any],
         raise DataError(f"train data gave no batches in epoch {epoch}; it must not be empty.")
     mean = (sums / count).tolist()
     for values, value in zip((curves.train_loss, curves.soft_loss, curves.hard_loss,
-                              curves.feature_loss), mean):
+                              curves.feature_loss, curves.exit_loss), mean):
         values.append(value)
 
 
 def _losses(party: Party, config: DistillConfig, inputs: torch.Tensor,
             targets: torch.Tensor | None, online: bool) -> tuple[torch.Tensor, ...]:
-    """(total, soft, hard, hint) for one batch; the total includes the online teacher's loss."""
+    """(total, soft, hard, hint, exits) for one batch; the total includes the online teacher's
+    loss and the self-distillation exits' losses."""
     party.student_tap.clear()
     party.teacher_tap.clear()
     student_logits = party.student(inputs)
@@ -165,4 +170,8 @@ def _losses(party: Party, config: DistillConfig, inputs: torch.Tensor,
         total = total + config.feature_weight * hint
     if online:  # deep mutual learning: the teacher learns from the labels and the student too
         total = total + distillation_loss(teacher_logits, student_logits, targets, **options)[0]
-    return total, soft, hard, hint
+    exits = torch.zeros(())
+    for head, name in zip(party.exit_heads, party.exits):  # the final output teaches the exits
+        exit_logits = head(party.student_tap.features[name])
+        exits = exits + distillation_loss(exit_logits, student_logits, targets, **options)[0]
+    return total + exits, soft, hard, hint, exits

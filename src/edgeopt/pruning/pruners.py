@@ -17,7 +17,7 @@ from torch import nn
 
 from edgeopt.errors import ModelError
 from edgeopt.pruning.common import prunable_weights
-from edgeopt.pruning.config import Criterion, PruneConfig, Structure
+from edgeopt.pruning.config import Criterion, PruneConfig, Scope, Structure
 from edgeopt.pruning.graph import DependencyGraph, build_graph
 from edgeopt.pruning.layers import block_scores, bypass, find_blocks
 from edgeopt.pruning.signals import MovementTracker
@@ -25,7 +25,6 @@ from edgeopt.pruning.stats import PruneStats
 from edgeopt.pruning.structured import (
     candidate_groups,
     channel_scores,
-    prune_channels,
     select_channels,
     shrink_checked,
 )
@@ -114,24 +113,41 @@ class ChannelPruner:
                  ) -> None:
         self.config, self.data, self.example = config, data, example
         self.plan: dict[str, float] | None = None
-        self.done = 0.0  # sparsity already removed for real
         self.graph: DependencyGraph | None = None
         self.removed: set[int] = set()
         self.masks: dict[Any, Any] = {}
         graph = build_graph(model, example)
         _check_prunable(model, graph, config)
         self.channels_before = graph.num_channels
+        self.original = {g.name: len(g.channels) for g in graph.groups}
         self.pinned = [{"name": g.name, "channels": len(g.pinned), "reasons": list(g.reasons)}
                        for g in graph.groups if g.pinned]
         self.channels_removed = 0
         self.extra_hook: Hook | None = None
 
     def step(self, model: nn.Module, sparsity: float) -> None:
-        relative = 1.0 - (1.0 - sparsity) / (1.0 - self.done)  # of what is left
-        graph, removed = prune_channels(model, self.example, self.config, relative, self.data,
-                                        _scaled(self.plan, relative, self.config.sparsity))
+        graph = build_graph(model, self.example)
+        scores = channel_scores(model, graph, self.config, self.data)
+        if self.config.scope is Scope.GLOBAL and self.plan is None:
+            done = self.channels_removed / max(1, self.channels_before)
+            relative = 1.0 - (1.0 - sparsity) / (1.0 - done)  # of what is left
+            removed = select_channels(graph, scores, self.config, relative)
+        else:
+            removed = select_channels(graph, scores, self.config, sparsity,
+                                      self._per_group(graph, sparsity))
+        shrink_checked(model, graph, removed, self.example)
         self.channels_removed += len(removed)
-        self.done = sparsity
+
+    def _per_group(self, graph: DependencyGraph, sparsity: float) -> dict[str, float]:
+        """Fraction of each group's current channels to remove so that `sparsity` (or the
+        plan's share of it) of its original channels is gone."""
+        plan = _scaled(self.plan, sparsity, self.config.sparsity)
+        out = {}
+        for group in graph.groups:
+            target = plan.get(group.name, 0.0) if plan is not None else sparsity
+            original = self.original.get(group.name, len(group.channels))
+            out[group.name] = max(0.0, 1.0 - (1.0 - target) * original / len(group.channels))
+        return out
 
     def soft(self, model: nn.Module, sparsity: float) -> None:
         if self.graph is None:

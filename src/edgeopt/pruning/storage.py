@@ -59,7 +59,7 @@ def encode(tensors: dict[str, np.ndarray], graph: bytes | None = None) -> bytes:
     """The archive bytes for `tensors` (and, for ONNX models, the graph without them)."""
     buffer = io.BytesIO()
     manifest: dict[str, Any] = {"format": FORMAT, "tensors": []}
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
         for index, (name, array) in enumerate(tensors.items()):
             encoding, parts = encode_tensor(array)
             manifest["tensors"].append({"name": name, "dtype": array.dtype.str,

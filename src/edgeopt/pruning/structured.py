@@ -169,20 +169,6 @@ def _rounded(removed: set[int], groups: list[Group], scores: np.ndarray, already
     return out
 
 
-def prune_channels(
-    model: nn.Module, example: torch.Tensor, config: PruneConfig, sparsity: float, data: Any,
-    plan: dict[str, float] | None = None,
-) -> tuple[DependencyGraph, set[int]]:
-    """One structured step in place: trace, score, select, shrink, check the forward."""
-    from edgeopt.pruning.graph import build_graph
-
-    graph = build_graph(model, example)
-    scores = channel_scores(model, graph, config, data)
-    removed = select_channels(graph, scores, config, sparsity, plan)
-    shrink_checked(model, graph, removed, example)
-    return graph, removed
-
-
 def shrink_checked(model: nn.Module, graph: DependencyGraph, removed: set[int],
                    example: torch.Tensor) -> None:
     """Shrink, then make sure the model still runs and gives outputs of the same shapes."""

@@ -92,6 +92,8 @@ def calibration_inputs(model: nn.Module, config: QuantConfig, data: Any
     """Real calibration batches, or synthesized ones (data_free); [] when none are needed."""
     if config.data_free:
         require_batch_norm(model)
+        if not data_driven(config):
+            return [], None
         adv = config.advanced
         shape = input_shape(model, config, data)
         synthesis = synthesize_inputs(model, shape, samples=min(adv.data_free_samples,
@@ -134,8 +136,10 @@ def prepare_float(gm: nn.Module, names: list[str], config: QuantConfig,
 
 def _equalize(gm: fx.GraphModule, names: list[str], config: QuantConfig, bn_stats: dict,
               stats: QuantStats) -> None:
-    pairs, scales, sweeps = equalize(gm, names, config.advanced.equalization_iterations, bn_stats)
-    absorbed = absorb_biases(gm, pairs, bn_stats) if config.advanced.bias_absorption else {}
+    adv = config.advanced
+    pairs, scales, sweeps = equalize(gm, names, adv.equalization_iterations, bn_stats,
+                                     adv.relu6_to_relu)
+    absorbed = absorb_biases(gm, pairs, bn_stats) if adv.bias_absorption else {}
     for name, s in scales.items():
         stats.notes.setdefault(name, {}).update(
             equalization_scale_min=float(s.min()), equalization_scale_max=float(s.max()))
@@ -152,25 +156,32 @@ def plan_mixed_precision(model: nn.Module, gm: nn.Module, names: list[str], conf
     plan = config.mixed_precision
     assert plan is not None
     candidates = tuple(sorted(set(plan.candidates)))
+
+    def size_of(assignment: mixed.Assignment) -> int:
+        return mixed.model_bytes(gm, names, assignment)
+
+    if plan.size_budget_bytes is not None:  # before the sensitivity pass: it costs time
+        mixed.choose_by_size([dict.fromkeys(names, candidates[0])], size_of,
+                             plan.size_budget_bytes)
     inputs = torch.cat(batches)[: min(256, config.calibration_samples)]
     sensitivity = mixed.weight_sensitivity(gm, names, config.weights, candidates, inputs)
     sizes = {n: {b: mixed.layer_bytes(gm.get_submodule(n).weight, b) for b in candidates}
              for n in names}
     path = mixed.downgrade_path(sensitivity, sizes, candidates)
 
-    def size_of(assignment: mixed.Assignment) -> int:
-        return mixed.model_bytes(gm, names, assignment)
-
     evaluated: list[dict[str, Any]] = []
     if plan.size_budget_bytes is not None:
-        index = mixed.choose_by_size(path, size_of, plan.size_budget_bytes)
+        chosen = path[mixed.choose_by_size(path, size_of, plan.size_budget_bytes)]
+        chosen = mixed.fill_budget(chosen, sensitivity, sizes, candidates,
+                                   plan.size_budget_bytes - size_of(chosen))
     else:
         drop_of = _accuracy_drop(model, config, data, batches)
         index, evaluated = mixed.choose_by_accuracy(path, drop_of, float(plan.accuracy_budget))
-    chosen = path[index]
+        chosen = path[index]
     uniform = {b: size_of(dict.fromkeys(names, b)) for b in candidates}
     info = mixed.summary(plan, chosen, size_of(chosen), uniform, sensitivity)
     info["evaluated"] = [dict(e, size_bytes=size_of(path[e["step"]])) for e in evaluated]
+    info["path_steps"] = len(path)
     stats.methods["mixed_precision"] = info
     for name, bits in chosen.items():
         stats.notes.setdefault(name, {})["mixed_precision_bits"] = bits

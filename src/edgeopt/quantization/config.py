@@ -81,7 +81,8 @@ class QuantSpec(Config):
     signed: bool | None = None
     narrow_range: bool | None = None
     power_of_two_scale: bool = False
-    levels: Levels = Levels.UNIFORM
+    levels: Levels = Levels.UNIFORM  # "kmeans" + per_channel: a shared codebook of
+    #                                  channel-normalized weights times a scale per channel
 
     def validate(self) -> None:
         if not 2 <= self.bits <= 16:
@@ -142,11 +143,13 @@ class AdvancedQuantConfig(Config):
 
     seed: int = 0  # stochastic rounding and data-free synthesis
     input_shape: tuple[int, ...] | None = None  # per sample; data_free without data needs it
-    data_free_samples: int = 256
-    data_free_steps: int = 300
+    data_free_samples: int = 128
+    data_free_steps: int = 100
     data_free_lr: float = 0.1
     equalization_iterations: int = 20
     bias_absorption: bool = True  # with equalization: move bias into the next layer
+    relu6_to_relu: bool = False  # with equalization: ReLU6 -> ReLU (fuses; not exact) instead
+    #                              of a per-channel clamp (exact; runs as Relu + Min in float)
     bias_correction: BiasCorrection = BiasCorrection.AUTO
     adaround_iterations: int = 1000
     adaround_lr: float = 1e-2

@@ -4,7 +4,10 @@ Two consecutive layers joined by a positively homogeneous op (ReLU, max-pool, id
 the same function when output channel c of the first is divided by s_c and input channel c of
 the second multiplied by it. Choosing s_c = sqrt(r1_c * r2_c) / r2_c gives both layers the same
 per-channel weight range sqrt(r1_c * r2_c), which per-tensor (and low-bit) quantization needs.
-ReLU6 is not homogeneous: it becomes a per-channel clamp at 6 / s_c, so the function is exact.
+ReLU6 is not homogeneous: it becomes a per-channel clamp at 6 / s_c, so the function is exact
+(ONNX Runtime then runs the clamp as Relu + Min in float, which keeps the first layer of the pair
+off the integer kernels); `relu6_to_relu` instead makes it a ReLU, as the DFQ paper does: the
+function changes where activations exceeded 6, and every layer stays on integer kernels.
 Depthwise-separable blocks (depthwise -> pointwise -> depthwise) chain through the same rule.
 
 Bias absorption then moves c = max(0, beta - 3 gamma) (what the ReLU almost never cuts, from the
@@ -73,8 +76,9 @@ def _accepts(first: nn.Module, second: nn.Module) -> bool:
     return second.groups == second.in_channels == second.out_channels == channels
 
 
-def find_pairs(gm: fx.GraphModule, names: list[str]) -> list[Pair]:
-    """Layer pairs joined only by single-use ReLU/ReLU6/max-pool/identity nodes."""
+def find_pairs(gm: fx.GraphModule, names: list[str], relu6_to_relu: bool = False) -> list[Pair]:
+    """Layer pairs joined only by single-use ReLU/ReLU6/max-pool/identity nodes. A ReLU6 between
+    them becomes a per-channel clamp (exact), or a plain ReLU with `relu6_to_relu`."""
     wanted, pairs = set(names), []
     for node in gm.graph.nodes:
         if node.op != "call_module" or str(node.target) not in wanted:
@@ -86,7 +90,8 @@ def find_pairs(gm: fx.GraphModule, names: list[str]) -> list[Pair]:
             if module is not None and type(module) in WEIGHT_LAYERS:
                 first = gm.get_submodule(str(node.target))
                 if str(user.target) in wanted and user.args[0] is current and _accepts(first, module):
-                    pairs.append(_pair(gm, str(node.target), str(user.target), between))
+                    pairs.append(_pair(gm, str(node.target), str(user.target), between,
+                                       relu6_to_relu))
                 break
             if not (qgraph.is_relu(gm, user) or qgraph.is_relu6(gm, user)
                     or isinstance(module, _HOMOGENEOUS)):
@@ -96,11 +101,18 @@ def find_pairs(gm: fx.GraphModule, names: list[str]) -> list[Pair]:
     return pairs
 
 
-def _pair(gm: fx.GraphModule, first: str, second: str, between: list[fx.Node]) -> Pair:
+def _pair(gm: fx.GraphModule, first: str, second: str, between: list[fx.Node],
+          relu6_to_relu: bool) -> Pair:
     clamps, only_relu = [], True
     channel_dim = -1 if isinstance(gm.get_submodule(first), nn.Linear) else 1
     for index, node in enumerate(between):
-        if qgraph.is_relu6(gm, node):
+        if qgraph.is_relu6(gm, node) and relu6_to_relu:
+            with gm.graph.inserting_after(node):
+                relu = gm.graph.call_function(torch.relu, (node.args[0],))
+            node.replace_all_uses_with(relu)
+            gm.graph.erase_node(node)
+            between[index] = relu
+        elif qgraph.is_relu6(gm, node):
             between[index] = _to_channel_clamp(gm, node, gm.get_submodule(first).weight.shape[0],
                                                channel_dim, f"{first.replace('.', '_')}_clamp")
             clamps.append(str(between[index].target))
@@ -134,12 +146,13 @@ def _rescale(gm: fx.GraphModule, pair: Pair, s: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def equalize(gm: fx.GraphModule, names: list[str], iterations: int, bn_stats: BnStats
-             ) -> tuple[list[Pair], dict[str, torch.Tensor], int]:
+def equalize(gm: fx.GraphModule, names: list[str], iterations: int, bn_stats: BnStats,
+             relu6_to_relu: bool = False) -> tuple[list[Pair], dict[str, torch.Tensor], int]:
     """Equalize every pair, sweeping until the scales settle; returns the pairs, each first
     layer's total scale and the sweeps done. Updates `bn_stats` of rescaled layers."""
-    pairs = find_pairs(gm, names)
+    pairs = find_pairs(gm, names, relu6_to_relu)
     gm.graph.lint()
+    gm.delete_all_unused_submodules()
     gm.recompile()
     total = {p.first: torch.ones(gm.get_submodule(p.first).weight.shape[0]) for p in pairs}
     sweeps = 0

@@ -127,6 +127,30 @@ def choose_by_size(path: list[Assignment], size_of: Callable[[Assignment], int],
     return next(i for i, a in enumerate(path) if size_of(a) <= budget)
 
 
+def fill_budget(assignment: Assignment, sensitivity: dict[str, dict[int, float]],
+                sizes: dict[str, dict[int, int]], candidates: tuple[int, ...], spare: int
+                ) -> Assignment:
+    """Spend `spare` bytes on one-step upgrades, most noise removed per byte first: a path
+    step can jump far below the budget when one large layer drops a width."""
+    widths = sorted(candidates)
+    current = dict(assignment)
+    while True:
+        best, best_gain = None, 0.0
+        for name, bits in current.items():
+            position = widths.index(bits)
+            if position + 1 == len(widths):
+                continue
+            higher = widths[position + 1]
+            cost = sizes[name][higher] - sizes[name][bits]
+            gain = (sensitivity[name][bits] - sensitivity[name][higher]) / max(cost, 1)
+            if cost <= spare and gain > best_gain:
+                best, best_gain = (name, higher, cost), gain
+        if best is None:
+            return current
+        current[best[0]] = best[1]
+        spare -= best[2]
+
+
 def choose_by_accuracy(path: list[Assignment], drop_of: Callable[[Assignment], float],
                        budget: float) -> tuple[int, list[dict[str, Any]]]:
     """The furthest point on the path whose measured drop is within the budget (binary search,

@@ -117,8 +117,9 @@ def weight_minmax(weight: torch.Tensor, granularity: Granularity, axis: int = 0
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio in dB (higher is better)."""
-    noise = (reference.float() - approx.float()).pow(2).mean()
-    signal = reference.float().pow(2).mean()
+    reference, approx = reference.detach().float(), approx.detach().float()
+    noise = (reference - approx).pow(2).mean()
+    signal = reference.pow(2).mean()
     if noise == 0:
         return float("inf")
     return float(10 * torch.log10(signal / noise))

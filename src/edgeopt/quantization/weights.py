@@ -51,8 +51,7 @@ class LayerBuilder:
         if spec.dtype.is_float:
             return FloatFormatLayer(layer, spec.dtype, self._input_format(spec))
         if spec.levels is Levels.KMEANS:
-            codebook, codes = kmeans_1d(layer.weight.detach(), 2**spec.bits)
-            return CodebookLayer(layer, codes, codebook, spec.bits, levels="kmeans")
+            return self._kmeans(layer, spec)
         if spec.levels is Levels.LOG2:
             return self._log2(layer, spec)
         if self.config.method is Method.QAT:
@@ -72,6 +71,20 @@ class LayerBuilder:
         if self.config.method is Method.WEIGHT_ONLY:
             return None
         return acts.dtype if acts is not None and acts.dtype.is_float else spec.dtype
+
+    @staticmethod
+    def _kmeans(layer: nn.Module, spec: QuantSpec) -> nn.Module:
+        """One codebook per layer; per-channel granularity clusters each output channel's
+        weights divided by its absolute maximum and keeps that maximum as a channel scale
+        (channels of very different ranges, e.g. depthwise, then share the codebook well)."""
+        weight = layer.weight.detach().float()
+        scale = None
+        if spec.granularity is Granularity.PER_CHANNEL:
+            scale = weight.abs().reshape(weight.shape[0], -1).amax(dim=1).clamp(min=1e-12)
+            weight = weight / scale.reshape((-1,) + (1,) * (weight.dim() - 1))
+        codebook, codes = kmeans_1d(weight, 2**spec.bits)
+        return CodebookLayer(layer, codes, codebook, spec.bits, channel_scale=scale,
+                             levels="kmeans")
 
     def _log2(self, layer: nn.Module, spec: QuantSpec) -> nn.Module:
         levels, scale = log2_quantize(layer.weight.detach().float(), spec.bits)
