@@ -10,7 +10,7 @@ Conv zoo (trained models, accuracy measured in ONNX Runtime on the test split):
      non-uniform weights (log2 and k-means, 4 bits).
 Transformers (`transformers` ViT and BERT with random weights; a few LayerNorm channels scaled
 x30 to create the activation outliers real trained transformers have): W8A8 with and without
-SmoothQuant, W4 weight-only (groups of 32, MatMulNBits) RTN vs GPTQ - output SQNR against fp32
+SmoothQuant, W4 weight-only (groups of 32, MatMulNBits) RTN vs GPTQ vs AWQ - output SQNR against fp32
 and ONNX Runtime latency (batch 1, 1 thread, interleaved medians).
 
     .venv/bin/python bench/bench_quant_advanced.py [--models lenet5,dscnn] [--skip transformers]
@@ -33,6 +33,7 @@ import torch
 import edgeopt as eo
 from edgeopt.errors import ModelError
 from edgeopt.quantization.config import AdvancedQuantConfig, MixedPrecision
+from edgeopt.quantization.primitives import sqnr_db
 from edgeopt.runtime.measure import compare_latency, measure
 
 CONV = [("lenet5", "mnist5k"), ("dscnn", "mnist5k"), ("resnet8", "mnist5k"),
@@ -199,6 +200,11 @@ def bench_transformers(folder: Path) -> list[str]:
         "W4 weight-only GPTQ": eo.QuantConfig(method="weight_only", activations=None,
                                               weights=group, rounding="gptq",
                                               calibration_samples=128),
+        "W4 weight-only AWQ": eo.QuantConfig(method="weight_only", activations=None,
+                                             weights=group, awq=True, calibration_samples=128),
+        "W4 weight-only AWQ + GPTQ": eo.QuantConfig(method="weight_only", activations=None,
+                                                    weights=group, awq=True, rounding="gptq",
+                                                    calibration_samples=128),
     }
     for name, (model, inputs) in _transformers().items():
         calib, test = inputs[:128], inputs[128:]
@@ -210,7 +216,7 @@ def bench_transformers(folder: Path) -> list[str]:
             q = model if config is None else eo.apply(model, config, data=[calib])
             seconds = time.perf_counter() - start
             with torch.no_grad():
-                sqnr = eo.quantization.primitives.sqnr_db(reference, q(test))
+                sqnr = sqnr_db(reference, q(test))
             paths.append(eo.export_onnx(q, folder / f"tf_{len(paths)}.onnx", test[:1]))
             results.append((label, sqnr, seconds))
         data = torch.utils.data.TensorDataset(test, torch.zeros(len(test), dtype=torch.long))

@@ -131,6 +131,30 @@ class TinyTransformer(nn.Module):
         return self.head(tokens.mean(dim=1))
 
 
+class HardcodedView(nn.Module):
+    """Flattens with a literal size: the conv's channels cannot change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 64, 5)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv(x)).view(x.shape[0], 256))  # literal size
+
+
+class UnknownOp(nn.Module):
+    """Flips channels (an op without a rule): the conv's channels cannot change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.fc(torch.flip(self.conv(x), dims=[1]).mean(dim=(2, 3)))
+
+
 def init_bn(model: nn.Module) -> nn.Module:
     """Non-trivial batch-norm statistics so folding and slicing are actually exercised."""
     torch.manual_seed(1)

@@ -1,16 +1,16 @@
 """Dependency-graph groups on residual, concat, depthwise, flatten->linear and attention nets."""
 
 import torch
-import torch.nn.functional as F
 from pruning_models import (
     ConcatNet,
     DepthwiseNet,
+    HardcodedView,
     ResidualNet,
     TinyTransformer,
+    UnknownOp,
     make,
     mlp,
 )
-from torch import nn
 
 from edgeopt.pruning.graph import build_graph
 
@@ -83,28 +83,8 @@ def test_attention_heads_are_channels_of_q_k_v_and_output_columns():
             ("head.weight", 1)} <= set(hidden.members)
 
 
-class _Hardcoded(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.fc = nn.Linear(4 * 64, 5)
-
-    def forward(self, x):
-        return self.fc(F.relu(self.conv(x)).view(x.shape[0], 256))  # literal size
-
-
-class _Unknown(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.fc = nn.Linear(4, 5)
-
-    def forward(self, x):
-        return self.fc(torch.flip(self.conv(x), dims=[1]).mean(dim=(2, 3)))
-
-
 def test_literal_sizes_and_unknown_ops_pin_channels():
-    for model in (_Hardcoded(), _Unknown()):
+    for model in (HardcodedView(), UnknownOp()):
         g = build_graph(model.eval(), X)
         conv = _group(g, ("conv.weight", 0))
         assert len(conv.prunable) == 0, type(model).__name__

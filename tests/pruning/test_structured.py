@@ -146,11 +146,11 @@ def test_input_model_is_not_modified():
 
 
 def test_nothing_to_remove_names_layers_and_reasons():
-    from test_graph import _Unknown
+    from pruning_models import UnknownOp
 
-    with pytest.raises(ValueError, match=r"no channel of _Unknown can be removed \('conv': "
+    with pytest.raises(ValueError, match=r"no channel of UnknownOp can be removed \('conv': "
                                          r"aten.flip.default"):
-        eo.apply(_Unknown(), eo.PruneConfig(structure="channel"), data=[X])
+        eo.apply(UnknownOp(), eo.PruneConfig(structure="channel"), data=[X])
     with pytest.raises(ValueError, match="structure='head' found no attention heads"):
         eo.apply(make(ResidualNet), eo.PruneConfig(structure="head"), data=[X])
 

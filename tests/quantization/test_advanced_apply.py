@@ -92,6 +92,7 @@ def test_stochastic_rounding_rounds_each_weight_down_or_up():
      "mixed_precision"),
     ({"method": "weight_only", "activations": None, "smoothquant": True}, "smoothquant"),
     ({"method": "qat", "data_free": True}, "data_free"),
+    ({"smoothquant": True, "awq": True}, "awq"),
     ({"method": "dynamic", "weights": eo.QuantSpec(dtype="bf16")}, "weights.dtype"),
 ])
 def test_unsupported_combinations_are_refused_before_work(kwargs, field):

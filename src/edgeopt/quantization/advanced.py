@@ -18,6 +18,7 @@ import torch.nn as nn
 from edgeopt.data import iter_batches, take_inputs
 from edgeopt.errors import ConfigError, DataError, ModelError
 from edgeopt.quantization import mixed
+from edgeopt.quantization.awq import apply_awq
 from edgeopt.quantization.config import BiasCorrection, Method, QuantConfig, Rounding
 from edgeopt.quantization.datafree import require_batch_norm, synthesize_inputs
 from edgeopt.quantization.equalization import absorb_biases, equalize
@@ -25,6 +26,7 @@ from edgeopt.quantization.modules import WEIGHT_LAYERS
 from edgeopt.quantization.reconstruct import bias_correction_mode, capture
 from edgeopt.quantization.smoothquant import linear_groups, smooth
 from edgeopt.quantization.stats import QuantStats
+from edgeopt.quantization.weights import spec_for
 
 
 def data_driven(config: QuantConfig) -> list[str]:
@@ -36,8 +38,8 @@ def data_driven(config: QuantConfig) -> list[str]:
         needs.append(f"rounding={config.rounding.value!r}")
     if config.bias_correction and bias_correction_mode(config).value == "empirical":
         needs.append("empirical bias_correction")
-    if config.smoothquant:
-        needs.append("smoothquant")
+    if config.smoothquant or config.awq:
+        needs.append("smoothquant" if config.smoothquant else "awq")
     if config.mixed_precision is not None:
         needs.append("mixed_precision")
     return needs
@@ -112,13 +114,19 @@ def calibration_inputs(model: nn.Module, config: QuantConfig, data: Any
 def prepare_float(gm: nn.Module, names: list[str], config: QuantConfig,
                   batches: list[torch.Tensor], bn_stats: dict, stats: QuantStats) -> None:
     """Function-preserving float transforms: equalization, bias absorption, SmoothQuant."""
-    needs_graph = config.equalization or config.smoothquant
+    needs_graph = config.equalization or config.smoothquant or config.awq
     if needs_graph and not isinstance(gm, fx.GraphModule):
-        raise ModelError(f"equalization and smoothquant rewrite the model's graph, and "
+        raise ModelError(f"equalization, smoothquant and awq rewrite the model's graph, and "
                          f"{type(gm).__name__} could not be traced; pass data=... so it can be "
                          "captured with torch.export.")
     if config.equalization:
         _equalize(gm, names, config, bn_stats, stats)
+    if config.awq:
+        notes = apply_awq(gm, names, lambda name: capture(gm, name, batches),
+                          lambda name, layer: spec_for(name, layer, config))
+        _note(stats, notes)
+        stats.methods["awq"] = {"layers": len(notes),
+                                "folded": sum(v["awq_folded"] for v in notes.values())}
     if config.smoothquant:
         absmax = {}
         for nodes in linear_groups(gm, names).values():
@@ -126,12 +134,16 @@ def prepare_float(gm: nn.Module, names: list[str], config: QuantConfig,
             if x is not None:
                 absmax[str(nodes[0].target)] = x.abs().reshape(-1, x.shape[-1]).amax(dim=0)
         notes = smooth(gm, names, absmax, config.advanced.smoothquant_alpha)
-        for name, values in notes.items():
-            stats.notes.setdefault(name, {}).update(values)
+        _note(stats, notes)
         stats.methods["smoothquant"] = {"alpha": config.advanced.smoothquant_alpha,
                                         "layers": len(notes),
                                         "folded": sum(v["smoothquant_folded"]
                                                       for v in notes.values())}
+
+
+def _note(stats: QuantStats, notes: dict[str, dict[str, Any]]) -> None:
+    for name, values in notes.items():
+        stats.notes.setdefault(name, {}).update(values)
 
 
 def _equalize(gm: fx.GraphModule, names: list[str], config: QuantConfig, bn_stats: dict,

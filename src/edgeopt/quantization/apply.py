@@ -1,4 +1,5 @@
-"""The quantization handler: validate, trace, fold, place quantizers, calibrate, train, freeze."""
+"""The quantization handler: validate, (synthesize data), trace, fold, plan mixed precision,
+equalize / rescale, place quantizers, calibrate, train, refine rounding and biases, freeze."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from edgeopt.quantization.primitives import spec_range
 from edgeopt.quantization.reconstruct import refine_weights
 from edgeopt.quantization.simulated import CodebookLayer, FloatFormatLayer
 from edgeopt.quantization.stats import QuantStats, layer_stats, simulated_layer_stats
-from edgeopt.quantization.weights import LayerBuilder, runs_on_integers
+from edgeopt.quantization.weights import LayerBuilder, runs_on_integers, spec_for
 from edgeopt.registry import register
 
 _STATIC = (Method.PTQ, Method.QAT)
@@ -71,6 +72,8 @@ def check_supported(config: QuantConfig) -> None:
          "None with method='qat' or 'dynamic' (use 'ptq' or 'weight_only')"),
         ("smoothquant", config.smoothquant and method is Method.WEIGHT_ONLY, True,
          "False with method='weight_only' (it eases activation quantization; there is none)"),
+        ("awq", config.awq and (method is Method.QAT or config.smoothquant), True,
+         "False with method='qat' or smoothquant=True (both rescale the same channels)"),
     ]
     for field, bad, got, valid in unsupported:
         if bad:
@@ -148,7 +151,7 @@ def quantize_model(model: nn.Module, config: QuantConfig, *, data: Any = None) -
 def _graph(model: nn.Module, config: QuantConfig, batches: list[torch.Tensor]) -> nn.Module:
     if config.method in _STATIC:
         return qgraph.trace(copy.deepcopy(model).eval(), batches[0][:2])
-    needs_graph = config.equalization or config.smoothquant
+    needs_graph = config.equalization or config.smoothquant or config.awq
     return _graph_if_traceable(model, batches[0][:2] if needs_graph and batches else None)
 
 
@@ -188,14 +191,6 @@ def _check_groups(gm: fx.GraphModule, names: list[str], config: QuantConfig) -> 
                 f"QuantSpec.group_size={size} does not divide the {layer.in_features} input "
                 f"features of layer {name!r}; use a divisor of every Linear's input width."
             )
-
-
-def spec_for(name: str, layer: nn.Module, config: QuantConfig) -> QuantSpec:
-    """The weight spec of one layer: the first matching override, else config.weights."""
-    for pattern, spec in config.weight_overrides.items():
-        if qgraph.matches(name, layer, pattern):
-            return spec
-    return config.weights
 
 
 def _replace(gm: fx.GraphModule, name: str, new: nn.Module) -> None:

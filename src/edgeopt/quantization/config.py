@@ -206,6 +206,7 @@ class QuantConfig(Config):
     bias_correction: bool = False
     data_free: bool = False  # calibrate on inputs synthesized from batch-norm statistics
     smoothquant: bool = False  # migrate activation outliers into the next Linear's weights
+    awq: bool = False  # activation-aware scaling of Linear input channels (low-bit weights)
     mixed_precision: MixedPrecision | None = None  # a bit width per layer under a budget
     exclude: tuple[str, ...] = ()  # layer name patterns or types (e.g. "fc", "head.*", "Conv1d")
     weight_overrides: dict[str, QuantSpec] = dataclasses.field(default_factory=dict)

@@ -20,9 +20,21 @@ import torch
 import torch.nn as nn
 
 from edgeopt.errors import ConfigError
-from edgeopt.quantization.config import MixedPrecision, NumberFormat, QuantConfig, QuantSpec
+from edgeopt.quantization.config import (
+    Granularity,
+    MixedPrecision,
+    NumberFormat,
+    QuantConfig,
+    QuantSpec,
+)
 from edgeopt.quantization.formats import cast_round_trip
-from edgeopt.quantization.primitives import choose_qparams, fake_quantize, spec_range, weight_minmax
+from edgeopt.quantization.primitives import (
+    choose_qparams,
+    fake_quantize,
+    group_minmax,
+    spec_range,
+    weight_minmax,
+)
 
 Assignment = dict[str, int]
 
@@ -36,10 +48,19 @@ def candidate_spec(base: QuantSpec, bits: int) -> QuantSpec:
 
 @torch.no_grad()
 def simulate_weight(weight: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """The weight as a layer with `spec` would see it (per-tensor/channel integer or float)."""
+    """The weight as a layer with `spec` would see it (per tensor, channel or group, or a
+    float format)."""
     if spec.dtype.is_float:
         return cast_round_trip(weight, spec.dtype)
     qmin, qmax = spec_range(spec, is_weight=True)
+    if spec.granularity is Granularity.PER_GROUP and spec.group_size is not None \
+            and weight.dim() == 2 and weight.shape[1] % spec.group_size == 0:
+        transposed = weight.t()  # groups run along the input dimension, as GroupedLinear's
+        low, high = group_minmax(transposed, spec.group_size)
+        scale, zero = choose_qparams(low, high, qmin, qmax, symmetric=spec.symmetric)
+        full_scale = scale.repeat_interleave(spec.group_size, 0)
+        full_zero = zero.repeat_interleave(spec.group_size, 0)
+        return fake_quantize(transposed, full_scale, full_zero, qmin, qmax).t()
     low, high = weight_minmax(weight, spec.granularity)
     scale, zero = choose_qparams(low, high, qmin, qmax, symmetric=spec.symmetric)
     return fake_quantize(weight, scale, zero, qmin, qmax)

@@ -9,6 +9,7 @@ as one Mul.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,33 +41,52 @@ def linear_groups(gm: fx.GraphModule, names: list[str]) -> dict[fx.Node, list[fx
     return groups
 
 
+# (first Linear's name, the group's Linears) -> (factor per input channel, notes) or None
+ChooseScale = Callable[[str, list[nn.Linear]], "tuple[torch.Tensor, dict[str, Any]] | None"]
+
+
 @torch.no_grad()
-def smooth(gm: fx.GraphModule, names: list[str], act_absmax: dict[str, torch.Tensor],
-           alpha: float) -> dict[str, dict[str, Any]]:
-    """Smooth every group of Linears; `act_absmax` maps a Linear's name to its input's
-    per-channel absolute maximum. Returns per-layer notes for the statistics."""
+def rescale_groups(gm: fx.GraphModule, names: list[str], choose: ChooseScale, prefix: str
+                   ) -> dict[str, dict[str, Any]]:
+    """For every group of Linears sharing an input, multiply their input columns by the factor
+    `choose` returns (None: leave the group alone) and divide the input by it: folded into the
+    producer where possible, else a Mul. Returns per-layer notes for the statistics."""
     notes: dict[str, dict[str, Any]] = {}
     for count, (source, linears) in enumerate(linear_groups(gm, names).items()):
         layers = [gm.get_submodule(str(n.target)) for n in linears]
-        act = act_absmax.get(str(linears[0].target))
-        if act is None:
+        chosen = choose(str(linears[0].target), layers)
+        if chosen is None:
             continue
-        weight = torch.stack([layer.weight.abs().amax(dim=0) for layer in layers]).amax(dim=0)
-        s = smoothing_factors(act, weight, alpha)
+        s, extra = chosen
         for layer in layers:
             layer.weight.mul_(s)
         folded = _fold_into_layer_norm(gm, source, s, linears)
         if not folded:
-            _insert_scale(gm, source, linears, 1.0 / s, f"smooth_{count}")
+            _insert_scale(gm, source, linears, 1.0 / s, f"{prefix}_{count}")
         for node in linears:
-            notes[str(node.target)] = {
-                "smoothquant_scale_min": float(s.min()), "smoothquant_scale_max": float(s.max()),
-                "smoothquant_act_absmax_before": float(act.max()),
-                "smoothquant_act_absmax_after": float((act / s).max()),
-                "smoothquant_folded": folded}
+            notes[str(node.target)] = {f"{prefix}_scale_min": float(s.min()),
+                                       f"{prefix}_scale_max": float(s.max()),
+                                       f"{prefix}_folded": folded, **extra}
     gm.graph.lint()
     gm.recompile()
     return notes
+
+
+def smooth(gm: fx.GraphModule, names: list[str], act_absmax: dict[str, torch.Tensor],
+           alpha: float) -> dict[str, dict[str, Any]]:
+    """SmoothQuant every group; `act_absmax` maps a group's first Linear to its input's
+    per-channel absolute maximum."""
+
+    def choose(name: str, layers: list[nn.Linear]) -> tuple[torch.Tensor, dict] | None:
+        act = act_absmax.get(name)
+        if act is None:
+            return None
+        weight = torch.stack([layer.weight.abs().amax(dim=0) for layer in layers]).amax(dim=0)
+        s = smoothing_factors(act, weight, alpha)
+        return s, {"smoothquant_act_absmax_before": float(act.max()),
+                   "smoothquant_act_absmax_after": float((act / s).max())}
+
+    return rescale_groups(gm, names, choose, "smoothquant")
 
 
 def _layer_norm_params(gm: fx.GraphModule, node: fx.Node) -> tuple[Any, Any] | None:

@@ -13,6 +13,7 @@ import dataclasses
 import torch
 import torch.nn as nn
 
+from edgeopt.quantization import graph as qgraph
 from edgeopt.quantization.config import (
     Granularity,
     Levels,
@@ -28,6 +29,14 @@ from edgeopt.quantization.primitives import quantize_stochastic
 from edgeopt.quantization.simulated import CodebookLayer, FloatFormatLayer
 
 LOG2_INT8_BITS = 4  # sign + 2^0..2^6: every level is an int8 value, so integer kernels run it
+
+
+def spec_for(name: str, layer: nn.Module, config: QuantConfig) -> QuantSpec:
+    """The weight spec of one layer: the first matching override, else config.weights."""
+    for pattern, spec in config.weight_overrides.items():
+        if qgraph.matches(name, layer, pattern):
+            return spec
+    return config.weights
 
 
 def runs_on_integers(spec: QuantSpec) -> bool:
