@@ -6,6 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def settle_batch_norm(model: nn.Module, data: torch.Tensor) -> nn.Module:
@@ -55,3 +56,14 @@ def agreement(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> flo
     a = a.detach().numpy() if isinstance(a, torch.Tensor) else a
     b = b.detach().numpy() if isinstance(b, torch.Tensor) else b
     return float((a.argmax(-1) == b.argmax(-1)).mean())
+
+
+def correlated_layer(seed: int = 0):
+    """A Linear layer whose inputs are strongly correlated: rounding choices interact, so
+    nearest rounding is not the best (with white inputs it would be)."""
+    g = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(24, 24, generator=g)
+    x = torch.randn(512, 24, generator=g) @ mixing
+    w = torch.randn(16, 24, generator=g) * 0.2
+    scale = (w.abs().amax(dim=1, keepdim=True) / 7).expand_as(w).contiguous()
+    return w, scale, torch.zeros_like(w), x, F.linear(x, w)

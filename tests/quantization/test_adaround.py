@@ -2,19 +2,9 @@ import time
 
 import torch
 import torch.nn.functional as F
+from qhelpers import correlated_layer
 
 from edgeopt.quantization.adaround import _initial_v, adaround, rectified_sigmoid
-
-
-def correlated_layer(seed: int = 0):
-    """A Linear layer whose inputs are strongly correlated: rounding choices interact, so
-    nearest rounding is not the best (with white inputs it would be)."""
-    g = torch.Generator().manual_seed(seed)
-    mixing = torch.randn(24, 24, generator=g)
-    x = torch.randn(512, 24, generator=g) @ mixing
-    w = torch.randn(16, 24, generator=g) * 0.2
-    scale = (w.abs().amax(dim=1, keepdim=True) / 7).expand_as(w).contiguous()
-    return w, scale, torch.zeros_like(w), x, F.linear(x, w)
 
 
 def test_initial_v_reproduces_the_fraction():

@@ -1,6 +1,6 @@
 import torch
 import torch.nn.functional as F
-from test_adaround import correlated_layer
+from qhelpers import correlated_layer
 
 from edgeopt.quantization.gptq import gptq, hessian, im2col
 

@@ -103,3 +103,14 @@ def test_every_calibrator_brackets_the_bulk_of_the_data(name):
         obs.update(b)
     lo, hi = (float(v) for v in obs.range())
     assert lo < -1.0 and hi > 1.0
+
+
+def test_entropy_keeps_a_dense_negative_floor():
+    # normalized images: most values sit at one negative background level, the rest spread up
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.full((40000,), -0.42), torch.rand(10000, generator=g) * 2.8])
+    obs = make_observer("entropy")
+    obs.update(x)
+    lo, hi = (float(v) for v in obs.range())
+    assert lo <= -0.42 + 1e-3  # the background is not clipped
+    assert hi > 1.0

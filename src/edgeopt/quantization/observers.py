@@ -130,30 +130,37 @@ def mse_range(hist: torch.Tensor, edges: torch.Tensor, qmin: int, qmax: int, ste
 @torch.no_grad()
 def entropy_range(hist: torch.Tensor, edges: torch.Tensor, levels: int = 256
                   ) -> tuple[float, float]:
-    """TensorRT-style KL-divergence calibration on the magnitude histogram.
+    """TensorRT-style KL-divergence calibration, applied to each side of zero separately.
 
     For each candidate threshold, the clipped reference distribution P (outliers folded into
     the last bin) is compared with its `levels`-level quantized version Q; the threshold with the
-    smallest KL(P || Q) wins. Values below zero are treated symmetrically.
+    smallest KL(P || Q) wins. Each side gets its own threshold: a shared one clipped the dense
+    negative floor of normalized inputs (e.g. MNIST background) and wrecked accuracy.
     """
-    magnitude, top = _magnitude_histogram(hist, edges)
-    bins = len(magnitude)
+    centers = (edges[:-1] + edges[1:]) / 2
+    high = _side_threshold(hist * (centers > 0), centers.clamp(min=0), levels)
+    low = _side_threshold(hist * (centers < 0), (-centers).clamp(min=0), levels)
+    return max(-low, float(edges[0])) if float(edges[0]) < 0 else float(edges[0]), min(
+        high, float(edges[-1]))
+
+
+def _side_threshold(hist: torch.Tensor, magnitudes: torch.Tensor, levels: int) -> float:
+    """The KL-optimal clipping magnitude of one side's histogram (0 when the side is empty)."""
+    top = float(magnitudes.max())
+    if top <= 0 or float(hist.sum()) <= 0:
+        return 0.0
+    bins = len(hist)
+    index = torch.clamp((magnitudes / top * bins).long(), 0, bins - 1)
+    magnitude = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, hist.double())
+    # Zero is exact on the grid: the spike of zeros (ReLU outputs) must not drive the choice,
+    # or spreading it over a level's bins dominates KL and the smallest threshold always wins.
+    magnitude[0] = 0.0
     best_kl, best_i = float("inf"), bins
     for i in range(max(levels, 1), bins + 1, max(1, bins // 256)):
         kl = _kl_for_threshold(magnitude, i, levels)
         if kl < best_kl:
             best_kl, best_i = kl, i
-    threshold = top * best_i / bins
-    low = -threshold if float(edges[0]) < 0 else float(edges[0])
-    return max(low, float(edges[0])), min(threshold, float(edges[-1]))
-
-
-def _magnitude_histogram(hist: torch.Tensor, edges: torch.Tensor) -> tuple[torch.Tensor, float]:
-    centers = (edges[:-1] + edges[1:]) / 2
-    top = float(centers.abs().max())
-    bins = len(hist)
-    index = torch.clamp((centers.abs() / top * bins).long(), 0, bins - 1)
-    return torch.zeros(bins, dtype=torch.float64).index_add_(0, index, hist.double()), top
+    return top * best_i / bins
 
 
 def _kl_for_threshold(magnitude: torch.Tensor, i: int, levels: int) -> float:
