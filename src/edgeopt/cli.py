@@ -68,7 +68,7 @@ def optimize(recipe: Path | None, out_dir: Path, quiet: bool) -> None:
 
 # Terminal columns, most important first: the narrower the terminal, the fewer are shown.
 _COLUMN_PRIORITY = ("stage", "accuracy", "Δ acc", "size", "latency", "speedup", "smaller",
-                    "peak mem", "MACs", "int8 kernels", "params", "technique")
+                    "stored", "peak mem", "MACs", "int8 kernels", "params", "technique")
 
 
 def _print_stages(metrics: dict[str, Any], out_dir: Path) -> None:

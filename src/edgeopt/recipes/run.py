@@ -28,6 +28,7 @@ class StageResult:
     size_bytes: int
     latency_ms: float
     onnx: str
+    stored_bytes: int | None  # weights losslessly compressed (sparsity, shared values, LZMA)
     params: int
     macs: int
     peak_activation_bytes: int | None
@@ -149,9 +150,11 @@ def _measure_stage(name: str, technique: str, model: nn.Module, example: torch.T
     m = measure(path, splits.test, threads=recipe.measure.threads, warmup=recipe.measure.warmup,
                 runs=recipe.measure.runs)
     prof = profile(model, example, onnx_path=path)
+    from edgeopt.clustering.storage import stored_size
+
     return StageResult(
         name=name, technique=technique, accuracy=m.accuracy, size_bytes=m.size_bytes,
-        latency_ms=m.latency_ms, onnx=path.name, params=prof.params, macs=prof.macs,
+        latency_ms=m.latency_ms, onnx=path.name, stored_bytes=stored_size(path).total_bytes, params=prof.params, macs=prof.macs,
         peak_activation_bytes=prof.peak_activation_bytes,
         runtime=m.to_dict(), technique_stats=_technique_stats(model),
         profile_table=prof.to_markdown())

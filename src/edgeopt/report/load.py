@@ -18,8 +18,8 @@ from typing import Any
 from edgeopt.errors import EdgeoptError
 
 REQUIRED = ("accuracy", "size_bytes", "latency_ms", "onnx")
-NUMBERS = ("accuracy", "size_bytes", "latency_ms", "params", "macs", "peak_activation_bytes",
-           "accuracy_drop", "size_ratio")
+NUMBERS = ("accuracy", "size_bytes", "stored_bytes", "latency_ms", "params", "macs",
+           "peak_activation_bytes", "accuracy_drop", "size_ratio")
 
 
 class RunFolderError(EdgeoptError, ValueError):

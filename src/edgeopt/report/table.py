@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-COLUMNS = ("stage", "technique", "accuracy", "Δ acc", "size", "smaller", "latency", "speedup",
-           "MACs", "params", "peak mem", "int8 kernels")
+COLUMNS = ("stage", "technique", "accuracy", "Δ acc", "size", "smaller", "stored", "latency",
+           "speedup", "MACs", "params", "peak mem", "int8 kernels")
 NA = "n/a"
 
 
@@ -27,6 +27,7 @@ def _row(s: dict[str, Any]) -> dict[str, str]:
         "Δ acc": "" if drop is None else f"{-drop:+.2f} pt",
         "size": NA if s.get("size_bytes") is None else human_bytes(s["size_bytes"]),
         "smaller": "" if ratio is None else f"{ratio:.2f}x",
+        "stored": NA if s.get("stored_bytes") is None else human_bytes(s["stored_bytes"]),
         "latency": NA if latency is None else f"{latency:.3g} ms",
         "speedup": ", ".join(f"{v:.2f}x @{k}" for k, v in (s.get("speedup") or {}).items()),
         "MACs": NA if s.get("macs") is None else human(s["macs"]),
