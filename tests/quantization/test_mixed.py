@@ -82,3 +82,24 @@ def test_fill_budget_spends_spare_bytes_on_the_most_useful_upgrade():
     sizes = {"big": {2: 100, 4: 200, 8: 400}, "small": {2: 10, 4: 20, 8: 40}}
     chosen = fill_budget({"big": 2, "small": 2}, sens, sizes, (2, 4, 8), spare=35)
     assert chosen == {"big": 2, "small": 8}  # 10 + 20 bytes fit; the big layer's 100 do not
+
+
+def test_knapsack_finds_the_brute_force_optimum():
+    import itertools
+
+    from edgeopt.quantization.mixed import best_under_budget
+
+    g = torch.Generator().manual_seed(0)
+    names = [f"l{i}" for i in range(5)]
+    numel = {n: int(torch.randint(100, 2000, (1,), generator=g)) for n in names}
+    sizes = {n: {b: numel[n] * b // 8 for b in (2, 4, 8)} for n in names}
+    sens = {n: {b: float(torch.rand(1, generator=g)) * 4.0 ** -b for b in (2, 4, 8)}
+            for n in names}
+    budget = sum(sizes[n][4] for n in names)
+    chosen = best_under_budget(sens, sizes, budget)
+    best = min((c for c in itertools.product((2, 4, 8), repeat=5)
+                if sum(sizes[n][b] for n, b in zip(names, c)) <= budget),
+               key=lambda c: sum(sens[n][b] for n, b in zip(names, c)))
+    assert sum(sizes[n][chosen[n]] for n in names) <= budget
+    assert sum(sens[n][chosen[n]] for n in names) <= sum(
+        sens[n][b] for n, b in zip(names, best)) * (1 + 1e-9)

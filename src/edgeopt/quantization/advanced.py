@@ -179,21 +179,24 @@ def plan_mixed_precision(model: nn.Module, gm: nn.Module, names: list[str], conf
     sensitivity = mixed.weight_sensitivity(gm, names, config.weights, candidates, inputs)
     sizes = {n: {b: mixed.layer_bytes(gm.get_submodule(n).weight, b) for b in candidates}
              for n in names}
-    path = mixed.downgrade_path(sensitivity, sizes, candidates)
-
     evaluated: list[dict[str, Any]] = []
+    path: list[mixed.Assignment] = []
     if plan.size_budget_bytes is not None:
-        chosen = path[mixed.choose_by_size(path, size_of, plan.size_budget_bytes)]
+        fixed = size_of(dict.fromkeys(names, candidates[0])) - sum(
+            sizes[n][candidates[0]] for n in names)  # bytes outside the quantized weights
+        chosen = mixed.best_under_budget(sensitivity, sizes, plan.size_budget_bytes - fixed)
+        assert chosen is not None  # the minimum was checked above
         chosen = mixed.fill_budget(chosen, sensitivity, sizes, candidates,
                                    plan.size_budget_bytes - size_of(chosen))
     else:
+        path = mixed.downgrade_path(sensitivity, sizes, candidates)
         drop_of = _accuracy_drop(model, config, data, batches)
         index, evaluated = mixed.choose_by_accuracy(path, drop_of, float(plan.accuracy_budget))
         chosen = path[index]
     uniform = {b: size_of(dict.fromkeys(names, b)) for b in candidates}
     info = mixed.summary(plan, chosen, size_of(chosen), uniform, sensitivity)
     info["evaluated"] = [dict(e, size_bytes=size_of(path[e["step"]])) for e in evaluated]
-    info["path_steps"] = len(path)
+    info["path_steps"] = len(path)  # accuracy budget: assignments searched
     stats.methods["mixed_precision"] = info
     for name, bits in chosen.items():
         stats.notes.setdefault(name, {})["mixed_precision_bits"] = bits

@@ -2,10 +2,11 @@
 
 1. Sensitivity: for every layer and candidate width, the model's output noise (MSE relative to
    the output power) with only that layer's weights quantized to that width.
-2. A path from all-highest to all-lowest precision, one layer one step down at a time, always
-   the step that adds the least noise per byte saved.
-3. A size budget takes the first point on the path that fits; an accuracy budget takes the
-   furthest point whose measured drop (a full quantization, binary search) stays within it.
+2. A size budget takes the assignment with the least total noise that fits (an exact dynamic
+   program over the multiple-choice knapsack).
+3. An accuracy budget searches the least-noise assignments for budgets falling from all-widest
+   to all-narrowest for the smallest whose measured drop (a full quantization, binary search)
+   stays within it.
 The choice becomes per-layer `weight_overrides` (and `exclude` for 32-bit layers).
 """
 
@@ -16,6 +17,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -110,29 +112,55 @@ def model_bytes(model: nn.Module, names: list[str], assignment: Assignment) -> i
     return total
 
 
-def downgrade_path(sensitivity: dict[str, dict[int, float]], sizes: dict[str, dict[int, int]],
-                   candidates: tuple[int, ...]) -> list[Assignment]:
-    """From every layer at the widest candidate to every layer at the narrowest, one step at a
-    time, each step the one adding the least noise per byte saved."""
-    widths = sorted(candidates, reverse=True)
-    current = {name: widths[0] for name in sensitivity}
-    path = [dict(current)]
-    while True:
-        best, best_ratio = None, math.inf
-        for name, bits in current.items():
-            position = widths.index(bits)
-            if position + 1 == len(widths):
+def best_under_budget(sensitivity: dict[str, dict[int, float]],
+                      sizes: dict[str, dict[int, int]], budget: int, buckets: int = 4000
+                      ) -> Assignment | None:
+    """The assignment with the least total noise whose layer bytes fit `budget`: an exact
+    dynamic program over the multiple-choice knapsack, sizes rounded up to budget / buckets
+    (so it never exceeds the budget). None if even the narrowest choice does not fit."""
+    names = list(sensitivity)
+    unit = max(1, math.ceil(budget / buckets))
+    cap = budget // unit
+    cost = np.full(cap + 1, np.inf)
+    cost[0] = 0.0
+    choices = []
+    for name in names:
+        new = np.full(cap + 1, np.inf)
+        pick = np.zeros(cap + 1, dtype=np.int64)
+        for bits, noise in sensitivity[name].items():
+            units = math.ceil(sizes[name][bits] / unit)
+            if units > cap:
                 continue
-            lower = widths[position + 1]
-            saved = sizes[name][bits] - sizes[name][lower]
-            added = max(sensitivity[name][lower] - sensitivity[name][bits], 0.0)
-            ratio = added / saved if saved > 0 else math.inf
-            if ratio < best_ratio or best is None:
-                best, best_ratio = (name, lower), ratio
-        if best is None:
-            return path
-        current[best[0]] = best[1]
-        path.append(dict(current))
+            shifted = np.full(cap + 1, np.inf)
+            shifted[units:] = cost[:cap + 1 - units] + noise
+            better = shifted < new
+            new[better], pick[better] = shifted[better], bits
+        cost = new
+        choices.append(pick)
+    if not np.isfinite(cost).any():
+        return None
+    used = int(np.argmin(cost))
+    assignment: Assignment = {}
+    for name, pick in zip(reversed(names), reversed(choices)):
+        bits = int(pick[used])
+        assignment[name] = bits
+        used -= math.ceil(sizes[name][bits] / unit)
+    return {name: assignment[name] for name in names}
+
+
+def downgrade_path(sensitivity: dict[str, dict[int, float]], sizes: dict[str, dict[int, int]],
+                   candidates: tuple[int, ...], steps: int = 16) -> list[Assignment]:
+    """Least-noise assignments for layer budgets falling evenly from all-widest to
+    all-narrowest (duplicates dropped): the candidates an accuracy budget is searched along."""
+    widest = sum(sizes[n][max(candidates)] for n in sizes)
+    narrowest = sum(sizes[n][min(candidates)] for n in sizes)
+    path: list[Assignment] = []
+    for i in range(steps + 1):
+        budget = round(widest - (widest - narrowest) * i / steps)
+        choice = best_under_budget(sensitivity, sizes, budget)
+        if choice is not None and (not path or choice != path[-1]):
+            path.append(choice)
+    return path
 
 
 def choose_by_size(path: list[Assignment], size_of: Callable[[Assignment], int],
