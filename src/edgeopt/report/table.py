@@ -24,7 +24,7 @@ def _row(s: dict[str, Any]) -> dict[str, str]:
         "stage": str(s.get("name", "?")),
         "technique": str(s.get("technique") or ""),
         "accuracy": NA if acc is None else percent(acc),
-        "Δ acc": "" if drop is None else f"{-drop:+.2f} pt",
+        "Δ acc": "" if drop is None else f"{0.0 - drop:+.2f} pt".replace("-0.00", "+0.00"),
         "size": NA if s.get("size_bytes") is None else human_bytes(s["size_bytes"]),
         "smaller": "" if ratio is None else f"{ratio:.2f}x",
         "stored": NA if s.get("stored_bytes") is None else human_bytes(s["stored_bytes"]),
