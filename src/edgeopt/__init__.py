@@ -12,6 +12,8 @@ _LAZY = {
     "apply": "edgeopt.api",
     "QuantConfig": "edgeopt.quantization.config",
     "QuantSpec": "edgeopt.quantization.config",
+    "AdvancedQuantConfig": "edgeopt.quantization.config",
+    "MixedPrecision": "edgeopt.quantization.config",
     "PruneConfig": "edgeopt.pruning.config",
     "export_onnx": "edgeopt.export.onnx",
     "measure": "edgeopt.runtime.measure",
