@@ -63,15 +63,20 @@ def collect_input_norms(
     was_training = model.training
     model.eval()
     try:
-        for index, (inputs, _) in enumerate(iter_batches(data, batch_size=batch_size)):
-            if index >= batches:
-                break
-            model(inputs)
+        _forward_batches(model, data, batches, batch_size)
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
     return {name: total.sqrt() for name, total in sums.items()}
+
+
+def _forward_batches(model: nn.Module, data: Any, batches: int, batch_size: int) -> None:
+    """Run the first `batches` batches of `data` through `model` (for hooks and BN statistics)."""
+    for index, (inputs, _) in enumerate(iter_batches(data, batch_size=batch_size)):
+        if index >= batches:
+            break
+        model(inputs)
 
 
 def _norm_hook(name: str, module: nn.Module, sums: dict[str, torch.Tensor]) -> Callable[..., None]:
@@ -101,10 +106,7 @@ def recalibrate_batch_norm(model: nn.Module, data: Any, *, batches: int, batch_s
         m.momentum = None  # cumulative average over the batches seen
         m.train()
     try:
-        for index, (inputs, _) in enumerate(iter_batches(data, batch_size=batch_size)):
-            if index >= batches:
-                break
-            model(inputs)
+        _forward_batches(model, data, batches, batch_size)
     finally:
         for m, momentum, training in saved:
             m.momentum, m.training = momentum, training
