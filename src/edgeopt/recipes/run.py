@@ -113,8 +113,10 @@ def _execute(recipe: Recipe, folder: Path, progress: bool) -> list[StageResult]:
     for stage in recipe.stages:
         model = _apply_stage(stage, models, splits, recipe)
         models[stage.name] = model
-        results.append(_measure_stage(stage.name, stage.config.kind, model, example, splits,
-                                      recipe, folder))
+        result = _measure_stage(stage.name, stage.config.kind, model, example, splits, recipe,
+                                folder)
+        result.technique_stats = _technique_stats(model, models[stage.source])
+        results.append(result)
     _compare(results, folder, splits, recipe, progress)
     return results
 
@@ -156,16 +158,20 @@ def _measure_stage(name: str, technique: str, model: nn.Module, example: torch.T
         name=name, technique=technique, accuracy=m.accuracy, size_bytes=m.size_bytes,
         latency_ms=m.latency_ms, onnx=path.name, stored_bytes=stored_size(path).total_bytes, params=prof.params, macs=prof.macs,
         peak_activation_bytes=prof.peak_activation_bytes,
-        runtime=m.to_dict(), technique_stats=_technique_stats(model),
+        runtime=m.to_dict(),
         profile_table=prof.to_markdown())
 
 
-def _technique_stats(model: nn.Module) -> dict[str, Any]:
+def _technique_stats(model: nn.Module, source: nn.Module) -> dict[str, Any]:
+    """What this stage's technique recorded; statistics carried over from the source model
+    (techniques keep their input's meta) belong to the earlier stage and are left out."""
     meta = getattr(model, "meta", None)
     if not isinstance(meta, dict):
         return {}
+    inherited = getattr(source, "meta", None)
+    inherited = inherited if isinstance(inherited, dict) else {}
     return {k.removeprefix("edgeopt_"): v.to_dict() for k, v in meta.items()
-            if k.startswith("edgeopt_") and hasattr(v, "to_dict")}
+            if k.startswith("edgeopt_") and hasattr(v, "to_dict") and inherited.get(k) is not v}
 
 
 def _compare(results: list[StageResult], folder: Path, splits: Any, recipe: Recipe,
