@@ -66,3 +66,14 @@ def test_unwritable_output_is_refused_before_work(tmp_path):
         run_recipe(TINY, blocker, progress=False)
     with pytest.raises(OutputError, match="cannot be written"):
         run_recipe(TINY, blocker / "sub" / "run", progress=False)
+
+
+def test_each_stage_reports_only_its_own_technique(tmp_path):
+    chain = dict(TINY, stages=[
+        {"name": "pruned", "technique": "prune",
+         "config": {"sparsity": 0.5, "structure": "unstructured", "finetune_epochs": 0}},
+        {"name": "distilled", "technique": "distill", "config": {"epochs": 1}},
+    ])
+    result = run_recipe(chain, tmp_path / "run", progress=False)
+    stats = {s.name: sorted(s.technique_stats) for s in result.stages}
+    assert stats == {"baseline": [], "pruned": ["prune"], "distilled": ["distill"]}
