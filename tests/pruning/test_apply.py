@@ -123,8 +123,9 @@ def test_pruned_then_quantized_keeps_the_zeros():
 def test_stats_reach_the_run_report():
     from edgeopt.recipes.run import _technique_stats
 
-    pruned = eo.apply(mlp(), eo.PruneConfig(sparsity=0.5), data=[X])
-    stats = _technique_stats(pruned)["prune"]
+    source = mlp()
+    pruned = eo.apply(source, eo.PruneConfig(sparsity=0.5), data=[X])
+    stats = _technique_stats(pruned, source)["prune"]
     assert stats["structure"] == "unstructured" and stats["layers"]
 
 
