@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
+import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from edgeopt.errors import ConfigTypeError, DataError
@@ -63,3 +64,31 @@ def example_input(data: Any) -> torch.Tensor:
     """The first sample of `data` as a batch of one."""
     inputs = take_inputs(data, 1)[0]
     return inputs[:1]
+
+
+def collect_labeled(data: Any, limit: int, *, what: str = "data"
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Up to `limit` samples of `data` as one input tensor, plus labels when every batch has them."""
+    inputs, labels, seen = [], [], 0
+    for x, y in iter_batches(data, what=what):
+        inputs.append(x)
+        labels.append(y)
+        seen += x.shape[0]
+        if seen >= limit:
+            break
+    if not inputs:
+        raise DataError(f"{what} is empty; give at least one batch of inputs.")
+    has_labels = all(y is not None for y in labels)
+    return torch.cat(inputs)[:limit], (torch.cat(labels)[:limit] if has_labels else None)
+
+
+def model_arguments(model: Any, example_input: Any, where: str) -> tuple[torch.Tensor, ...]:
+    """Check a (model, example input) pair and return the inputs as a tuple of tensors."""
+    if not isinstance(model, nn.Module):
+        raise ConfigTypeError(f"{where}.model must be a torch.nn.Module; got "
+                              f"{type(model).__name__}.")
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    if not args or not all(isinstance(a, torch.Tensor) for a in args):
+        raise ConfigTypeError(f"{where}.example_input must be a tensor or a tuple of tensors; "
+                              f"got {type(example_input).__name__}.")
+    return args

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from edgeopt.atomic import ensure_writable_dir, write_bytes
+from edgeopt.data import model_arguments
 from edgeopt.errors import ConfigError, ConfigTypeError, ExportError, invalid
 
 MIN_OPSET = 18  # the dynamo exporter silently raises anything lower to 18; say so instead
@@ -195,16 +196,7 @@ def _warn_static(model: nn.Module, args: tuple[torch.Tensor, ...], why: str, dep
 
 
 def _validate(model: Any, example_input: Any, opset: Any, atol: Any) -> tuple[torch.Tensor, ...]:
-    if not isinstance(model, nn.Module):
-        raise ConfigTypeError(
-            f"export_onnx.model must be a torch.nn.Module; got {type(model).__name__}."
-        )
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
-    if not args or not all(isinstance(a, torch.Tensor) for a in args):
-        raise ConfigTypeError(
-            "export_onnx.example_input must be a tensor or a tuple of tensors; "
-            f"got {type(example_input).__name__}."
-        )
+    args = model_arguments(model, example_input, "export_onnx")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
         raise invalid("export_onnx.opset", f"an int >= {MIN_OPSET} (the exporter's minimum)", opset)
     if isinstance(atol, bool) or not isinstance(atol, int | float) or not atol >= 0:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from edgeopt.errors import ConfigTypeError
+from edgeopt.data import model_arguments
 from edgeopt.profile.memory import ActivationProfile, profile_onnx, trace_activations
 
 _STATISTICS = frozenset({"running_mean", "running_var", "num_batches_tracked"})
@@ -126,16 +126,7 @@ def profile(
     Peak activation memory comes from a liveness analysis of the exported graph at `onnx_path`
     when given (what ONNX Runtime runs, batch norm folded), else of an eager ATen op trace.
     """
-    if not isinstance(model, nn.Module):
-        raise ConfigTypeError(
-            f"profile.model must be a torch.nn.Module; got {type(model).__name__}."
-        )
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
-    if not args or not all(isinstance(a, torch.Tensor) for a in args):
-        raise ConfigTypeError(
-            "profile.example_input must be a tensor or a tuple of tensors; "
-            f"got {type(example_input).__name__}."
-        )
+    args = model_arguments(model, example_input, "profile")
     batch = max(int(args[0].shape[0]), 1) if args[0].dim() else 1
     records: dict[str, dict[str, Any]] = {}
     flags = {m: m.training for m in model.modules()}

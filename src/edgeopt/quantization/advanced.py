@@ -15,7 +15,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from edgeopt.data import iter_batches, take_inputs
+from edgeopt.data import collect_labeled, take_inputs
 from edgeopt.errors import ConfigError, DataError, ModelError
 from edgeopt.quantization import mixed
 from edgeopt.quantization.awq import apply_awq
@@ -231,13 +231,4 @@ def _labelled(data: Any, batches: list[torch.Tensor], limit: int
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     if data is None:
         return torch.cat(batches)[:limit], None
-    xs, ys, seen = [], [], 0
-    for x, y in iter_batches(data, what="calibration data"):
-        xs.append(x)
-        ys.append(y)
-        seen += x.shape[0]
-        if seen >= limit:
-            break
-    labels = torch.cat(ys)[:limit] if all(y is not None for y in ys) else None
-    return torch.cat(xs)[:limit], labels
-
+    return collect_labeled(data, limit, what="calibration data")

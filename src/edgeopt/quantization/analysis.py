@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from edgeopt.data import iter_batches
+from edgeopt.data import collect_labeled
 from edgeopt.quantization import graph as qgraph
 from edgeopt.quantization.config import QuantConfig
 from edgeopt.quantization.primitives import sqnr_db
@@ -38,7 +38,8 @@ def layer_sensitivity(model: nn.Module, config: QuantConfig, data: Any, eval_dat
     """
     from edgeopt.api import apply
 
-    inputs, labels = _evaluation_set(eval_data if eval_data is not None else data, max_samples)
+    inputs, labels = collect_labeled(eval_data if eval_data is not None else data, max_samples,
+                                     what="evaluation data")
     reference = model.eval()(inputs)
     gm = qgraph.trace(model)
     names = qgraph.weight_layer_names(gm, config.exclude)
@@ -53,19 +54,6 @@ def layer_sensitivity(model: nn.Module, config: QuantConfig, data: Any, eval_dat
             agreement=float((output.argmax(-1) == reference.argmax(-1)).float().mean()),
             accuracy_drop=_drop(reference, output, labels)))
     return sorted(rows, key=lambda r: r.sqnr_db)
-
-
-def _evaluation_set(data: Any, limit: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    inputs, labels, seen = [], [], 0
-    for x, y in iter_batches(data, what="evaluation data"):
-        inputs.append(x)
-        labels.append(y)
-        seen += x.shape[0]
-        if seen >= limit:
-            break
-    has_labels = all(y is not None for y in labels)
-    return (torch.cat(inputs)[:limit],
-            torch.cat(labels)[:limit] if has_labels and labels else None)
 
 
 def _drop(reference: torch.Tensor, output: torch.Tensor, labels: torch.Tensor | None
