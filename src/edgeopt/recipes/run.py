@@ -111,7 +111,7 @@ def _execute(recipe: Recipe, folder: Path, progress: bool) -> list[StageResult]:
     example = splits.test[0][0].unsqueeze(0)
     results = [_measure_stage("baseline", "baseline", baseline, example, splits, recipe, folder)]
     for stage in recipe.stages:
-        model = _apply_stage(stage, models, splits, recipe)
+        model = _apply_stage(stage, models, splits, recipe, example, folder)
         models[stage.name] = model
         result = _measure_stage(stage.name, stage.config.kind, model, example, splits, recipe,
                                 folder)
@@ -121,8 +121,8 @@ def _execute(recipe: Recipe, folder: Path, progress: bool) -> list[StageResult]:
     return results
 
 
-def _apply_stage(stage: Stage, models: dict[str, nn.Module], splits: Any, recipe: Recipe
-                 ) -> nn.Module:
+def _apply_stage(stage: Stage, models: dict[str, nn.Module], splits: Any, recipe: Recipe,
+                 example: torch.Tensor, folder: Path) -> nn.Module:
     from edgeopt.api import apply
 
     data = splits.train if stage.data == "train" else splits.val
@@ -130,8 +130,9 @@ def _apply_stage(stage: Stage, models: dict[str, nn.Module], splits: Any, recipe
     if stage.speed_guard and getattr(stage.config, "method", None) == Method.PTQ:
         from edgeopt.recipes.speed import fastest_placement
 
-        example = splits.test[0][0].unsqueeze(0)
-        model, choice = fastest_placement(source, stage.config, data, example, splits.val,
+        # the source stage's ONNX file is already in the run folder: time against that
+        model, choice = fastest_placement(source, folder / f"{stage.source}.onnx", stage.config,
+                                          data, example, splits.val,
                                           threads=recipe.measure.threads,
                                           rounds=recipe.measure.runs)
         model.meta["edgeopt_speed"] = choice
@@ -144,6 +145,7 @@ def _apply_stage(stage: Stage, models: dict[str, nn.Module], splits: Any, recipe
 
 def _measure_stage(name: str, technique: str, model: nn.Module, example: torch.Tensor,
                    splits: Any, recipe: Recipe, folder: Path) -> StageResult:
+    from edgeopt.clustering.storage import stored_size
     from edgeopt.export.onnx import export_onnx
     from edgeopt.profile import profile
     from edgeopt.runtime.measure import measure
@@ -152,11 +154,10 @@ def _measure_stage(name: str, technique: str, model: nn.Module, example: torch.T
     m = measure(path, splits.test, threads=recipe.measure.threads, warmup=recipe.measure.warmup,
                 runs=recipe.measure.runs)
     prof = profile(model, example, onnx_path=path)
-    from edgeopt.clustering.storage import stored_size
-
     return StageResult(
         name=name, technique=technique, accuracy=m.accuracy, size_bytes=m.size_bytes,
-        latency_ms=m.latency_ms, onnx=path.name, stored_bytes=stored_size(path).total_bytes, params=prof.params, macs=prof.macs,
+        latency_ms=m.latency_ms, onnx=path.name, stored_bytes=stored_size(path).total_bytes,
+        params=prof.params, macs=prof.macs,
         peak_activation_bytes=prof.peak_activation_bytes,
         runtime=m.to_dict(),
         profile_table=prof.to_markdown())

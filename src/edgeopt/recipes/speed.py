@@ -35,17 +35,20 @@ class SpeedChoice:
         return dataclasses.asdict(self)
 
 
-def fastest_placement(source: nn.Module, config: Any, data: Any, example: torch.Tensor,
-                      timing_data: Any, *, threads: int, rounds: int
+def fastest_placement(source: nn.Module, source_onnx: Path, config: Any, data: Any,
+                      example: torch.Tensor, timing_data: Any, *, threads: int, rounds: int
                       ) -> tuple[nn.Module, SpeedChoice]:
-    """Apply `config` with each placement and keep the quantized model that runs fastest."""
+    """Apply `config` with each placement and keep the quantized model that runs fastest.
+
+    `source_onnx` is the source model already exported: every placement is timed against it.
+    """
     from edgeopt.api import apply
     from edgeopt.export.onnx import export_onnx
     from edgeopt.runtime.measure import compare_latency
 
     models: dict[str, nn.Module] = {}
     with tempfile.TemporaryDirectory(prefix="edgeopt-speed-") as tmp:
-        paths = [export_onnx(source, Path(tmp) / "source.onnx", example)]
+        paths = [Path(source_onnx)]
         for label, excluded in PLACEMENTS.items():
             candidate = dataclasses.replace(config, exclude=tuple(config.exclude) + excluded)
             try:
