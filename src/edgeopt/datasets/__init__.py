@@ -17,7 +17,7 @@ from torch.utils.data import TensorDataset
 
 from edgeopt.errors import ConfigTypeError, DataError
 
-__all__ = ["Splits", "load", "names", "spec"]
+__all__ = ["Splits", "load", "names", "spec", "stratified_split"]
 
 # Arrays: (train_x, train_y, test_x, test_y); test_* are None when the source has no official
 # test split (then we carve one ourselves). Labels are already int64 in 0..K-1.
@@ -144,11 +144,11 @@ def load(name: str, seed: int = 0) -> Splits:
     x, y, x_test, y_test, classes = s.loader()
     val_frac, test_frac = s.fractions
     if x_test is None or y_test is None:
-        rest, test_idx = _stratified(y, test_frac, seed)
+        rest, test_idx = stratified_split(y, test_frac, seed)
         x_test, y_test = x[test_idx], y[test_idx]
         x, y = x[rest], y[rest]
         val_frac = val_frac / (1.0 - test_frac)  # fraction of what is left after the test split
-    train_idx, val_idx = _stratified(y, val_frac, seed)
+    train_idx, val_idx = stratified_split(y, val_frac, seed)
     x_train, y_train = x[train_idx], y[train_idx]
     mean, std = _channel_stats(x_train)
     parts = [(x_train, y_train), (x[val_idx], y[val_idx]), (x_test, y_test)]
@@ -166,13 +166,27 @@ def load(name: str, seed: int = 0) -> Splits:
     )
 
 
-def _stratified(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (kept, held_out), held_out being `fraction` of each class, sorted."""
+def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held_out), held_out being `fraction` of each class, sorted.
+
+    Labels that are not class indices (regression targets, or classes too rare to stratify)
+    get a plain seeded random split.
+    """
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(y))
-    kept, held = train_test_split(index, test_size=fraction, random_state=seed, stratify=y)
+    stratify = y if _stratifiable(y, fraction) else None
+    kept, held = train_test_split(index, test_size=fraction, random_state=seed, stratify=stratify)
     return np.sort(kept), np.sort(held)
+
+
+def _stratifiable(y: np.ndarray, fraction: float) -> bool:
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        return False
+    counts = np.bincount(y - y.min())
+    counts = counts[counts > 0]
+    held = int(np.ceil(fraction * len(y)))
+    return counts.min() >= 2 and len(counts) <= held <= len(y) - len(counts)
 
 
 def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ class StageResult:
 
     name: str
     technique: str
-    accuracy: float | None
+    accuracy: float | None  # top-1 against the labels; None without class labels
     size_bytes: int
     latency_ms: float
     onnx: str
@@ -32,6 +32,8 @@ class StageResult:
     params: int
     macs: int
     peak_activation_bytes: int | None
+    metric: str = "top1"  # the recipe's metric; `score` is its value on the test split
+    score: float | None = None
     speedup: dict[str, float] = dataclasses.field(default_factory=dict)
     accuracy_drop: float | None = None
     size_ratio: float | None = None
@@ -55,8 +57,8 @@ class RunResult:
         return [f"{s.name}: {w}" for s in self.stages for w in s.warnings]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"edgeopt_version": __version__, "model": self.recipe.model,
-                "data": self.recipe.data, "recipe": self.recipe.to_dict(),
+        return {"edgeopt_version": __version__, "model": self.recipe.model_label,
+                "data": self.recipe.data_label, "recipe": self.recipe.to_dict(),
                 "stages": [s.to_dict() for s in self.stages], "warnings": self.warnings}
 
 
@@ -102,23 +104,53 @@ def _publish(scratch: Path, out: Path) -> None:
 
 
 def _execute(recipe: Recipe, folder: Path, progress: bool) -> list[StageResult]:
-    from edgeopt import datasets, zoo
+    from edgeopt.recipes.baseline import load_baseline, load_splits, resolve_metric
 
-    splits = datasets.load(recipe.data, seed=recipe.seed)
-    zoo.check_input_shape(recipe.model, splits.input_shape)
-    baseline = zoo.pretrained(recipe.model, recipe.data, seed=recipe.seed, epochs=recipe.epochs)
+    splits = load_splits(recipe)
+    metric = resolve_metric(recipe, splits)
+    baseline = load_baseline(recipe, splits, progress)
     models: dict[str, nn.Module] = {"baseline": baseline}
     example = splits.test[0][0].unsqueeze(0)
-    results = [_measure_stage("baseline", "baseline", baseline, example, splits, recipe, folder)]
+    scorer = _Scorer(metric, splits.test, recipe.measure.threads)
+    results = [_measure_stage("baseline", "baseline", baseline, example, splits, recipe, folder,
+                              scorer)]
     for stage in recipe.stages:
         model = _apply_stage(stage, models, splits, recipe, example, folder)
         models[stage.name] = model
         result = _measure_stage(stage.name, stage.config.kind, model, example, splits, recipe,
-                                folder)
+                                folder, scorer)
         result.technique_stats = _technique_stats(model, models[stage.source])
         results.append(result)
     _compare(results, folder, splits, recipe, progress)
     return results
+
+
+class _Scorer:
+    """Scores each stage's ONNX file with the recipe metric; the first file scored (the
+    baseline) is the reference for agreement, cosine and mse."""
+
+    def __init__(self, metric: str, test: Any, threads: int) -> None:
+        self.metric, self.test, self.threads = metric, test, threads
+        self.reference: Any = None
+
+    def __call__(self, path: Path) -> float:
+        from edgeopt.runtime.measure import predict
+        from edgeopt.runtime.scores import score
+
+        outputs, labels = predict(path, self.test, threads=self.threads)
+        if self.reference is None:
+            self.reference = outputs
+        return score(self.metric, outputs, self.reference, labels)
+
+    @property
+    def labeled_test(self) -> Any:
+        """The test split as measure() takes it: without labels unless they are classes."""
+        from torch.utils.data import TensorDataset
+
+        sample = self.test[0]
+        if len(sample) > 1 and sample[1].dtype == torch.int64 and sample[1].dim() == 0:
+            return self.test
+        return TensorDataset(self.test.tensors[0])
 
 
 def _apply_stage(stage: Stage, models: dict[str, nn.Module], splits: Any, recipe: Recipe,
@@ -144,18 +176,20 @@ def _apply_stage(stage: Stage, models: dict[str, nn.Module], splits: Any, recipe
 
 
 def _measure_stage(name: str, technique: str, model: nn.Module, example: torch.Tensor,
-                   splits: Any, recipe: Recipe, folder: Path) -> StageResult:
+                   splits: Any, recipe: Recipe, folder: Path, scorer: _Scorer) -> StageResult:
     from edgeopt.clustering.storage import stored_size
     from edgeopt.export.onnx import export_onnx
     from edgeopt.profile import profile
     from edgeopt.runtime.measure import measure
 
     path = export_onnx(model, folder / f"{name}.onnx", example, opset=recipe.opset)
-    m = measure(path, splits.test, threads=recipe.measure.threads, warmup=recipe.measure.warmup,
-                runs=recipe.measure.runs)
+    m = measure(path, scorer.labeled_test, threads=recipe.measure.threads,
+                warmup=recipe.measure.warmup, runs=recipe.measure.runs)
+    score = m.accuracy if scorer.metric == "top1" else scorer(path)
     prof = profile(model, example, onnx_path=path)
     return StageResult(
-        name=name, technique=technique, accuracy=m.accuracy, size_bytes=m.size_bytes,
+        name=name, technique=technique, accuracy=m.accuracy, metric=scorer.metric, score=score,
+        size_bytes=m.size_bytes,
         latency_ms=m.latency_ms, onnx=path.name, stored_bytes=stored_size(path).total_bytes,
         params=prof.params, macs=prof.macs,
         peak_activation_bytes=prof.peak_activation_bytes,
@@ -190,10 +224,11 @@ def _compare(results: list[StageResult], folder: Path, splits: Any, recipe: Reci
     budget = recipe.measure.accuracy_budget
     for r in results[1:]:
         r.size_ratio = base.size_bytes / r.size_bytes
-        if r.accuracy is not None and base.accuracy is not None:
-            r.accuracy_drop = 100.0 * (base.accuracy - r.accuracy)
+        if r.score is not None and base.score is not None and r.metric != "mse":
+            r.accuracy_drop = 100.0 * (base.score - r.score)  # points of the recipe metric
             if r.accuracy_drop > budget:
-                r.warnings.append(f"accuracy dropped {r.accuracy_drop:.2f} points "
+                what = "accuracy" if r.metric == "top1" else r.metric
+                r.warnings.append(f"{what} dropped {r.accuracy_drop:.2f} points "
                                   f"(budget {budget:g}).")
         for key, ratio in r.speedup.items():
             if ratio < 1.0:

@@ -10,6 +10,8 @@ import yaml
 
 from edgeopt.config import Config, config_kinds, config_type
 from edgeopt.errors import ConfigError, ConfigTypeError, invalid
+from edgeopt.sources.data import DataSource, parse_data_source
+from edgeopt.sources.models import ModelSource, parse_model_source
 
 DEFAULT_RECIPE: dict[str, Any] = {
     "model": "resnet8",
@@ -37,10 +39,14 @@ class MeasureSettings:
     speed_threads: tuple[int, ...] = (1,)  # thread counts at which latency ratios are measured
 
 
+METRICS = ("top1", "agreement", "cosine", "mse")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Recipe:
-    model: str
-    data: str
+    model: str | ModelSource  # a zoo name, or the user's own model
+    data: str | DataSource  # a built-in data set, or the user's own data
+    metric: str | None  # None: top1 with labels, agreement without
     seed: int
     epochs: int | None
     stages: tuple[Stage, ...]
@@ -51,8 +57,16 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return self.source
 
+    @property
+    def model_label(self) -> str:
+        return self.model if isinstance(self.model, str) else self.model.label
 
-_TOP_KEYS = {"model", "data", "seed", "epochs", "stages", "export", "measure"}
+    @property
+    def data_label(self) -> str:
+        return self.data if isinstance(self.data, str) else self.data.label
+
+
+_TOP_KEYS = {"model", "data", "metric", "seed", "epochs", "stages", "export", "measure"}
 _STAGE_KEYS = {"name", "technique", "config", "from", "data", "speed_guard"}
 
 
@@ -75,35 +89,77 @@ def load_recipe(recipe: str | Path | dict[str, Any] | None) -> Recipe:
     if not isinstance(content, dict):
         raise ConfigTypeError(f"recipe {str(path)!r} must be a mapping of keys "
                               f"({', '.join(sorted(_TOP_KEYS))}); got {type(content).__name__}.")
-    return parse_recipe(content)
+    return parse_recipe(content, root=path.resolve().parent)
 
 
-def parse_recipe(raw: dict[str, Any]) -> Recipe:
-    from edgeopt import datasets, zoo  # lazy: both import torch
+def parse_recipe(raw: dict[str, Any], root: Path | None = None) -> Recipe:
+    """Validate a recipe mapping; relative paths in it are relative to `root` (default: cwd)."""
     from edgeopt.api import load_techniques
 
     load_techniques()
-
     _check_keys(raw, _TOP_KEYS, "recipe")
-    model = _typed(raw.get("model", DEFAULT_RECIPE["model"]), str, "recipe.model")
-    data = _typed(raw.get("data", DEFAULT_RECIPE["data"]), str, "recipe.data")
-    if model not in zoo.names():
-        raise invalid("recipe.model", f"one of {', '.join(zoo.names())}", model)
-    if data not in datasets.names():
-        raise invalid("recipe.data", f"one of {', '.join(datasets.names())}", data)
-    zoo.check_input_shape(model, datasets.spec(data)[0])
+    root = root or Path.cwd()
+    model = _parse_model(raw.get("model", DEFAULT_RECIPE["model"]), root)
+    data = _parse_data(raw.get("data", DEFAULT_RECIPE["data"]), root)
+    _check_model_data(model, data)
+    metric = raw.get("metric")
+    if metric is not None and metric not in METRICS:
+        raise invalid("recipe.metric", f"one of {', '.join(METRICS)}", metric)
     seed = _typed(raw.get("seed", 0), int, "recipe.seed")
     epochs = raw.get("epochs")
     if epochs is not None and (_typed(epochs, int, "recipe.epochs") < 1):
         raise invalid("recipe.epochs", "a positive int", epochs)
+    if epochs is not None and not isinstance(model, str):
+        raise ConfigError("recipe.epochs trains a zoo model; your own model (recipe.model "
+                          "mapping) is used as given, never retrained: drop recipe.epochs.")
     stages = _parse_stages(raw.get("stages", []))
     export = _mapping(raw.get("export", {}), "recipe.export")
     _check_keys(export, {"opset"}, "recipe.export")
     opset = _typed(export.get("opset", 18), int, "recipe.export.opset")
     if not 18 <= opset <= 21:
         raise invalid("recipe.export.opset", "an int in [18, 21]", opset)
-    return Recipe(model=model, data=data, seed=seed, epochs=epochs, stages=stages, opset=opset,
-                  measure=_parse_measure(raw.get("measure", {})), source=raw)
+    return Recipe(model=model, data=data, metric=metric, seed=seed, epochs=epochs, stages=stages,
+                  opset=opset, measure=_parse_measure(raw.get("measure", {})), source=raw)
+
+
+def _parse_model(raw: Any, root: Path) -> str | ModelSource:
+    from edgeopt import zoo  # lazy: imports torch
+
+    if isinstance(raw, dict):
+        return parse_model_source(raw, root)
+    if not isinstance(raw, str):
+        raise ConfigTypeError(f"recipe.model must be a zoo name or a mapping (factory, kwargs, "
+                              f"weights, input_shape | hf); got {type(raw).__name__} {raw!r}.")
+    if raw not in zoo.names():
+        raise invalid("recipe.model", f"one of {', '.join(zoo.names())} or a mapping with "
+                      "'factory' or 'hf'", raw)
+    return raw
+
+
+def _parse_data(raw: Any, root: Path) -> str | DataSource:
+    from edgeopt import datasets  # lazy: imports torch
+
+    if isinstance(raw, dict):
+        return parse_data_source(raw, root)
+    if not isinstance(raw, str):
+        raise ConfigTypeError(f"recipe.data must be a data set name or a mapping (train/test "
+                              f"npz, folder or factory); got {type(raw).__name__} {raw!r}.")
+    if raw not in datasets.names():
+        raise invalid("recipe.data", f"one of {', '.join(datasets.names())} or a mapping with "
+                      "'train', 'folder' or 'factory'", raw)
+    return raw
+
+
+def _check_model_data(model: str | ModelSource, data: str | DataSource) -> None:
+    from edgeopt import datasets, zoo
+
+    if isinstance(model, str) and isinstance(data, str):
+        zoo.check_input_shape(model, datasets.spec(data)[0])
+    elif isinstance(model, ModelSource) and isinstance(data, str):
+        shape = datasets.spec(data)[0]
+        if model.input_shape is not None and model.input_shape != shape:
+            raise ConfigError(f"recipe.model.input_shape {list(model.input_shape)} does not "
+                              f"match recipe.data {data!r} samples {list(shape)}.")
 
 
 def _parse_stages(raw: Any) -> tuple[Stage, ...]:

@@ -58,19 +58,31 @@ def pareto(xs: list[float], ys: list[float]) -> list[bool]:
             for x, y in zip(xs, ys)]
 
 
+def _quality(stage: dict[str, Any]) -> tuple[float | None, str]:
+    """The stage's higher-is-better quality in percent: top-1 accuracy, or the run's metric
+    (agreement with the baseline, cosine to it); None for lower-is-better metrics (mse)."""
+    metric = stage.get("metric") or "top1"
+    if metric == "top1":
+        value = stage.get("accuracy")
+        return (None if value is None else accuracy_percent(value)), "accuracy"
+    value = stage.get("score") if metric in ("agreement", "cosine") else None
+    return (None if value is None else 100 * value), metric
+
+
 def tradeoff(stages: list[dict[str, Any]]) -> list[Figure]:
     out = []
     for key, short, better, label, scale in (
             ("size_bytes", "size", "smaller", "model size (KiB)", 1 / 1024),
             ("latency_ms", "latency", "faster", "latency (ms, batch 1)", 1.0)):
-        points = [(s["name"], s[key] * scale, accuracy_percent(s["accuracy"])) for s in stages
-                  if s.get(key) is not None and s.get("accuracy") is not None]
+        points = [(s["name"], s[key] * scale, _quality(s)[0]) for s in stages
+                  if s.get(key) is not None and _quality(s)[0] is not None]
         if len(points) < 2:
             continue
         names, xs, ys = (list(t) for t in zip(*points))
+        what = _quality(stages[0])[1]
         data = {"stages": names, "x": xs, "y": ys, "pareto": pareto(xs, ys),
-                "x_label": label, "y_label": "accuracy (%)"}
-        out.append(figure("tradeoff", "tradeoff", f"Accuracy vs {short}", data,
+                "x_label": label, "y_label": f"{what} (%)"}
+        out.append(figure("tradeoff", "tradeoff", f"{what.capitalize()} vs {short}", data,
                           caption=f"Stages measured in ONNX Runtime. Ringed and joined: the "
                                   f"Pareto front (no other stage is as accurate and {better})."))
     return out

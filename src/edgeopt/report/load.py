@@ -19,7 +19,7 @@ from edgeopt.errors import EdgeoptError
 
 REQUIRED = ("accuracy", "size_bytes", "latency_ms", "onnx")
 NUMBERS = ("accuracy", "size_bytes", "stored_bytes", "latency_ms", "params", "macs",
-           "peak_activation_bytes", "accuracy_drop", "size_ratio")
+           "peak_activation_bytes", "accuracy_drop", "size_ratio", "score")
 
 
 class RunFolderError(EdgeoptError, ValueError):

@@ -23,7 +23,8 @@ def _row(s: dict[str, Any]) -> dict[str, str]:
     return {
         "stage": str(s.get("name", "?")),
         "technique": str(s.get("technique") or ""),
-        "accuracy": NA if acc is None else percent(acc),
+        "accuracy": _score_cell(s) if s.get("metric") not in (None, "top1")
+        else NA if acc is None else percent(acc),
         "Δ acc": "" if drop is None else f"{0.0 - drop:+.2f} pt".replace("-0.00", "+0.00"),
         "size": NA if s.get("size_bytes") is None else human_bytes(s["size_bytes"]),
         "smaller": "" if ratio is None else f"{ratio:.2f}x",
@@ -36,6 +37,16 @@ def _row(s: dict[str, Any]) -> dict[str, str]:
         else human_bytes(s["peak_activation_bytes"]),
         "int8 kernels": _kernels(s.get("runtime") or {}),
     }
+
+
+def _score_cell(s: dict[str, Any]) -> str:
+    """Runs scored by agreement, cosine or mse show that metric in the accuracy column."""
+    metric, value = s["metric"], s.get("score")
+    if value is None:
+        return NA
+    if metric == "agreement":
+        return f"agree {percent(value)}"
+    return f"cos {value:.4f}" if metric == "cosine" else f"mse {value:.3g}"
 
 
 def percent(value: float) -> str:

@@ -137,6 +137,23 @@ def measure(
     )
 
 
+def predict(
+    path: str | os.PathLike[str], data: Any, *, threads: int = 1
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """ONNX Runtime's first output for every sample of `data`, and the labels when it has them."""
+    file = check_model_path(path, "predict")
+    _check_counts(threads=threads)
+    feeder = _Feeder(open_session(file, session_options(threads, "all")), 1)
+    outputs, labels = [], []
+    for inputs, targets in _chunks(data, feeder.eval_batch):
+        outputs.append(feeder.run(inputs.detach().cpu().numpy()))
+        labels.append(None if targets is None else targets.detach().cpu().numpy())
+    if not outputs:
+        raise DataError("predict.data is empty; give at least one batch of inputs.")
+    has_labels = all(y is not None for y in labels)
+    return np.concatenate(outputs), (np.concatenate(labels) if has_labels else None)
+
+
 def compare_latency(
     paths: Sequence[str | os.PathLike[str]],
     data: Any,
