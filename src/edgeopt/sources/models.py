@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,9 @@ def read_state_dict(path: Path, field: str = f"{_FIELD}.weights") -> dict[str, t
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # pickle-protocol chatter; refusal is the error below
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0][:160]
         raise ConfigError(f"{field}: {str(path)!r} holds objects other than tensors and is "
