@@ -9,12 +9,12 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from user_files import trained_weights, write_model, write_npz
 
 from edgeopt.cli import main
 from edgeopt.errors import ConfigError
 from edgeopt.recipes import run_recipe
 from edgeopt.sources.models import read_state_dict
-from user_files import trained_weights, write_model, write_npz
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "own_model"
 FAST = {"runs": 20, "warmup": 2}

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from user_files import blobs, write_npz
 
 from edgeopt.errors import ConfigError
 from edgeopt.sources.data import load_data, parse_data_source
-from user_files import blobs, write_npz
 
 
 def splits_of(tmp_path, raw, shape=None, seed=0):

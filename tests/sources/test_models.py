@@ -4,10 +4,10 @@ import pickle
 
 import pytest
 import torch
+from user_files import trained_weights, write_model
 
 from edgeopt.errors import ConfigError, ConfigTypeError
 from edgeopt.sources.models import load_model, parse_model_source, read_state_dict
-from user_files import trained_weights, write_model
 
 
 def source(tmp_path, **raw):
