@@ -42,6 +42,9 @@ def test_run_folder_has_measured_stages(tmp_path):
     assert "| int8 |" in (out / "summary.md").read_text()
     assert "<table>" in (out / "report.html").read_text()
     assert result.stages[1].speedup["1t"] > 0
+    # latency and speedup come from the same interleaved rounds: the table agrees with itself
+    assert base["latency_ms"] / int8["latency_ms"] == pytest.approx(int8["speedup"]["1t"])
+    assert int8["runtime"]["path"] == "int8.onnx"  # relative to the run folder
     assert not list(tmp_path.glob(".run.*"))  # scratch folder removed
 
 

@@ -193,7 +193,7 @@ def _measure_stage(name: str, technique: str, model: nn.Module, example: torch.T
         latency_ms=m.latency_ms, onnx=path.name, stored_bytes=stored_size(path).total_bytes,
         params=prof.params, macs=prof.macs,
         peak_activation_bytes=prof.peak_activation_bytes,
-        runtime=m.to_dict(),
+        runtime={**m.to_dict(), "path": path.name},  # relative to the run folder
         profile_table=prof.to_markdown())
 
 
@@ -216,11 +216,16 @@ def _compare(results: list[StageResult], folder: Path, splits: Any, recipe: Reci
 
     base = results[0]
     paths = [folder / r.onnx for r in results]
-    for threads in recipe.measure.speed_threads:
+    threads_timed = dict.fromkeys((recipe.measure.threads, *recipe.measure.speed_threads))
+    for threads in threads_timed:
         medians = compare_latency(paths, splits.test, threads=threads,
                                   rounds=recipe.measure.runs, progress=progress)
         for result, median in zip(results, medians):
-            result.speedup[f"{threads}t"] = medians[0] / median
+            if threads in recipe.measure.speed_threads:
+                result.speedup[f"{threads}t"] = medians[0] / median
+            if threads == recipe.measure.threads:
+                # the latency shown is from the same interleaved rounds as the speedups
+                result.latency_ms = median
     budget = recipe.measure.accuracy_budget
     for r in results[1:]:
         r.size_ratio = base.size_bytes / r.size_bytes
