@@ -121,3 +121,21 @@ def test_weight_buffers_count_as_params_but_batch_norm_statistics_do_not():
     assert rows["0"].params == 45 and rows["0"].param_bytes == 40 + 20
     assert rows["1"].params == 10  # BN weight and bias only
     assert result.params == 55 and result.buffer_bytes == 40 + 20 + 40 + 8
+
+
+def test_int8_peak_counts_the_int8_tensors_the_runtime_holds(tmp_path):
+    import edgeopt as eo
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4),
+                          nn.Flatten(), nn.Linear(144, 10)).eval()
+    x = torch.randn(8, 1, 12, 12)
+    quantized = eo.apply(model, eo.QuantConfig(), data=[x])
+    fp32 = profile_onnx(export_onnx(model, tmp_path / "a.onnx", x[:1]))
+    int8 = profile_onnx(export_onnx(quantized, tmp_path / "b.onnx", x[:1]))
+    activation = 16 * 12 * 12
+    # fp32: a conv output and its ReLU output (4 bytes each) are live together; int8: the
+    # fused QLinearConv (+ReLU) reads one uint8 tensor and writes the next
+    assert fp32.peak_bytes == 2 * 4 * activation
+    assert int8.peak_bytes == 2 * activation

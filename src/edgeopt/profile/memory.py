@@ -62,17 +62,60 @@ def profile_onnx(path: str | os.PathLike[str]) -> ActivationProfile:
     g = inferred.graph
     for value in [*g.input, *g.value_info, *g.output]:
         sizes[value.name] = _value_bytes(value)
-    steps = []
+    nodes = []
     for node in g.node:
         if node.op_type == "Constant" or (node.input and all(i in weights for i in node.input)):
             weights.update(node.output)  # constant-folded by the runtime: e.g. DQ of a weight
             continue
-        steps.append(
-            (node.name or node.op_type, [*node.input, *_implicit_inputs(node)], list(node.output))
-        )
-    inputs = [v.name for v in g.input if v.name not in weights]
+        nodes.append(node)
     outputs = [v.name for v in g.output]
+    alias = _fused_qdq(nodes, set(outputs))
+    steps = [(node.name or node.op_type,
+              [alias.get(n, n) for n in [*node.input, *_implicit_inputs(node)]],
+              [alias.get(n, n) for n in node.output])
+             for node in nodes if not _folded(node, alias)]
+    inputs = [v.name for v in g.input if v.name not in weights]
     return liveness(steps, inputs, outputs, sizes, weights)
+
+
+def _fused_qdq(nodes: list[onnx.NodeProto], outputs: set[str]) -> dict[str, str]:
+    """Tensors the runtime never holds in float once it fuses Q/DQ into integer kernels.
+
+    A DequantizeLinear feeding an operator is folded into it (the operator reads the int8
+    tensor), and an operator whose only consumer is a QuantizeLinear writes int8 directly
+    (QLinearConv, QLinearAdd): both float tensors alias their int8 counterparts.
+    """
+    consumers: dict[str, int] = {}
+    producer: dict[str, onnx.NodeProto] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+        producer.update(dict.fromkeys(node.output, node))
+    alias: dict[str, str] = {}
+    for node in nodes:
+        if node.op_type == "DequantizeLinear" and node.output[0] not in outputs:
+            alias[node.output[0]] = node.input[0]
+        elif node.op_type == "QuantizeLinear":
+            # walk back through activations fused into the kernel (Conv -> Relu -> Q)
+            tensor = node.input[0]
+            while consumers.get(tensor) == 1 and tensor in producer and producer[
+                    tensor].op_type not in ("DequantizeLinear", "QuantizeLinear"):
+                alias[tensor] = node.output[0]
+                source = producer[tensor]
+                if source.op_type not in _FUSED_ACTIVATIONS:
+                    break
+                tensor = source.input[0]
+    return alias
+
+
+_FUSED_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid")
+
+
+def _folded(node: onnx.NodeProto, alias: dict[str, str]) -> bool:
+    """Q/DQ nodes whose work the neighbouring integer kernel does."""
+    if node.op_type == "DequantizeLinear":
+        return node.output[0] in alias
+    return node.op_type == "QuantizeLinear" and node.input[0] in alias
 
 
 def liveness(
