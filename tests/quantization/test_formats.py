@@ -79,3 +79,14 @@ def test_float_formats_simulated_equals_deployed(fmt, tmp_path):
     assert [r["format"] for r in rows] == [fmt, fmt] and "artifact" in rows[0]
     if fmt == "fp8_e4m3":  # 8-bit weights: coarser than bf16, still close
         assert eo.quantization.primitives.sqnr_db(model(x), q(x)) > 20
+
+
+def test_float_activation_spec_ignores_granularity():
+    import edgeopt as eo
+
+    # QuantSpec defaults to per_channel; granularity means nothing for a float format
+    config = eo.QuantConfig(weights=eo.QuantSpec(dtype="fp16"),
+                            activations=eo.QuantSpec(dtype="fp16"))
+    assert config.activations.dtype.value == "fp16"
+    with pytest.raises(ValueError, match="activations.granularity"):
+        eo.QuantConfig(activations=eo.QuantSpec(bits=8))  # integer: per-tensor only

@@ -155,7 +155,11 @@ class AdvancedQuantConfig(Config):
     adaround_lr: float = 1e-2
     adaround_regularization: float = 0.01
     adaround_batch_size: int = 32
-    time_budget_s: float | None = None  # AdaRound/GPTQ: stop refining layers after this long
+    # AdaRound/GPTQ (and empirical bias correction): seconds for the whole layer-by-layer
+    # refinement, shared over layers by cost; layers left without time keep nearest rounding.
+    # None: no limit (every layer runs adaround_iterations).
+    time_budget_s: float | None = 480.0
+    reconstruction_rows: int | None = 16384  # per layer: (sample, output position) rows kept
     smoothquant_alpha: float = 0.5
     gptq_damping: float = 0.01
     gptq_block_size: int = 128
@@ -170,10 +174,16 @@ class AdvancedQuantConfig(Config):
         for field, value in positive.items():
             if value < 1:
                 raise invalid(f"AdvancedQuantConfig.{field}", "a positive int", value)
-        for field, value in {"data_free_lr": self.data_free_lr, "adaround_lr": self.adaround_lr,
-                             "time_budget_s": self.time_budget_s}.items():
-            if value is not None and value <= 0:
+        for field, value in {"data_free_lr": self.data_free_lr,
+                             "adaround_lr": self.adaround_lr}.items():
+            if value <= 0:
                 raise invalid(f"AdvancedQuantConfig.{field}", "a positive float", value)
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise invalid("AdvancedQuantConfig.time_budget_s", "a positive float (seconds) or "
+                          "None (no limit)", self.time_budget_s)
+        if self.reconstruction_rows is not None and self.reconstruction_rows < 1:
+            raise invalid("AdvancedQuantConfig.reconstruction_rows", "a positive int or None "
+                          "(every output position of every sample)", self.reconstruction_rows)
         if not 0.0 <= self.smoothquant_alpha <= 1.0:
             raise invalid("AdvancedQuantConfig.smoothquant_alpha", "a float in [0, 1]",
                           self.smoothquant_alpha)
@@ -235,6 +245,8 @@ class QuantConfig(Config):
                 "QuantConfig.activations must be a QuantSpec for method='ptq' (static "
                 "quantization); use method='weight_only' to keep activations in float."
             )
-        if self.activations is not None and self.activations.granularity is not Granularity.PER_TENSOR:
+        acts = self.activations
+        if (acts is not None and not acts.dtype.is_float  # float formats have no granularity
+                and acts.granularity is not Granularity.PER_TENSOR):
             raise invalid("QuantConfig.activations.granularity", "'per_tensor'",
                           self.activations.granularity.value)
