@@ -125,28 +125,29 @@ def parse_recipe(raw: dict[str, Any], root: Path | None = None) -> Recipe:
 def _parse_model(raw: Any, root: Path) -> str | ModelSource:
     from edgeopt import zoo  # lazy: imports torch
 
-    if isinstance(raw, dict):
-        return parse_model_source(raw, root)
-    if not isinstance(raw, str):
-        raise ConfigTypeError(f"recipe.model must be a zoo name or a mapping (factory, kwargs, "
-                              f"weights, input_shape | hf); got {type(raw).__name__} {raw!r}.")
-    if raw not in zoo.names():
-        raise invalid("recipe.model", f"one of {', '.join(zoo.names())} or a mapping with "
-                      "'factory' or 'hf'", raw)
-    return raw
+    return _name_or_mapping(raw, "model", zoo.names(), "a zoo name",
+                            "'factory' (+ kwargs, weights, input_shape) or 'hf'",
+                            lambda: parse_model_source(raw, root))
 
 
 def _parse_data(raw: Any, root: Path) -> str | DataSource:
     from edgeopt import datasets  # lazy: imports torch
 
+    return _name_or_mapping(raw, "data", datasets.names(), "a data set name",
+                            "'train' (+ test, val), 'folder' or 'factory'",
+                            lambda: parse_data_source(raw, root))
+
+
+def _name_or_mapping(raw: Any, key: str, names: list[str], what: str, keys: str,
+                     parse: Any) -> Any:
+    """A built-in name, or a mapping describing the user's own (parsed by `parse`)."""
     if isinstance(raw, dict):
-        return parse_data_source(raw, root)
+        return parse()
     if not isinstance(raw, str):
-        raise ConfigTypeError(f"recipe.data must be a data set name or a mapping (train/test "
-                              f"npz, folder or factory); got {type(raw).__name__} {raw!r}.")
-    if raw not in datasets.names():
-        raise invalid("recipe.data", f"one of {', '.join(datasets.names())} or a mapping with "
-                      "'train', 'folder' or 'factory'", raw)
+        raise ConfigTypeError(f"recipe.{key} must be {what} or a mapping with {keys}; got "
+                              f"{type(raw).__name__} {raw!r}.")
+    if raw not in names:
+        raise invalid(f"recipe.{key}", f"one of {', '.join(names)} or a mapping with {keys}", raw)
     return raw
 
 
