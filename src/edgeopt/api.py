@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import torch.nn as nn
 
 from edgeopt.config import Config
 from edgeopt.errors import ConfigTypeError
-from edgeopt.registry import handler_for
+from edgeopt.registry import handler_for, load_techniques
 
 
 def apply(
@@ -30,7 +29,6 @@ def apply(
         raise ConfigTypeError(
             f"config must be an edgeopt config such as QuantConfig; got {type(config).__name__}."
         )
-    load_techniques()
     handler = handler_for(config)
     kwargs: dict[str, Any] = {"data": data}
     if teacher is not None:
@@ -38,17 +36,4 @@ def apply(
     return handler(model, config, **kwargs)  # type: ignore[return-value]
 
 
-# Each technique's handler module; importing it registers the handler (one line per technique).
-TECHNIQUE_MODULES = (
-    "edgeopt.quantization.apply",
-    "edgeopt.pruning.apply",
-    "edgeopt.distillation.apply",
-    "edgeopt.lowrank.apply",
-    "edgeopt.clustering.apply",
-)
-
-
-def load_techniques() -> None:
-    """Import every technique package so their handlers register."""
-    for module in TECHNIQUE_MODULES:
-        importlib.import_module(module)
+__all__ = ["apply", "load_techniques"]

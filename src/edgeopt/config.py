@@ -12,18 +12,12 @@ from edgeopt.errors import ConfigError, ConfigTypeError, invalid
 
 CONFIG_VERSION = 1
 C = TypeVar("C", bound="Config")
-_CONFIG_TYPES: dict[str, type[Config]] = {}
 
 
 class Config:
     """Mixin for frozen dataclass configs. Subclasses set `kind` (the recipe/type tag)."""
 
-    kind: ClassVar[str] = ""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.kind:
-            _CONFIG_TYPES[cls.kind] = cls
+    kind: ClassVar[str] = ""  # the technique name the registry files the handler under
 
     def validate(self) -> None:  # overridden where fields interact
         """Raise ConfigError for any invalid field; called from __post_init__."""
@@ -48,15 +42,16 @@ class Config:
 
 
 def config_type(kind: str) -> type[Config]:
-    if kind not in _CONFIG_TYPES:
-        raise ConfigError(
-            f"unknown technique {kind!r}; valid: {', '.join(sorted(_CONFIG_TYPES))}."
-        )
-    return _CONFIG_TYPES[kind]
+    """The config class of a registered technique (see edgeopt.registry)."""
+    from edgeopt.registry import technique
+
+    return technique(kind).config
 
 
 def config_kinds() -> list[str]:
-    return sorted(_CONFIG_TYPES)
+    from edgeopt.registry import techniques
+
+    return [t.kind for t in techniques()]
 
 
 def _to_plain(value: Any) -> Any:

@@ -1,39 +1,80 @@
-"""One registry: config type -> handler that applies it to a model."""
+"""One registry: technique kind -> (config type, handler). Techniques register themselves."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import importlib.util
+import pkgutil
 from collections.abc import Callable
 from typing import TypeVar
 
-from edgeopt.errors import ConfigTypeError
+from edgeopt.errors import ConfigError, ConfigTypeError, EdgeoptError
 
 Handler = Callable[..., object]
 H = TypeVar("H", bound=Handler)
 
-_HANDLERS: dict[type, Handler] = {}
+
+class RegistryError(EdgeoptError, ValueError):
+    """A technique registered twice, or under a config without a kind."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Technique:
+    kind: str  # the recipe's `technique:` tag, e.g. "quantize"
+    config: type
+    handler: Handler
+
+
+_TECHNIQUES: dict[str, Technique] = {}
 
 
 def register(config_type: type) -> Callable[[H], H]:
-    """Decorator: make `handler` the way to apply configs of `config_type`."""
+    """Decorator: make `handler` the way to apply configs of `config_type` (its `kind`)."""
 
     def decorate(handler: H) -> H:
-        if config_type in _HANDLERS:
-            raise ValueError(f"a handler for {config_type.__name__} is already registered")
-        _HANDLERS[config_type] = handler
+        kind = getattr(config_type, "kind", "")
+        if not kind:
+            raise RegistryError(f"{config_type.__name__} has no `kind`; set the class variable "
+                                "to the recipe's technique name.")
+        taken = _TECHNIQUES.get(kind) or next(
+            (t for t in _TECHNIQUES.values() if t.config is config_type), None)
+        if taken is not None:
+            raise RegistryError(f"technique {kind!r} ({config_type.__name__}) is already "
+                                f"registered to {taken.handler.__module__}."
+                                f"{taken.handler.__qualname__}.")
+        _TECHNIQUES[kind] = Technique(kind, config_type, handler)
         return handler
 
     return decorate
 
 
+def load_techniques() -> None:
+    """Import every technique package's `apply` module (importing registers its handler)."""
+    import edgeopt
+
+    for package in pkgutil.iter_modules(edgeopt.__path__):
+        if package.ispkg and importlib.util.find_spec(f"edgeopt.{package.name}.apply"):
+            importlib.import_module(f"edgeopt.{package.name}.apply")
+
+
+def techniques() -> list[Technique]:
+    load_techniques()
+    return [_TECHNIQUES[k] for k in sorted(_TECHNIQUES)]
+
+
+def technique(kind: str) -> Technique:
+    load_techniques()
+    if kind not in _TECHNIQUES:
+        raise ConfigError(f"unknown technique {kind!r}; valid: {', '.join(sorted(_TECHNIQUES))}.")
+    return _TECHNIQUES[kind]
+
+
 def handler_for(config: object) -> Handler:
-    handler = _HANDLERS.get(type(config))
-    if handler is None:
-        known = ", ".join(sorted(t.__name__ for t in _HANDLERS)) or "none"
-        raise ConfigTypeError(
-            f"no technique is registered for {type(config).__name__}; registered configs: {known}."
-        )
-    return handler
-
-
-def registered_configs() -> list[type]:
-    return list(_HANDLERS)
+    load_techniques()
+    for entry in _TECHNIQUES.values():
+        if type(config) is entry.config:
+            return entry.handler
+    known = ", ".join(sorted(t.config.__name__ for t in _TECHNIQUES.values())) or "none"
+    raise ConfigTypeError(
+        f"no technique is registered for {type(config).__name__}; registered configs: {known}.")
