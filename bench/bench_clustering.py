@@ -54,9 +54,10 @@ def main() -> None:
                   f"(entropy-coded: {coded:,}) | 1.0× ({dense / coded:.2f}×) |", flush=True)
             for k in args.clusters:
                 raw = eo.apply(base, eo.ClusterConfig(clusters=k))
-                tuned = eo.apply(base, eo.ClusterConfig(clusters=k, finetune_epochs=args.finetune,
-                                                        lr=5e-4), data=splits.train)
-                size = tuned.meta["edgeopt_cluster"].stored_bytes
+                tuned, tuned_stats = eo.apply_with_stats(
+                    base, eo.ClusterConfig(clusters=k, finetune_epochs=args.finetune, lr=5e-4),
+                    data=splits.train)
+                size = tuned_stats["cluster"].stored_bytes
                 print(f"| {name} | {k} | {100 * accuracy(raw, f'{name}-{k}'):.1f} % | "
                       f"{100 * accuracy(tuned, f'{name}-{k}-ft'):.1f} % | {size:,} | "
                       f"{dense / size:.1f}× |", flush=True)

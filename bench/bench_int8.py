@@ -32,9 +32,9 @@ def bench_one(model_name: str, data_name: str, folder: Path, rounds: int) -> lis
     ours = eo.export_onnx(qmodel, folder / f"{model_name}_int8.onnx", example)
     ours_s = time.perf_counter() - start
     start = time.perf_counter()
-    guarded_model, choice = fastest_placement(model, fp32, config, [calib], example, splits.val,
-                                              threads=1, rounds=rounds)
-    guarded = eo.export_onnx(guarded_model, folder / f"{model_name}_guard.onnx", example)
+    guarded_model, choice = fastest_placement(model, fp32, config.placements(), [calib],
+                                              example, splits.val, threads=1, rounds=rounds)
+    guarded = eo.export_onnx(guarded_model.model, folder / f"{model_name}_guard.onnx", example)
     guard_s = time.perf_counter() - start
     start = time.perf_counter()
     theirs = ort_quantize_static(fp32, folder / f"{model_name}_ort.onnx", calib)

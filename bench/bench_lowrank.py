@@ -56,7 +56,7 @@ def main() -> None:
             for method in METHODS:
                 for index, (setting, kwargs) in enumerate(SETTINGS.items()):
                     config = eo.LowRankConfig(method=method, exclude=exclude, **kwargs)
-                    raw = eo.apply(base, config)
+                    raw, raw_stats = eo.apply_with_stats(base, config)
                     tuned = copy.deepcopy(raw)  # what finetune_epochs=N does, kept apart here
                     if args.finetune:
                         fit(tuned, splits.train, epochs=args.finetune, lr=5e-4, progress=False)
@@ -66,13 +66,12 @@ def main() -> None:
                                               f"{label}.onnx", example)
                         accs.append(eo.measure(path, splits.test, runs=1, warmup=0).accuracy)
                     paths.append(path)
-                    rows.append((method, setting, tuned, accs))
+                    rows.append((method, setting, tuned, accs, raw_stats["lowrank"]))
             medians = compare_latency(paths, splits.test, threads=1, rounds=40)
             print(f"| {name} | baseline | - | - | {prof.params:,} | {prof.macs:,} | "
                   f"{100 * base_acc:.1f} % | - | 1.00× |")
-            for (method, setting, model, accs), median in zip(rows, medians[1:]):
+            for (method, setting, model, accs, stats), median in zip(rows, medians[1:]):
                 p = eo.profile(model, example)
-                stats = model.meta["edgeopt_lowrank"]
                 print(f"| {name} | {method} | {setting} | {len(stats.replaced)}/"
                       f"{len(stats.layers)} | {p.params:,} ({p.params / prof.params:.2f}×) | "
                       f"{p.macs:,} ({p.macs / prof.macs:.2f}×) | {100 * accs[0]:.1f} % | "

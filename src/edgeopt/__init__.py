@@ -10,6 +10,8 @@ __version__ = "0.1.0"
 # Public names -> the module that defines them. Loaded on first use so `edgeopt --help` is instant.
 _LAZY = {
     "apply": "edgeopt.api",
+    "apply_with_stats": "edgeopt.api",
+    "Applied": "edgeopt.registry",
     "QuantConfig": "edgeopt.quantization.config",
     "QuantSpec": "edgeopt.quantization.config",
     "AdvancedQuantConfig": "edgeopt.quantization.config",

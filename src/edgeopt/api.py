@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from edgeopt.config import Config
 from edgeopt.errors import ConfigTypeError
-from edgeopt.registry import handler_for, load_techniques
+from edgeopt.registry import Applied, handler_for, load_techniques
 
 
 def apply(
@@ -23,6 +23,18 @@ def apply(
     `data` is a DataLoader, a Dataset or an iterable of batches (tensor or (inputs, targets)).
     The input model is not modified; the returned model still runs forward in PyTorch.
     """
+    return apply_with_stats(model, config, data=data, teacher=teacher).model
+
+
+def apply_with_stats(
+    model: nn.Module,
+    config: Config,
+    *,
+    data: Any = None,
+    teacher: nn.Module | None = None,
+) -> Applied:
+    """`apply`, also returning what the technique recorded (per-layer sparsity, bits, ranks,
+    curves...) as `Applied(model, stats)`; statistics never ride on the model object."""
     if not isinstance(model, nn.Module):
         raise ConfigTypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
     if not isinstance(config, Config):
@@ -33,7 +45,12 @@ def apply(
     kwargs: dict[str, Any] = {"data": data}
     if teacher is not None:
         kwargs["teacher"] = teacher
-    return handler(model, config, **kwargs)  # type: ignore[return-value]
+    result = handler(model, config, **kwargs)
+    if isinstance(result, nn.Module):  # TRANSITION: quantization still records on model.meta
+        meta = getattr(result, "meta", None) or {}
+        return Applied(result, {k.removeprefix("edgeopt_"): v for k, v in meta.items()
+                                if k.startswith("edgeopt_") and hasattr(v, "to_dict")})
+    return result
 
 
-__all__ = ["apply", "load_techniques"]
+__all__ = ["Applied", "apply", "apply_with_stats", "load_techniques"]

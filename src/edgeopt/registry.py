@@ -7,12 +7,24 @@ import importlib
 import importlib.util
 import pkgutil
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from edgeopt.errors import ConfigError, ConfigTypeError, EdgeoptError
 
-Handler = Callable[..., object]
+Handler = Callable[..., "Applied"]
 H = TypeVar("H", bound=Handler)
+
+
+@dataclasses.dataclass(frozen=True)
+class Applied:
+    """What a technique's handler returns: the new model and the statistics it recorded, keyed
+    by what they describe ("quant", "prune", ...); each has to_dict() for the report."""
+
+    model: Any
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __iter__(self) -> Any:  # model, stats = eo.apply_with_stats(...)
+        return iter((self.model, self.stats))
 
 
 class RegistryError(EdgeoptError, ValueError):

@@ -38,14 +38,14 @@ def _weights(model: nn.Module) -> list[torch.Tensor]:
 def test_each_layer_shares_at_most_k_values_and_zeros_stay(init, tmp_path):
     model = _net(sparsity=0.5)
     before = [w.clone() for w in _weights(model)]
-    out = eo.apply(model, eo.ClusterConfig(clusters=4, init=init))
+    out, out_stats = eo.apply_with_stats(model, eo.ClusterConfig(clusters=4, init=init))
     assert all(torch.equal(a, b) for a, b in zip(before, _weights(model)))  # input untouched
     for original, clustered in zip(before, _weights(out)):
         assert torch.equal(original == 0, clustered == 0)
         assert torch.unique(clustered[clustered != 0]).numel() <= 4
     assert torch.equal(out[3].bias, model[3].bias)  # biases are not clustered
     assert not any(isinstance(m, ClusteredLayer) for m in out.modules())
-    stats = out.meta["edgeopt_cluster"]
+    stats = out_stats["cluster"]
     assert [entry["name"] for entry in stats.layers] == ["0", "3", "5"]
     assert stats.layers[1]["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert stats.layers[1]["index_bits"] == 3  # 4 clusters + the zero code
@@ -58,20 +58,21 @@ def test_each_layer_shares_at_most_k_values_and_zeros_stay(init, tmp_path):
 
 
 def test_per_channel_codebooks():
-    out = eo.apply(_net(), eo.ClusterConfig(clusters=3, granularity="per_channel"))
+    out, out_stats = eo.apply_with_stats(
+        _net(), eo.ClusterConfig(clusters=3, granularity="per_channel"))
     for weight in _weights(out):
         for row in weight.reshape(weight.shape[0], -1):
             assert torch.unique(row).numel() <= 3
-    layer = out.meta["edgeopt_cluster"].layers[1]
+    layer = out_stats["cluster"].layers[1]
     assert layer["codebooks"] == 32 and layer["max_distinct_per_codebook"] <= 3
 
 
 def test_cluster_preserving_finetuning_moves_centroids_only():
     model = _net(sparsity=0.6)
     plain = eo.apply(model, eo.ClusterConfig(clusters=8))
-    tuned = eo.apply(model, eo.ClusterConfig(clusters=8, finetune_epochs=2, lr=1e-2),
-                     data=_data())
-    stats = tuned.meta["edgeopt_cluster"]
+    tuned, tuned_stats = eo.apply_with_stats(
+        model, eo.ClusterConfig(clusters=8, finetune_epochs=2, lr=1e-2), data=_data())
+    stats = tuned_stats["cluster"]
     assert len(stats.finetune_loss) == 2
     for a, b, original in zip(_weights(plain), _weights(tuned), _weights(model)):
         assert not torch.equal(a, b)  # the centroids were trained
@@ -84,13 +85,12 @@ def test_cluster_preserving_finetuning_moves_centroids_only():
         assert pairs.shape[1] == torch.unique(groups_a).numel()
 
 
-def test_keeps_earlier_meta_and_layer_patterns():
+def test_layer_patterns_and_statistics_of_its_own():
     model = _net()
-    model.meta = {"edgeopt_prune": "kept"}
-    out = eo.apply(model, eo.ClusterConfig(clusters=4, exclude=("0",)))
-    assert out.meta["edgeopt_prune"] == "kept"
+    out, out_stats = eo.apply_with_stats(model, eo.ClusterConfig(clusters=4, exclude=("0",)))
+    assert list(out_stats) == ["cluster"]
     assert torch.equal(out[0].weight, model[0].weight)
-    assert [e["name"] for e in out.meta["edgeopt_cluster"].layers] == ["3", "5"]
+    assert [e["name"] for e in out_stats["cluster"].layers] == ["3", "5"]
 
 
 @pytest.mark.parametrize("clusters,match", [

@@ -48,11 +48,11 @@ def test_offline_distillation_trains_a_copy_and_records_curves(teacher, tmp_path
     student = _student()
     before, teacher_before = _state(student), _state(teacher)
     config = eo.DistillConfig(temperature=4.0, alpha=0.7, epochs=3, lr=3e-3)
-    out = eo.apply(student, config, data=_data(), teacher=teacher)
+    out, out_stats = eo.apply_with_stats(student, config, data=_data(), teacher=teacher)
     assert out is not student
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_before.items())
-    stats = out.meta["edgeopt_distill"]
+    stats = out_stats["distill"]
     curves = stats.curves
     assert len(curves.train_loss) == len(curves.val_accuracy) == 3
     assert curves.soft_loss[-1] < curves.soft_loss[0]
@@ -71,53 +71,54 @@ def test_offline_distillation_trains_a_copy_and_records_curves(teacher, tmp_path
 
 def test_same_seed_same_weights(teacher):
     config = eo.DistillConfig(epochs=1, val_fraction=0.0)
-    a = eo.apply(_student(), config, data=_data(), teacher=teacher)
+    a, a_stats = eo.apply_with_stats(_student(), config, data=_data(), teacher=teacher)
     b = eo.apply(_student(), config, data=_data(), teacher=teacher)
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
-    assert a.meta["edgeopt_distill"].curves.val_accuracy == []
+    assert a_stats["distill"].curves.val_accuracy == []
 
 
 def test_mse_logits_and_batches_list(teacher):
     data = _data()
     batches = [(data.tensors[0][i:i + 64], data.tensors[1][i:i + 64]) for i in range(0, 384, 64)]
-    out = eo.apply(_student(), eo.DistillConfig(logit_loss="mse", epochs=1, val_fraction=0.2),
-                   data=batches, teacher=teacher)
-    stats = out.meta["edgeopt_distill"]
+    out, out_stats = eo.apply_with_stats(
+        _student(), eo.DistillConfig(logit_loss="mse", epochs=1, val_fraction=0.2), data=batches,
+        teacher=teacher)
+    stats = out_stats["distill"]
     assert stats.logit_loss == "mse" and stats.val_samples == 64 and stats.train_samples == 320
 
 
 def test_feature_hints_with_projection_leave_no_hooks(teacher):
     config = eo.DistillConfig(epochs=1, features=("2", "0:0"), feature_weight=0.5)
-    out = eo.apply(_student(), config, data=_data(), teacher=teacher)
-    features = out.meta["edgeopt_distill"].features
+    out, out_stats = eo.apply_with_stats(_student(), config, data=_data(), teacher=teacher)
+    features = out_stats["distill"].features
     assert features[0]["student_shape"] == [4, 8, 8]
     assert features[0]["teacher_shape"] == [16, 8, 8]
     assert features[0]["projection"] == "Conv2d" and features[0]["projection_params"] == 64
-    assert out.meta["edgeopt_distill"].curves.feature_loss[0] > 0
+    assert out_stats["distill"].curves.feature_loss[0] > 0
     assert all(not m._forward_hooks for m in out.modules())
     assert all(not m._forward_hooks for m in teacher.modules())
 
 
 def test_online_mutual_learning_trains_both(teacher):
-    out = eo.apply(_student(), eo.DistillConfig(mode="online", epochs=2), data=_data(),
-                   teacher=teacher)
-    curves = out.meta["edgeopt_distill"].curves
+    out, out_stats = eo.apply_with_stats(
+        _student(), eo.DistillConfig(mode="online", epochs=2), data=_data(), teacher=teacher)
+    curves = out_stats["distill"].curves
     assert len(curves.teacher_val_accuracy) == 2
 
 
 def test_self_distillation_needs_no_teacher():
     base = _student()
     fit(base, _data(), epochs=1, progress=False)
-    out = eo.apply(base, eo.DistillConfig(mode="self", epochs=2), data=_data())
-    stats = out.meta["edgeopt_distill"]
+    out, out_stats = eo.apply_with_stats(
+        base, eo.DistillConfig(mode="self", epochs=2), data=_data())
+    stats = out_stats["distill"]
     assert stats.mode == "self" and stats.teacher_params == stats.student_params
 
 
-def test_distillation_after_another_stage_keeps_meta(teacher):
-    student = _student()
-    student.meta = {"edgeopt_prune": "kept"}
-    out = eo.apply(student, eo.DistillConfig(epochs=1), data=_data(), teacher=teacher)
-    assert out.meta["edgeopt_prune"] == "kept" and "edgeopt_distill" in out.meta
+def test_statistics_are_returned_not_attached(teacher):
+    out, stats = eo.apply_with_stats(_student(), eo.DistillConfig(epochs=1), data=_data(),
+                                     teacher=teacher)
+    assert list(stats) == ["distill"] and not hasattr(out, "meta")
 
 
 def test_config_round_trip_and_teacher_flag():
@@ -171,8 +172,9 @@ def test_missing_teacher_or_data(teacher):
 
 def test_self_distillation_with_deeper_exits():
     base = _student()
-    out = eo.apply(base, eo.DistillConfig(mode="self", exits=("1",), epochs=2), data=_data())
-    stats = out.meta["edgeopt_distill"]
+    out, out_stats = eo.apply_with_stats(
+        base, eo.DistillConfig(mode="self", exits=("1",), epochs=2), data=_data())
+    stats = out_stats["distill"]
     assert stats.exits == ["1"] and len(stats.curves.exit_loss) == 2
     assert stats.curves.exit_loss[0] > 0
     assert sum(p.numel() for p in out.parameters()) == sum(p.numel() for p in base.parameters())

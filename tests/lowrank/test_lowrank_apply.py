@@ -83,9 +83,9 @@ def test_linear_svd_full_rank_and_macs():
 def test_apply_replaces_only_layers_that_save(method, tmp_path):
     model = _net()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    out = eo.apply(model, eo.LowRankConfig(method=method, energy=0.5))
+    out, out_stats = eo.apply_with_stats(model, eo.LowRankConfig(method=method, energy=0.5))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    stats = out.meta["edgeopt_lowrank"]
+    stats = out_stats["lowrank"]
     assert stats.skipped == {"dw": "Conv2d with groups=32 / padding_mode=zeros not supported"}
     for plan in stats.layers:
         if plan.replaced:
@@ -106,9 +106,10 @@ def test_apply_replaces_only_layers_that_save(method, tmp_path):
 
 def test_high_energy_keeps_outputs_close():
     model = _net()
-    out = eo.apply(model, eo.LowRankConfig(energy=0.999, layers=("fc",)), data=_data())
+    out, out_stats = eo.apply_with_stats(
+        model, eo.LowRankConfig(energy=0.999, layers=("fc",)), data=_data())
     x = torch.randn(8, 1, 8, 8)
-    stats = out.meta["edgeopt_lowrank"]
+    stats = out_stats["lowrank"]
     assert stats.macs_input == "data sample"
     plan = stats.layers[0]
     assert plan.name == "fc" and plan.energy_kept >= 0.999
@@ -117,21 +118,23 @@ def test_high_energy_keeps_outputs_close():
 
 
 def test_budget_and_fixed_rank():
-    out = eo.apply(_net(), eo.LowRankConfig(param_budget=0.3, exclude=("stem",)))
-    stats = out.meta["edgeopt_lowrank"]
+    out, out_stats = eo.apply_with_stats(
+        _net(), eo.LowRankConfig(param_budget=0.3, exclude=("stem",)))
+    stats = out_stats["lowrank"]
     assert stats.selection == "budget"
     for plan in stats.layers:
         assert plan.params_after <= 0.3 * plan.params_before + 12  # bias stays whole
-    fixed = eo.apply(_net(), eo.LowRankConfig(method="tucker", rank=4, exclude=("stem",)))
-    plans = fixed.meta["edgeopt_lowrank"].layers
+    fixed, fixed_stats = eo.apply_with_stats(
+        _net(), eo.LowRankConfig(method="tucker", rank=4, exclude=("stem",)))
+    plans = fixed_stats["lowrank"].layers
     assert all(p.rank == [4, 4] for p in plans if p.type == "Conv2d")
 
 
 def test_sensitivity_records_accuracy_drop_and_finetunes():
     config = eo.LowRankConfig(selection="sensitivity", max_accuracy_drop=0.05,
                               sensitivity_samples=64, finetune_epochs=1, exclude=("stem",))
-    out = eo.apply(_net(), config, data=_data())
-    stats = out.meta["edgeopt_lowrank"]
+    out, out_stats = eo.apply_with_stats(_net(), config, data=_data())
+    stats = out_stats["lowrank"]
     assert len(stats.finetune_loss) == 1
     for plan in stats.layers:
         if plan.replaced:

@@ -53,7 +53,8 @@ def test_zeroed_channels_then_shrink_compute_the_same(name):
 
 def test_channel_pruning_exports_a_smaller_onnx_file(tmp_path):
     model = make(ResidualNet)
-    pruned = eo.apply(model, eo.PruneConfig(sparsity=0.5, structure="channel"), data=[X])
+    pruned, pruned_stats = eo.apply_with_stats(
+        model, eo.PruneConfig(sparsity=0.5, structure="channel"), data=[X])
     assert pruned is not model and _params(pruned) < 0.4 * _params(model)
     assert pruned(X).shape == model(X).shape
     assert pruned.conv1.out_channels == 4 and pruned.bn1.num_features == 4
@@ -61,7 +62,7 @@ def test_channel_pruning_exports_a_smaller_onnx_file(tmp_path):
     small = export_onnx(pruned, tmp_path / "p.onnx", X[:1])
     big = export_onnx(model, tmp_path / "d.onnx", X[:1])
     assert small.stat().st_size < 0.6 * big.stat().st_size
-    stats = pruned.meta["edgeopt_prune"]
+    stats = pruned_stats["prune"]
     assert stats.macs_after < 0.4 * stats.macs_before
     assert stats.channels_removed > 0 and stats.params_after == _params(pruned)
 
@@ -156,6 +157,7 @@ def test_nothing_to_remove_names_layers_and_reasons():
 
 
 def test_stats_say_why_channels_were_kept():
-    pruned = eo.apply(mlp(), eo.PruneConfig(sparsity=0.5, structure="channel"), data=[X])
-    pinned = pruned.meta["edgeopt_prune"].pinned
+    pruned, pruned_stats = eo.apply_with_stats(
+        mlp(), eo.PruneConfig(sparsity=0.5, structure="channel"), data=[X])
+    pinned = pruned_stats["prune"].pinned
     assert pinned == [{"name": "5", "channels": 5, "reasons": ["it reaches the model output"]}]

@@ -56,8 +56,9 @@ def test_n_m_keeps_n_of_every_m_inputs():
 
 
 def test_n_m_skips_layers_too_narrow_and_names_bad_ones():
-    pruned = eo.apply(make(DepthwiseNet), eo.PruneConfig(structure="n:m", sparsity=0.5))
-    skipped = {s["name"] for s in pruned.meta["edgeopt_prune"].skipped_layers}
+    pruned, pruned_stats = eo.apply_with_stats(
+        make(DepthwiseNet), eo.PruneConfig(structure="n:m", sparsity=0.5))
+    skipped = {s["name"] for s in pruned_stats["prune"].skipped_layers}
     assert skipped == {"pw1.weight", "dw.weight"}  # 1 input per output < m
     assert _sparsity(pruned.pw2.weight) == pytest.approx(0.5)
     with pytest.raises(ConfigError, match=r"PruneConfig.m=4 must divide .*'c' \(10 inputs\)"):
@@ -104,8 +105,8 @@ def test_nothing_prunable_is_a_model_error():
 
 
 def test_stats_record_layers_and_compact_size():
-    pruned = eo.apply(mlp(), eo.PruneConfig(sparsity=0.9), data=[X])
-    stats = pruned.meta["edgeopt_prune"].to_dict()
+    pruned, pruned_stats = eo.apply_with_stats(mlp(), eo.PruneConfig(sparsity=0.9), data=[X])
+    stats = pruned_stats["prune"].to_dict()
     assert stats["weight_sparsity"] == pytest.approx(0.9, abs=0.01)
     rows = {r["name"]: r for r in stats["layers"]}
     assert rows["1"]["sparsity"] == pytest.approx(0.9, abs=0.01)

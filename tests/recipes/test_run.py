@@ -54,7 +54,7 @@ def test_failed_run_leaves_nothing(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise DataError("calibration data is empty")
 
-    monkeypatch.setattr(edgeopt.api, "apply", fail)  # fails after the baseline was exported
+    monkeypatch.setattr(edgeopt.api, "apply_with_stats", fail)  # fails after the baseline was exported
     out = tmp_path / "run"
     with pytest.raises(DataError):
         run_recipe(TINY, out, progress=False)
@@ -75,8 +75,14 @@ def test_each_stage_reports_only_its_own_technique(tmp_path):
     chain = dict(TINY, stages=[
         {"name": "pruned", "technique": "prune",
          "config": {"sparsity": 0.5, "structure": "unstructured", "finetune_epochs": 0}},
-        {"name": "distilled", "technique": "distill", "config": {"epochs": 1}},
+        {"name": "clustered", "technique": "cluster", "config": {"clusters": 8}},
+        {"name": "int8", "technique": "quantize", "speed_guard": False,
+         "config": {"calibration_samples": 64}},
+        {"name": "distilled", "technique": "distill", "from": "baseline", "config": {"epochs": 1}},
     ])
     result = run_recipe(chain, tmp_path / "run", progress=False)
     stats = {s.name: sorted(s.technique_stats) for s in result.stages}
-    assert stats == {"baseline": [], "pruned": ["prune"], "distilled": ["distill"]}
+    assert stats == {"baseline": [], "pruned": ["prune"], "clustered": ["cluster"],
+                     "int8": ["quant"], "distilled": ["distill"]}
+    pruned = next(s for s in result.stages if s.name == "pruned")
+    assert pruned.technique_stats["prune"]["target_sparsity"] == 0.5

@@ -18,7 +18,7 @@ from edgeopt.clustering.modules import ClusteredLayer, clustered_param
 from edgeopt.clustering.primitives import cluster_rows, decode
 from edgeopt.clustering.storage import stored_size
 from edgeopt.errors import ConfigError, DataError, ModelError
-from edgeopt.registry import register
+from edgeopt.registry import Applied, register
 from edgeopt.training import fit
 
 
@@ -42,7 +42,7 @@ class ClusterStats:
 
 
 @register(ClusterConfig)
-def cluster(model: nn.Module, config: ClusterConfig, *, data: Any = None) -> nn.Module:
+def cluster(model: nn.Module, config: ClusterConfig, *, data: Any = None) -> Applied:
     """Return a copy of `model` whose chosen weights share `clusters` values per layer/channel."""
     if config.finetune_epochs and data is None:
         raise DataError("ClusterConfig.finetune_epochs > 0 needs training data; pass data=...")
@@ -81,9 +81,7 @@ def cluster(model: nn.Module, config: ClusterConfig, *, data: Any = None) -> nn.
         for entry in layer_stats:
             if record.name == f"{entry['name']}.{entry['param']}":
                 entry.update(stored_bytes=record.stored_bytes, encoding=record.encoding)
-    meta = getattr(model, "meta", None)
-    out.meta = {**(meta if isinstance(meta, dict) else {}), "edgeopt_cluster": stats}
-    return out.eval()
+    return Applied(out.eval(), {"cluster": stats})
 
 
 def _targets(model: nn.Module, config: ClusterConfig) -> list[tuple[str, nn.Module, str]]:

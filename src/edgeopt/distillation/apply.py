@@ -19,7 +19,7 @@ from edgeopt.distillation.features import (
     resolve_layer,
 )
 from edgeopt.errors import ConfigError, ConfigTypeError, DataError, ModelError
-from edgeopt.registry import register
+from edgeopt.registry import Applied, register
 from edgeopt.training import evaluate
 
 
@@ -51,7 +51,7 @@ def count_params(model: nn.Module) -> int:
 
 @register(DistillConfig)
 def distill(model: nn.Module, config: DistillConfig, *, data: Any = None,
-            teacher: nn.Module | None = None, progress: bool = True) -> nn.Module:
+            teacher: nn.Module | None = None, progress: bool = True) -> Applied:
     """Return a copy of `model` trained to match `teacher` (neither input is modified)."""
     if data is None:
         raise DataError("distillation needs training data; pass data=<train split>.")
@@ -81,9 +81,7 @@ def distill(model: nn.Module, config: DistillConfig, *, data: Any = None,
         features=_feature_stats(party), train_samples=_samples(train),
         val_samples=_samples(val), teacher_val_accuracy_before=teacher_acc,
         exits=list(config.exits), curves=curves)
-    meta = getattr(model, "meta", None)
-    student.meta = {**(meta if isinstance(meta, dict) else {}), "edgeopt_distill": stats}
-    return student.eval()
+    return Applied(student.eval(), {"distill": stats})
 
 
 def _check_teacher(teacher: Any, config: DistillConfig) -> nn.Module | None:

@@ -17,7 +17,7 @@ from edgeopt.errors import ConfigError, DataError, ModelError
 from edgeopt.lowrank.config import LowRankConfig, Selection
 from edgeopt.lowrank.layers import Decomposer, Factorized, count_macs, decomposer_for
 from edgeopt.lowrank.primitives import energy_kept
-from edgeopt.registry import register
+from edgeopt.registry import Applied, register
 from edgeopt.training import evaluate, fit
 
 _SYNTHETIC_EXTENT = 32  # spatial / temporal size of the stand-in input when no data is given
@@ -67,7 +67,7 @@ class LowRankStats:
 
 
 @register(LowRankConfig)
-def factorize(model: nn.Module, config: LowRankConfig, *, data: Any = None) -> nn.Module:
+def factorize(model: nn.Module, config: LowRankConfig, *, data: Any = None) -> Applied:
     """Return a copy of `model` with low-rank factorized layers (the input is not modified)."""
     selection = config.rank_selection
     if data is None and (selection is Selection.SENSITIVITY or config.finetune_epochs):
@@ -99,9 +99,7 @@ def factorize(model: nn.Module, config: LowRankConfig, *, data: Any = None) -> n
         macs_after=sum(p.macs_after if p.replaced else p.macs_before for p in plans),
         macs_input=macs_input, finetune_loss=history.train_loss if history else [],
         seconds=time.perf_counter() - start)
-    meta = getattr(model, "meta", None)
-    out.meta = {**(meta if isinstance(meta, dict) else {}), "edgeopt_lowrank": stats}
-    return out.eval()
+    return Applied(out.eval(), {"lowrank": stats})
 
 
 def _params(module: nn.Module) -> int:

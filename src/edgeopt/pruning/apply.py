@@ -1,7 +1,8 @@
 """The pruning handler: validate, (regularize), prune on a schedule, fine-tune, record stats.
 
-    pruned = eo.apply(model, eo.PruneConfig(sparsity=0.5, structure="channel"), data=train)
-    pruned.meta["edgeopt_prune"].to_dict()      # per-layer sparsity, params / MACs, rounds
+    pruned, stats = eo.apply_with_stats(model, eo.PruneConfig(sparsity=0.5, structure="channel"),
+                                        data=train)
+    stats["prune"].to_dict()      # per-layer sparsity, params / MACs, rounds
 
 The input model is never modified. Unstructured and N:M pruning return the same architecture
 with zeros baked into the weights; channel / head pruning returns physically smaller layers;
@@ -40,7 +41,7 @@ from edgeopt.pruning.schedules import finetune, polynomial_sparsity, round_spars
 from edgeopt.pruning.sensitivity import sensitivity_analysis
 from edgeopt.pruning.signals import recalibrate_batch_norm
 from edgeopt.pruning.stats import PruneStats, finish_stats, snapshot
-from edgeopt.registry import register
+from edgeopt.registry import Applied, register
 
 
 @dataclasses.dataclass
@@ -94,7 +95,7 @@ def _check_labels(config: PruneConfig, data: Any) -> None:
 
 @register(PruneConfig)
 def prune(model: nn.Module, config: PruneConfig, data: Any = None, *,
-          val_data: Any = None) -> nn.Module:
+          val_data: Any = None) -> Applied:
     """Prune a copy of `model` as `config` says; `val_data` (optional) replaces the held-out
     part of `data` for early stopping, the accuracy trend and sensitivity analysis."""
     check_inputs(model, config, data)
@@ -115,8 +116,7 @@ def prune(model: nn.Module, config: PruneConfig, data: Any = None, *,
     pruner.record(ctx.stats)
     finish_stats(ctx.stats, before, model, ctx.example, config.exclude)
     ctx.stats.seconds = time.perf_counter() - start
-    _attach(model, ctx.stats)
-    return model.eval()
+    return Applied(model.eval(), {"prune": ctx.stats})
 
 
 def _context(model: nn.Module, config: PruneConfig, data: Any, val_data: Any) -> Context:
@@ -130,14 +130,6 @@ def _context(model: nn.Module, config: PruneConfig, data: Any, val_data: Any) ->
                        target_sparsity=config.sparsity)
     example = example_batch(data) if data is not None else None
     return Context(config, train if data is not None else None, train, val, example, stats)
-
-
-def _attach(model: nn.Module, stats: PruneStats) -> None:
-    meta = getattr(model, "meta", None)
-    if not isinstance(meta, dict):
-        meta = {}
-        model.meta = meta  # type: ignore[assignment]
-    meta["edgeopt_prune"] = stats
 
 
 def _finetune(model: nn.Module, pruner: Pruner, ctx: Context, epochs: int, desc: str,

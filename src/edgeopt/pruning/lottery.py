@@ -48,5 +48,5 @@ def lottery_ticket(
     config = PruneConfig(sparsity=sparsity, structure="unstructured", criterion="magnitude",
                          scope=scope, schedule="iterative", steps=rounds, finetune_epochs=epochs,
                          lr=lr, rewind=rewind, advanced=advanced or AdvancedPrune())
-    ticket = prune(model, config, data, val_data=val_data)
-    return LotteryResult(ticket, list(ticket.meta["edgeopt_prune"].rounds))
+    ticket, stats = prune(model, config, data, val_data=val_data)
+    return LotteryResult(ticket, list(stats["prune"].rounds))

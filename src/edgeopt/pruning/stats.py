@@ -85,7 +85,8 @@ def _count_macs(model: nn.Module, example: torch.Tensor, rows: dict[str, dict[st
 
 @dataclasses.dataclass
 class PruneStats:
-    """Pruning statistics (`model.meta['edgeopt_prune']`); `to_dict()` for the report."""
+    """Pruning statistics (`eo.apply_with_stats(...).stats['prune']`); `to_dict()` for the
+    report."""
 
     structure: str
     criterion: str

@@ -199,6 +199,13 @@ class AdvancedQuantConfig(Config):
                           "a tuple of positive ints without the batch dimension", self.input_shape)
 
 
+_PLACEMENTS: dict[str, tuple[str, ...]] = {
+    "all layers": (),
+    "convolutions in float": ("Conv1d", "Conv2d"),
+    "Linear layers in float": ("Linear",),
+}
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class QuantConfig(Config):
     """Quantize a model. Default: int8 static post-training quantization (W8 per-channel, A8)."""
@@ -225,6 +232,17 @@ class QuantConfig(Config):
     sensitivity: bool = False  # also quantize one layer at a time and record each one's effect
     checkpoint_dir: str | None = None  # QAT: checkpoint every epoch here and resume from it
     advanced: AdvancedQuantConfig = dataclasses.field(default_factory=AdvancedQuantConfig)
+
+    def placements(self) -> dict[str, QuantConfig]:
+        """Where the speed guard may keep layers in float, the requested placement first.
+
+        Only static PTQ has alternatives: on tiny layers the runtime's Q/DQ overhead can cost
+        more than int8 arithmetic saves, and only a measurement tells.
+        """
+        if self.method is not Method.PTQ:
+            return {"all layers": self}
+        return {label: dataclasses.replace(self, exclude=tuple(self.exclude) + excluded)
+                for label, excluded in _PLACEMENTS.items()}
 
     def validate(self) -> None:
         for pattern, spec in self.weight_overrides.items():

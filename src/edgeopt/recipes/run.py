@@ -14,8 +14,8 @@ import torch.nn as nn
 
 from edgeopt import __version__
 from edgeopt.errors import OutputError
-from edgeopt.quantization.config import Method
 from edgeopt.recipes.schema import Recipe, Stage, load_recipe
+from edgeopt.registry import Applied
 
 
 @dataclasses.dataclass
@@ -115,11 +115,11 @@ def _execute(recipe: Recipe, folder: Path, progress: bool) -> list[StageResult]:
     results = [_measure_stage("baseline", "baseline", baseline, example, splits, recipe, folder,
                               scorer)]
     for stage in recipe.stages:
-        model = _apply_stage(stage, models, splits, recipe, example, folder)
+        model, stats = _apply_stage(stage, models, splits, recipe, example, folder)
         models[stage.name] = model
         result = _measure_stage(stage.name, stage.config.kind, model, example, splits, recipe,
                                 folder, scorer)
-        result.technique_stats = _technique_stats(model, models[stage.source])
+        result.technique_stats = {key: value.to_dict() for key, value in stats.items()}
         results.append(result)
     _compare(results, folder, splits, recipe, progress)
     return results
@@ -154,25 +154,25 @@ class _Scorer:
 
 
 def _apply_stage(stage: Stage, models: dict[str, nn.Module], splits: Any, recipe: Recipe,
-                 example: torch.Tensor, folder: Path) -> nn.Module:
-    from edgeopt.api import apply
+                 example: torch.Tensor, folder: Path) -> Applied:
+    from edgeopt.api import apply_with_stats
 
     data = splits.train if stage.data == "train" else splits.val
     source = models[stage.source]
-    if stage.speed_guard and getattr(stage.config, "method", None) == Method.PTQ:
+    placements = stage.config.placements() if hasattr(stage.config, "placements") else {}
+    if stage.speed_guard and len(placements) > 1:
         from edgeopt.recipes.speed import fastest_placement
 
         # the source stage's ONNX file is already in the run folder: time against that
-        model, choice = fastest_placement(source, folder / f"{stage.source}.onnx", stage.config,
-                                          data, example, splits.val,
-                                          threads=recipe.measure.threads,
-                                          rounds=recipe.measure.runs)
-        model.meta["edgeopt_speed"] = choice
-        return model
+        applied, choice = fastest_placement(source, folder / f"{stage.source}.onnx", placements,
+                                            data, example, splits.val,
+                                            threads=recipe.measure.threads,
+                                            rounds=recipe.measure.runs)
+        return Applied(applied.model, {**applied.stats, "speed": choice})
     kwargs: dict[str, Any] = {"data": data}
     if getattr(stage.config, "needs_teacher", False):
         kwargs["teacher"] = models["baseline"]
-    return apply(source, stage.config, **kwargs)
+    return apply_with_stats(source, stage.config, **kwargs)
 
 
 def _measure_stage(name: str, technique: str, model: nn.Module, example: torch.Tensor,
@@ -195,18 +195,6 @@ def _measure_stage(name: str, technique: str, model: nn.Module, example: torch.T
         peak_activation_bytes=prof.peak_activation_bytes,
         runtime={**m.to_dict(), "path": path.name},  # relative to the run folder
         profile_table=prof.to_markdown())
-
-
-def _technique_stats(model: nn.Module, source: nn.Module) -> dict[str, Any]:
-    """What this stage's technique recorded; statistics carried over from the source model
-    (techniques keep their input's meta) belong to the earlier stage and are left out."""
-    meta = getattr(model, "meta", None)
-    if not isinstance(meta, dict):
-        return {}
-    inherited = getattr(source, "meta", None)
-    inherited = inherited if isinstance(inherited, dict) else {}
-    return {k.removeprefix("edgeopt_"): v.to_dict() for k, v in meta.items()
-            if k.startswith("edgeopt_") and hasattr(v, "to_dict") and inherited.get(k) is not v}
 
 
 def _compare(results: list[StageResult], folder: Path, splits: Any, recipe: Recipe,

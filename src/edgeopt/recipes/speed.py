@@ -1,9 +1,9 @@
 """Speed guard: where integer kernels do not pay on this runtime, keep those layers in float.
 
 On tiny layers ONNX Runtime's Q/DQ and layout overhead can outweigh int8 arithmetic (a LeNet-5
-ran 0.54x the fp32 speed fully quantized). A quantize stage with the guard on builds a few
-placements — all layers, convolutions left float, Linear layers left float — measures each
-exported file side by side with the source model, and keeps the fastest.
+ran 0.54x the fp32 speed fully quantized). A stage whose config offers placements (QuantConfig
+with method='ptq': all layers, convolutions left float, Linear layers left float) builds each,
+measures each exported file side by side with the source model, and keeps the fastest.
 """
 
 from __future__ import annotations
@@ -17,13 +17,9 @@ import torch
 import torch.nn as nn
 
 from edgeopt.errors import EdgeoptError
+from edgeopt.registry import Applied
 
 MARGIN = 0.05  # another placement must be this much faster to replace the requested one
-PLACEMENTS: dict[str, tuple[str, ...]] = {
-    "all layers": (),
-    "convolutions in float": ("Conv1d", "Conv2d"),
-    "Linear layers in float": ("Linear",),
-}
 
 
 @dataclasses.dataclass
@@ -35,32 +31,32 @@ class SpeedChoice:
         return dataclasses.asdict(self)
 
 
-def fastest_placement(source: nn.Module, source_onnx: Path, config: Any, data: Any,
-                      example: torch.Tensor, timing_data: Any, *, threads: int, rounds: int
-                      ) -> tuple[nn.Module, SpeedChoice]:
-    """Apply `config` with each placement and keep the quantized model that runs fastest.
-
-    `source_onnx` is the source model already exported: every placement is timed against it.
-    """
-    from edgeopt.api import apply
+def fastest_placement(source: nn.Module, source_onnx: Path, placements: dict[str, Any],
+                      data: Any, example: torch.Tensor, timing_data: Any, *, threads: int,
+                      rounds: int) -> tuple[Applied, SpeedChoice]:
+    """Apply each candidate config (`placements`, the requested one first, from the config's
+    `placements()`) and keep the result that runs fastest against `source_onnx`, the source
+    model already exported."""
+    from edgeopt.api import apply_with_stats
     from edgeopt.export.onnx import export_onnx
     from edgeopt.runtime.measure import compare_latency
 
-    models: dict[str, nn.Module] = {}
+    requested = next(iter(placements))
+    results: dict[str, Applied] = {}
     with tempfile.TemporaryDirectory(prefix="edgeopt-speed-") as tmp:
         paths = [Path(source_onnx)]
-        for label, excluded in PLACEMENTS.items():
-            candidate = dataclasses.replace(config, exclude=tuple(config.exclude) + excluded)
+        for label, candidate in placements.items():
             try:
-                models[label] = apply(source, candidate, data=data)
+                results[label] = apply_with_stats(source, candidate, data=data)
             except EdgeoptError:
-                if not excluded:
+                if label == requested:
                     raise  # the placement the user asked for must work
                 continue  # e.g. nothing left to quantize once a layer type is excluded
-            paths.append(export_onnx(models[label], Path(tmp) / f"{len(paths)}.onnx", example))
+            paths.append(export_onnx(results[label].model, Path(tmp) / f"{len(paths)}.onnx",
+                                     example))
         medians = compare_latency(paths, timing_data, threads=threads, rounds=rounds)
-    speedups = {label: medians[0] / m for label, m in zip(models, medians[1:])}
+    speedups = {label: medians[0] / m for label, m in zip(results, medians[1:])}
     chosen = max(speedups, key=lambda label: speedups[label])
-    if speedups[chosen] < speedups["all layers"] * (1 + MARGIN):
-        chosen = "all layers"  # within timing noise: keep what the user asked for
-    return models[chosen], SpeedChoice(chosen=chosen, speedups=speedups)
+    if speedups[chosen] < speedups[requested] * (1 + MARGIN):
+        chosen = requested  # within timing noise: keep what the user asked for
+    return results[chosen], SpeedChoice(chosen=chosen, speedups=speedups)
