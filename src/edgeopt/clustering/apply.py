@@ -19,6 +19,7 @@ from edgeopt.clustering.primitives import cluster_rows, decode
 from edgeopt.clustering.storage import stored_size
 from edgeopt.errors import ConfigError, DataError, ModelError
 from edgeopt.registry import Applied, register
+from edgeopt.surgery import set_submodule
 from edgeopt.training import fit
 
 
@@ -60,7 +61,7 @@ def cluster(model: nn.Module, config: ClusterConfig, *, data: Any = None) -> App
                                         preserve_sparsity=config.preserve_sparsity,
                                         iterations=config.iterations, seed=config.seed)
         wrapped[name] = ClusteredLayer(layer, param, centroids, codes)
-        _set_submodule(out, name, wrapped[name])
+        set_submodule(out, name, wrapped[name])
     history = None
     if config.finetune_epochs:
         history = fit(out, data, epochs=config.finetune_epochs, lr=config.lr,
@@ -69,7 +70,7 @@ def cluster(model: nn.Module, config: ClusterConfig, *, data: Any = None) -> App
     layer_stats = []
     for name, module in wrapped.items():
         layer_stats.append(_layer_stats(name, module, config))
-        _set_submodule(out, name, module.bake())
+        set_submodule(out, name, module.bake())
     after = stored_size(out)
     stats = ClusterStats(
         clusters=config.clusters, init=config.init.value, granularity=config.granularity.value,
@@ -135,8 +136,3 @@ def _layer_stats(name: str, module: ClusteredLayer, config: ClusterConfig) -> di
         "index_bits": math.ceil(math.log2(config.clusters + (nonzero < weight.numel()))),
         "centroids": module.centroids.detach().flatten().tolist()[:config.clusters],
     }
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)

@@ -18,6 +18,7 @@ from edgeopt.lowrank.config import LowRankConfig, Selection
 from edgeopt.lowrank.layers import Decomposer, Factorized, count_macs, decomposer_for
 from edgeopt.lowrank.primitives import energy_kept
 from edgeopt.registry import Applied, register
+from edgeopt.surgery import set_submodule
 from edgeopt.training import evaluate, fit
 
 _SYNTHETIC_EXTENT = 32  # spatial / temporal size of the stand-in input when no data is given
@@ -87,7 +88,7 @@ def factorize(model: nn.Module, config: LowRankConfig, *, data: Any = None) -> A
                    for name, layer, dec in candidates]
     for plan, module in planned:
         if plan.replaced:
-            _set_submodule(out, plan.name, module)
+            set_submodule(out, plan.name, module)
     plans = [plan for plan, _ in planned]
     history = fit(out, data, epochs=config.finetune_epochs, lr=config.lr,
                   batch_size=config.batch_size, seed=config.seed,
@@ -246,9 +247,9 @@ def _sensitivity_plans(model: nn.Module, candidates: list[tuple[str, nn.Module, 
             plan, module = _plan(name, layer, dec, shapes[name], rank, config)
             if not plan.replaced:
                 continue
-            _set_submodule(model, name, module)
+            set_submodule(model, name, module)
             plan.accuracy_drop = base - evaluate(model, batches)
-            _set_submodule(model, name, layer)
+            set_submodule(model, name, layer)
             if plan.accuracy_drop <= config.max_accuracy_drop:
                 chosen = (plan, module)
                 break
@@ -259,8 +260,3 @@ def _sensitivity_plans(model: nn.Module, candidates: list[tuple[str, nn.Module, 
                                 f"{config.max_accuracy_drop}")
         plans.append(chosen)
     return plans
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)

@@ -4,22 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from edgeopt.text import human
+
 if TYPE_CHECKING:
     from edgeopt.profile.layers import ModelProfile
-
-
-def human(value: float, unit: str = "") -> str:
-    """1234 -> '1.23k', 5.6e6 -> '5.6M'; with unit 'B', binary steps: 2048 -> '2 KiB'."""
-    step, names = (
-        (1024.0, ["B", "KiB", "MiB", "GiB", "TiB"])
-        if unit == "B"
-        else (1000.0, ["", "k", "M", "G", "T"])
-    )
-    for name in names[:-1]:
-        if abs(value) < step:
-            return f"{value:.3g}{' ' if unit == 'B' else ''}{name}"
-        value /= step
-    return f"{value:.3g}{' ' if unit == 'B' else ''}{names[-1]}"
 
 
 def markdown_table(profile: ModelProfile, *, max_rows: int = 40) -> str:

@@ -22,7 +22,7 @@ from edgeopt.pruning.config import Criterion, PruneConfig
 from edgeopt.pruning.graph import export_program
 from edgeopt.pruning.importance import CRITERIA
 from edgeopt.pruning.signals import collect_gradients
-from edgeopt.pruning.surgery import replace_module
+from edgeopt.surgery import set_submodule
 
 aten = torch.ops.aten
 _ADDS = {aten.add, aten.add_}
@@ -151,7 +151,7 @@ def bypass(model: nn.Module, blocks: list[Block], example: torch.Tensor) -> None
     """Replace each block by `Bypass` in place."""
     arities = {b.name: _arity(model, b, example) for b in blocks}
     for block in blocks:
-        replace_module(model, block.name, Bypass(_activation_module(block.activation),
+        set_submodule(model, block.name, Bypass(_activation_module(block.activation),
                                                  arities[block.name]))
 
 
@@ -215,8 +215,8 @@ def _loss_scores(model: nn.Module, blocks: list[Block], data: Any, batches: int,
     base, out = loss(), []
     for block in blocks:
         original = model.get_submodule(block.name)
-        replace_module(model, block.name, Bypass(_activation_module(block.activation),
+        set_submodule(model, block.name, Bypass(_activation_module(block.activation),
                                                  _arity(model, block, batches_list[0][0][:1])))
         out.append(loss() - base)
-        replace_module(model, block.name, original)
+        set_submodule(model, block.name, original)
     return np.array(out)

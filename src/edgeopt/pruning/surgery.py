@@ -166,9 +166,3 @@ def zero_channels(model: nn.Module, masks: dict[Key, np.ndarray]) -> None:
         shape = [1] * tensor.dim()
         shape[dim] = -1
         tensor.mul_(torch.from_numpy(keep).to(tensor.dtype).reshape(shape))
-
-
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)

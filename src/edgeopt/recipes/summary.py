@@ -5,19 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from edgeopt.report.table import summary_rows
+from edgeopt.text import markdown_table
 
 if TYPE_CHECKING:
     from edgeopt.recipes.run import RunResult
-
-
-def markdown_table(rows: list[dict[str, str]]) -> str:
-    """A GitHub-flavoured markdown table of rows sharing the same keys."""
-    if not rows:
-        return ""
-    head = list(rows[0])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r[h] for h in head) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def render_summary(result: RunResult) -> str:

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgeopt.text import human, human_bytes
+
+__all__ = ["COLUMNS", "NA", "human", "human_bytes", "percent", "summary_rows"]
+
 COLUMNS = ("stage", "technique", "accuracy", "Δ acc", "size", "smaller", "stored", "latency",
            "speedup", "MACs", "params", "peak mem", "int8 kernels")
 NA = "n/a"
@@ -52,24 +56,6 @@ def _score_cell(s: dict[str, Any]) -> str:
 def percent(value: float) -> str:
     """Accuracy as percent: values in 0..1 are fractions, larger ones already percent."""
     return f"{100 * value:.2f} %" if abs(value) <= 1 else f"{value:.2f} %"
-
-
-def human(value: float) -> str:
-    """1234 -> '1.23k', 5.6e6 -> '5.6M'."""
-    for unit in ("", "k", "M", "G"):
-        if abs(value) < 1000:
-            return f"{value:.3g}{unit}"
-        value /= 1000
-    return f"{value:.3g}T"
-
-
-def human_bytes(value: float) -> str:
-    """2048 -> '2.0 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(value)
 
 
 def _kernels(runtime: dict[str, Any]) -> str:
