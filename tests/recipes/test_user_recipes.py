@@ -48,7 +48,9 @@ def test_worked_example_runs_through_the_cli_without_retraining(tmp_path):
     assert base["accuracy"] == pytest.approx(expected, abs=1e-9)
     assert base["metric"] == "top1" and base["score"] == base["accuracy"]
     assert int8["accuracy"] > expected - 0.02
-    assert int8["size_bytes"] < base["size_bytes"] / 2.5
+    assert int8["size_bytes"] < base["size_bytes"]
+    if int8["technique_stats"]["speed"]["chosen"] == "all layers":  # the speed guard may keep
+        assert int8["size_bytes"] < base["size_bytes"] / 2.5  # a layer float where it pays
     assert metrics["model"] == "build" and metrics["data"] == "train.npz"
 
 
