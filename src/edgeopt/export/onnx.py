@@ -242,11 +242,15 @@ def _export(
 
 @contextlib.contextmanager
 def _silenced() -> Iterator[None]:
-    """Swallow the exporter's prints, warnings and log lines (it logs through many loggers)."""
+    """Swallow the exporter's prints, warnings and log lines (it logs through many loggers, some
+    of them error-level with whole tracebacks, and C++ code writes to the file descriptors
+    directly): a failed attempt that export_onnx recovers from must not flood the terminal.
+    Its error still reaches the caller as an exception."""
     previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
+    logging.disable(logging.CRITICAL)
     try:
         with (
+            _descriptors_to_sink(),
             contextlib.redirect_stdout(io.StringIO()),
             contextlib.redirect_stderr(io.StringIO()),
             warnings.catch_warnings(),
@@ -255,6 +259,28 @@ def _silenced() -> Iterator[None]:
             yield
     finally:
         logging.disable(previous)
+
+
+@contextlib.contextmanager
+def _descriptors_to_sink() -> Iterator[None]:
+    """Point file descriptors 1 and 2 at a temporary file for the duration (where they exist)."""
+    import sys
+    import tempfile
+
+    saved: list[tuple[int, int]] = []
+    with tempfile.TemporaryFile() as sink:
+        try:
+            for stream, fd in ((sys.stdout, 1), (sys.stderr, 2)):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+                with contextlib.suppress(OSError):
+                    saved.append((fd, os.dup(fd)))
+                    os.dup2(sink.fileno(), fd)
+            yield
+        finally:
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
 
 
 def _describe_failure(model: nn.Module, exc: BaseException) -> str:
@@ -331,11 +357,13 @@ def _check(data: bytes, args: tuple[torch.Tensor, ...], model: nn.Module, atol: 
     with torch.no_grad():
         reference = model(*args)
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: a failure comes back as the exception's text
+    run_options = ort.RunOptions()
+    run_options.log_severity_level = 4
     try:
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(session.get_inputs(), args)}
-        outputs = session.run(None, feeds)
+        outputs = session.run(None, feeds, run_options)
     except Exception as exc:
         raise ExportError(f"ONNX Runtime cannot run the exported model: {str(exc)[:500]}") from exc
     expected = [
@@ -355,8 +383,10 @@ def _check(data: bytes, args: tuple[torch.Tensor, ...], model: nn.Module, atol: 
         )
         scale = max(1.0, float(np.max(np.abs(theirs), initial=0.0)))
         if not diff <= atol * scale:
+            from edgeopt.export.divergence import first_divergence
+
             raise ExportError(
                 f"ONNX Runtime output {index} differs from PyTorch: max abs diff {diff:.3g} > "
-                f"atol {atol:g} x output scale {scale:.3g}. Check custom translations, or "
-                "pass a larger atol for quantized models."
+                f"atol {atol:g} x output scale {scale:.3g}.{first_divergence(data, args, model)}"
+                " Check custom translations, or pass a larger atol for quantized models."
             )

@@ -261,6 +261,8 @@ def _finish_layers(model: nn.Module, names: list[str]) -> None:
         if quantizer is not None and isinstance(layer, QuantizedWeightLayer):
             layer.quantize_bias(quantizer.scale)
         meta["edgeopt_quant"].layers.append(layer_stats(name, layer, quantizer))
+    if isinstance(model, fx.GraphModule):  # simulate the runtime's fused kernels exactly
+        qgraph.attach_fused_kernels(model)
 
 
 @torch.no_grad()

@@ -98,11 +98,17 @@ def _replace_submodule(gm: fx.GraphModule, target: str, new: nn.Module) -> None:
 
 
 def is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """ReLU-like: clips at zero from below (ReLU, ReLU6 in any spelling, per-channel clamps).
+
+    The quantizer goes after it: one placed before a ReLU6 (an exported graph's hardtanh) wasted
+    half its levels on negatives and re-quantized the clipped result, so one step of the first
+    quantizer became ~36 steps of the second and the runtime diverged from PyTorch.
+    """
     module = _module(gm, node)
     if module is not None:
         return isinstance(module, _RELUS_MODULES)
     return node.op == "call_function" and node.target in _RELU_FUNCTIONS or (
-        node.op == "call_method" and node.target == "relu")
+        node.op == "call_method" and node.target == "relu") or is_relu6(gm, node)
 
 
 def is_relu6(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -219,3 +225,87 @@ def _quantize_output(gm: fx.GraphModule, node: fx.Node, quantize_after: Callable
     if all(user.op == "output" for user in users):
         return  # the last layer's float output keeps full precision (QGemm writes float)
     quantize_after(node)
+
+
+# --- where ONNX Runtime fuses integer kernels ---------------------------------------------------
+
+
+def grid_source(gm: fx.GraphModule, node: object) -> ActQuant | None:
+    """The quantizer whose grid a value is on: its own, or its input's through pass-through ops."""
+    while isinstance(node, fx.Node):
+        module = _module(gm, node)
+        if isinstance(module, ActQuant):
+            return module if module.frozen else None
+        if not (is_pass_through(gm, node) and node.args):
+            return None
+        node = node.args[0]
+    return None
+
+
+def fused_output(gm: fx.GraphModule, node: fx.Node) -> ActQuant | None:
+    """The quantizer the runtime folds into `node`'s kernel: its only reader, possibly after one
+    ReLU / ReLU6 that the quantizer's range makes redundant (the runtime then drops it)."""
+    users = list(node.users)
+    if len(users) != 1:
+        return None
+    user, upper = users[0], None
+    if is_relu(gm, user):
+        if isinstance(_module(gm, user), ChannelClamp) or len(user.users) != 1:
+            return None
+        upper = 6.0 if is_relu6(gm, user) else float("inf")
+        user = next(iter(user.users))
+    quantizer = _module(gm, user)
+    if not isinstance(quantizer, ActQuant) or not quantizer.frozen:
+        return None
+    if upper is not None and not clips_within(quantizer, 0.0, upper):
+        return None
+    return quantizer
+
+
+def clips_within(quantizer: ActQuant, lower: float, upper: float) -> bool:
+    """Whether the quantizer's own range lies inside [lower, upper] (float32, as ONNX Runtime's
+    Relu/Clip-into-QuantizeLinear fusion tests it), so a clip before it changes nothing."""
+    scale, zero, qmin, qmax = quantizer.qparams()
+    eps = float(torch.finfo(torch.float32).eps)
+    s = torch.tensor(scale, dtype=torch.float32)
+    low, high = float(s * float(qmin - zero)), float(s * float(qmax - zero))
+    return low >= lower - eps and high <= upper + eps
+
+
+def attach_fused_kernels(gm: fx.GraphModule) -> int:
+    """Let each quantized layer and residual add whose quantizers the runtime fuses into one
+    integer kernel (QLinearConv, QGemm, QLinearAdd) compute exactly what that kernel computes.
+    Returns how many were attached."""
+    from edgeopt.quantization.modules import FusedKernel, QuantizedAdd, QuantizedWeightLayer
+
+    attached = 0
+    for node in list(gm.graph.nodes):
+        module = _module(gm, node)
+        if isinstance(module, QuantizedWeightLayer) and module.input_quantizer is None:
+            source, output = grid_source(gm, node.args[0]), fused_output(gm, node)
+            if source is not None and output is not None:
+                module.fused = FusedKernel(source, output)
+                attached += 1
+        elif node.op == "call_function" and node.target in _ADD_FUNCTIONS and not node.kwargs:
+            attached += _attach_add(gm, node, QuantizedAdd)
+    gm.graph.lint()
+    gm.recompile()
+    return attached
+
+
+def _attach_add(gm: fx.GraphModule, node: fx.Node, kind: type[nn.Module]) -> int:
+    if len(node.args) != 2:
+        return 0
+    a, b = (grid_source(gm, arg) for arg in node.args)
+    output = fused_output(gm, node)
+    if a is None or b is None or output is None:
+        return 0
+    name = next(f"quantized_add_{i}" for i in range(len(gm.graph.nodes) + 1)
+                if not hasattr(gm, f"quantized_add_{i}"))
+    gm.add_submodule(name, kind(a, b, output))
+    with gm.graph.inserting_after(node):
+        call = gm.graph.call_module(name, tuple(node.args))
+    call.meta = dict(node.meta)
+    node.replace_all_uses_with(call)
+    gm.graph.erase_node(node)
+    return 1

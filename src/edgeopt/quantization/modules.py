@@ -15,10 +15,15 @@ from edgeopt.quantization import ops
 from edgeopt.quantization.config import Granularity, QuantSpec
 from edgeopt.quantization.observers import Observer
 from edgeopt.quantization.primitives import (
+    bias_safe_weight_scale,
     choose_qparams,
     group_minmax,
+    integer_accumulate,
     lsq_fake_quantize,
+    qlinear_add,
     quantize,
+    requant_multiplier,
+    requantize,
     spec_range,
     weight_minmax,
 )
@@ -60,6 +65,11 @@ class ActQuant(nn.Module):
                                      self.zero_point.float(), qmin, qmax)
         return ops.quantize_dequantize(x, self.scale, self.zero_point)
 
+    def qparams(self) -> tuple[float, int, int, int]:
+        """Frozen scale, zero point and integer range."""
+        qmin, qmax = ops.dtype_range(self.zero_point.dtype)
+        return float(self.scale), int(self.zero_point), qmin, qmax
+
     def start_learning(self) -> None:
         """QAT: the frozen scale becomes a trainable parameter (LSQ)."""
         self.learned_scale = nn.Parameter(self.scale.detach().clone())
@@ -99,6 +109,23 @@ def _clipping(observer: Observer, low: float, high: float) -> dict[str, float]:
     centers = (edges[:-1] + edges[1:]) / 2
     outside = hist[(centers < low) | (centers > high)].sum()
     return {"clip_ratio": float(outside / hist.sum()), "range_min": low, "range_max": high}
+
+
+def runs_exactly(x: Any) -> bool:
+    """Whether a fused integer kernel may be computed exactly here: on a real tensor that needs
+    no gradient (tracing and export see the plain float ops the runtime fuses; training passes
+    gradients through the float ops)."""
+    return (isinstance(x, torch.Tensor) and not (torch.is_grad_enabled() and x.requires_grad)
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedKernel:
+    """The quantizers ONNX Runtime folds into a fused integer kernel: the one whose grid the
+    input is on and the one that quantizes the result (after a ReLU it makes redundant)."""
+
+    input: ActQuant
+    output: ActQuant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +188,7 @@ class QuantizedWeightLayer(nn.Module):
         self.register_buffer("bias_scale", None)
         self.register_buffer("bias_zero_point", None)
         self.input_quantizer: nn.Module | None = None  # set for dynamic quantization
+        self.fused: FusedKernel | None = None  # set once the runtime's kernel is known
 
     @property
     def per_channel(self) -> bool:
@@ -175,16 +203,35 @@ class QuantizedWeightLayer(nn.Module):
         return self.bias_float
 
     @torch.no_grad()
-    def quantize_bias(self, input_scale: torch.Tensor) -> None:
-        """Store the bias as int32 in the accumulator's scale (input scale x weight scale)."""
+    def quantize_bias(self, input_scale: torch.Tensor) -> int:
+        """Store the bias as int32 in the accumulator's scale (input scale x weight scale).
+
+        Channels whose bias would not fit in int32 beside the accumulator get a wider weight
+        scale first (see `bias_safe_weight_scale`); returns how many were widened.
+        """
         if self.bias_float is None:
-            return
+            return 0
+        widened = self._widen_weight_scale(bias_safe_weight_scale(
+            self.bias_float, input_scale, self.weight_scale, self.weight_q[0].numel()))
         scale = (input_scale * self.weight_scale).reshape(-1).expand_as(self.bias_float).clone()
         zero = torch.zeros_like(scale, dtype=torch.int32)
         qmin, qmax = ops.dtype_range(torch.int32)
         self.bias_q = quantize(self.bias_float, scale, zero, qmin, qmax)
         self.bias_scale, self.bias_zero_point = scale, zero
         self.bias_float = None
+        return widened
+
+    @torch.no_grad()
+    def _widen_weight_scale(self, scale: torch.Tensor) -> int:
+        """Re-store the integer weights on a (per channel) wider scale; count changed scales."""
+        changed = int((scale > self.weight_scale).sum())
+        if changed:
+            qmin, qmax = spec_range(self.spec, is_weight=True)
+            weight = self.weight()
+            self.weight_q = quantize(weight, scale, self.weight_zero_point.to(torch.int32),
+                                     qmin, qmax).to(self.weight_q.dtype)
+            self.weight_scale = scale.to(self.weight_scale.dtype).clone()
+        return changed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_quantizer is not None:
@@ -192,7 +239,24 @@ class QuantizedWeightLayer(nn.Module):
             y = self._functional(self.input_quantizer(x), self.weight(), None,
                                  **self._hyperparameters)
             return y + self.bias_float if self.bias_float is not None else y
+        if self.fused is not None and self.bias_float is None and runs_exactly(x) and (
+                x.dim() == 2 or self.float_type != "Linear"):  # Linear on 3-D is MatMul + Add
+            return self._fused_forward(x, self.fused)
         return self._functional(x, self.weight(), self.bias(), **self._hyperparameters)
+
+    def _fused_forward(self, x: torch.Tensor, fused: FusedKernel) -> torch.Tensor:
+        """QLinearConv / QGemm exactly: the integer accumulator, requantized to the output grid
+        (returned dequantized, so the output quantizer and a ReLU before it change nothing)."""
+        in_scale, in_zero, _, _ = fused.input.qparams()
+        out_scale, out_zero, qmin, qmax = fused.output.qparams()
+        codes = torch.round(x / fused.input.scale)  # the input minus its zero point, exactly
+        shape = (-1,) + (1,) * (self.weight_q.dim() - 1)
+        zero = self.weight_zero_point.float().reshape(shape) if self.weight_zero_point.dim() \
+            else self.weight_zero_point.float()
+        acc = integer_accumulate(self._functional, codes, self.weight_q.float() - zero,
+                                 self.bias_q, self._hyperparameters)
+        multiplier = requant_multiplier(fused.input.scale, self.weight_scale, fused.output.scale)
+        return requantize(acc, multiplier, out_zero, qmin, qmax) * fused.output.scale
 
     def stored_parameters(self) -> list[torch.Tensor]:
         """The weights as stored (integers), for size and parameter counts."""
@@ -251,6 +315,25 @@ class ChannelScale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.factor
+
+
+class QuantizedAdd(nn.Module):
+    """A residual add that ONNX Runtime runs as QLinearAdd, computed as that kernel computes it;
+    while tracing or exporting it is a plain add (the Add between DQ and Q the runtime fuses)."""
+
+    def __init__(self, a: ActQuant, b: ActQuant, output: ActQuant) -> None:
+        super().__init__()
+        self.quantizers = (a, b, output)  # a tuple: not submodules, they live in the graph
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if not (runs_exactly(a) and runs_exactly(b) and a.shape == b.shape):
+            return a + b
+        qa, qb, out = self.quantizers
+        (sa, za, _, _), (sb, zb, _, _) = qa.qparams(), qb.qparams()
+        sc, zc, qmin, qmax = out.qparams()
+        codes = qlinear_add(torch.round(a / qa.scale) + za, torch.round(b / qb.scale) + zb,
+                            (sa, za), (sb, zb), (sc, zc), qmin, qmax)
+        return (codes - zc) * out.scale
 
 
 class DynamicActQuant(nn.Module):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -58,6 +60,36 @@ def choose_qparams(
     if zero_point is None:
         zero_point = torch.clamp(torch.round(qmin - min_val / scale), qmin, qmax)
     return scale, zero_point.to(torch.int32)
+
+
+def int32_bias_bound(fan_in: int, input_levels: int = 255, weight_levels: int = 128) -> int:
+    """The largest |int32 bias| an integer kernel can add to its accumulator without overflow.
+
+    The accumulator sums `fan_in` products of (input - zero point) and a weight, each at most
+    `input_levels * weight_levels` in magnitude; the bias must leave room for all of them.
+    """
+    return 2**31 - 1 - fan_in * input_levels * weight_levels
+
+
+@torch.no_grad()
+def bias_safe_weight_scale(bias: torch.Tensor, input_scale: torch.Tensor,
+                           weight_scale: torch.Tensor, fan_in: int) -> torch.Tensor:
+    """The weight scale, widened where the int32 bias (in units of input_scale x weight_scale)
+    would not fit beside the accumulator.
+
+    Trained networks have channels whose weights are ~0 (batch norm with gamma ~ 0) and whose
+    output is their bias: with the tiny scale their weights give, the bias saturates int32 and
+    the runtime's accumulator wraps around. The wider scale rounds those ~0 weights to 0 and
+    keeps the bias exact. Per-tensor scales (0-d) widen as a whole. The target is half the
+    bound: float32 rounds the quantized bias by up to 2**7 near 2**31.
+    """
+    target = int32_bias_bound(fan_in) / 2
+    needed = bias.detach().abs().float() / (input_scale.float() * target)
+    if weight_scale.dim() == 0:
+        needed = needed.max()
+    else:
+        needed = needed.reshape(weight_scale.shape)
+    return torch.maximum(weight_scale, needed)
 
 
 def _broadcast(param: torch.Tensor, like: torch.Tensor, axis: int) -> torch.Tensor:
@@ -151,3 +183,65 @@ def group_minmax(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, t
     k, n = weight.shape
     blocks = weight.reshape(k // group_size, group_size, n)
     return blocks.min(dim=1).values, blocks.max(dim=1).values
+
+
+# --- the runtime's fused integer kernels, computed exactly -------------------------------------
+# ONNX Runtime fuses DQ -> Conv/Gemm -> Q into QLinearConv/QGemm and DQ -> Add -> Q into
+# QLinearAdd. Their arithmetic differs from "float op, then QuantizeLinear" by rounding ties
+# only, but through a deep network rare flips compound. These functions compute what the x86
+# kernels compute, bit for bit (tests check them against ONNX Runtime itself).
+
+_F32_EXACT = 2**24  # every integer below this magnitude is exact in float32
+
+
+@torch.no_grad()
+def integer_accumulate(functional: Callable[..., torch.Tensor], x: torch.Tensor,
+                       weight: torch.Tensor, bias: torch.Tensor | None,
+                       hyperparameters: dict[str, Any]) -> torch.Tensor:
+    """The int32 accumulator of a conv/linear on integer-valued inputs, exactly (float64).
+
+    float32 is used while no partial sum can reach 2**24 (it is exact there and faster).
+    """
+    bound = weight[0].numel() * float(x.abs().max()) * float(weight.abs().max())
+    dtype = torch.float32 if bound < _F32_EXACT else torch.float64
+    acc = functional(x.to(dtype), weight.to(dtype), None, **hyperparameters).double()
+    if bias is None:
+        return acc
+    shape = [1, -1] + [1] * (acc.dim() - 2)
+    return acc + bias.double().reshape(shape)
+
+
+def requant_multiplier(input_scale: torch.Tensor, weight_scale: torch.Tensor,
+                       output_scale: torch.Tensor) -> torch.Tensor:
+    """input_scale * weight_scale / output_scale in float32, operation by operation, as the
+    runtime computes it for QLinearConv / QGemm."""
+    return (input_scale.float() * weight_scale.float()) / output_scale.float()
+
+
+@torch.no_grad()
+def requantize(acc: torch.Tensor, multiplier: torch.Tensor, zero_point: int, qmin: int,
+               qmax: int) -> torch.Tensor:
+    """float32(acc) * multiplier per output channel (dim 1), rounded half to even and saturated;
+    returns the integer minus the zero point (as float)."""
+    shape = [1, -1] + [1] * (acc.dim() - 2) if multiplier.dim() else []
+    value = acc.float() * multiplier.reshape(shape)
+    return torch.clamp(torch.round(value), qmin - zero_point, qmax - zero_point)
+
+
+@torch.no_grad()
+def qlinear_add(a: torch.Tensor, b: torch.Tensor, a_qparams: tuple[float, int],
+                b_qparams: tuple[float, int], out_qparams: tuple[float, int], qmin: int,
+                qmax: int) -> torch.Tensor:
+    """ONNX Runtime's QLinearAdd on x86 (AVX2 and up) for integer codes `a`, `b` (as float):
+    fma(a, sa/sc, fma(b, sb/sc, zc - (sa/sc*za + sb/sc*zb))), rounded half to even, saturated.
+    Returns the output codes. float64 holds each fused multiply-add exactly before its one
+    float32 rounding."""
+    (sa, za), (sb, zb), (sc, zc) = a_qparams, b_qparams, out_qparams
+    f32 = torch.float32
+    ra = (torch.tensor(sa, dtype=f32) / torch.tensor(sc, dtype=f32)).double()
+    rb = (torch.tensor(sb, dtype=f32) / torch.tensor(sc, dtype=f32)).double()
+    rb_zb = (rb * zb).float().double()
+    fixed = (torch.tensor(float(zc), dtype=f32) - (ra * za + rb_zb).float()).double()
+    t = (b.double() * rb + fixed).float()
+    t = (a.double() * ra + t.double()).float()
+    return torch.clamp(torch.round(t), qmin, qmax)
