@@ -43,7 +43,7 @@ def test_mini_xception_residual_cnn_int8_agrees_with_fp32(tmp_path):
     assert np.mean(np.abs(simulated - outputs) <= step * 1.01) >= 0.99
     m = measure(int8, case.eval_inputs[:4], runs=1, warmup=0)
     assert m.runs_int8 and m.int8_ops.get("QLinearAdd", 0) >= 3  # the residual adds
-    assert m.size_bytes < 0.45 * measure(fp32, case.eval_inputs[:4], runs=1, warmup=0).size_bytes
+    assert m.size_bytes < 0.5 * measure(fp32, case.eval_inputs[:4], runs=1, warmup=0).size_bytes
 
 
 def _output_step(outputs: np.ndarray) -> float:
