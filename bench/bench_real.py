@@ -37,9 +37,9 @@ def edgeopt_variants(case: real_models.RealCase) -> dict[str, eo.QuantConfig]:
     if case.metric == "cosine":  # transformer encoder: MatMul-heavy
         return {"edgeopt dynamic": eo.QuantConfig(method="dynamic"),
                 "edgeopt static (default)": eo.QuantConfig()}
-    return {"edgeopt default": eo.QuantConfig(),
-            "edgeopt mse + CLE + BC": eo.QuantConfig(calibration="mse", equalization=True,
-                                                    bias_correction=True)}
+    # equalization turns ReLU6 into per-channel clamps the runtime cannot fuse (int8 lost), so
+    # the CNN row is the default; see the README for the gap and what closes it
+    return {"edgeopt default": eo.QuantConfig()}
 
 
 @dataclasses.dataclass
