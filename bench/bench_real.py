@@ -57,7 +57,8 @@ def _timed(label: str, make: Maker) -> Artifact:
     except Exception as exc:  # a peer tool crashing on a real model is a result, not a bug
         return Artifact(label, None, time.perf_counter() - start,
                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
-    return Artifact(label, path, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return Artifact(label, path, seconds, "" if path is not None else "not installed")
 
 
 def build(case: real_models.RealCase, folder: Path) -> list[Artifact]:
