@@ -121,6 +121,11 @@ def _batches(samples: list[torch.Tensor], size: int = 8) -> list[torch.Tensor]:
     return [torch.cat(samples[i:i + size]) for i in range(0, len(samples), size)]
 
 
+def _share_within_50_cents(hz: np.ndarray, f0: np.ndarray) -> float:
+    """Pitch accuracy: the share of estimates within 50 cents of the true frequency."""
+    return float((1200.0 * np.abs(np.log2(hz / f0[: len(hz)])) <= 50.0).mean())
+
+
 def _stack(outputs) -> torch.Tensor:
     if isinstance(outputs, torch.Tensor):
         return outputs
@@ -735,9 +740,7 @@ def _load_crepe_tiny(n_eval: int, n_calib: int) -> RealCase:
     def within_50_cents(outputs, *_unused) -> float:
         """Fraction of eval frames whose argmax pitch is within 50 cents of the true f0."""
         acts = _stack(outputs)
-        hz = crepe_bin_to_hz(acts.argmax(-1)).numpy()
-        cents = 1200.0 * np.abs(np.log2(hz / f0[: len(hz)]))
-        return float((cents <= 50.0).mean())
+        return _share_within_50_cents(crepe_bin_to_hz(acts.argmax(-1)).numpy(), f0)
 
     case = RealCase("crepe-tiny", model, _batches(calib_frames), eval_inputs, "agreement",
                     within_50_cents, eval_inputs[0],
@@ -871,8 +874,7 @@ def _load_pesto(n_eval: int, n_calib: int) -> RealCase:
         """Fraction of eval frames whose argmax pitch is within 50 cents of the true f0."""
         acts = _stack(outputs)
         midi = ((acts.argmax(-1) - k) % acts.shape[-1]).to(torch.float64) / 3.0
-        hz = (440.0 * 2.0 ** ((midi - 69.0) / 12.0)).numpy()
-        return float((1200.0 * np.abs(np.log2(hz / f0[: len(hz)])) <= 50.0).mean())
+        return _share_within_50_cents((440.0 * 2.0 ** ((midi - 69.0) / 12.0)).numpy(), f0)
 
     case = RealCase("pesto", model, _batches(calib_frames), eval_inputs, "agreement",
                     within_50_cents, eval_inputs[0],
