@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edgeopt.export import fusions  # noqa: F401  (registers the GELU / attention translations)
 from edgeopt.export.onnx import (
     export_onnx,
     register_postprocess,

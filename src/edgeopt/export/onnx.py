@@ -26,6 +26,7 @@ from edgeopt.data import model_arguments
 from edgeopt.errors import ConfigError, ConfigTypeError, ExportError, invalid
 
 MIN_OPSET = 18  # the dynamo exporter silently raises anything lower to 18; say so instead
+BATCH, SEQUENCE = "batch", "sequence"  # the dynamic axes, as named in the ONNX inputs
 
 _TRANSLATIONS: dict[Callable[..., Any], Callable[..., Any]] = {}
 
@@ -105,15 +106,19 @@ def export_onnx(
     *,
     opset: int = 18,
     dynamic_batch: bool = True,
+    dynamic_sequence: bool = True,
     check: bool = True,
     atol: float = 1e-4,
 ) -> Path:
     """Export `model` (in eval mode) to a single .onnx file with every weight embedded.
 
-    The batch dimension is dynamic when `dynamic_batch`; a model that cannot be exported that
-    way falls back to the example's static batch (warned, and recorded as the metadata prop
-    `edgeopt.dynamic_batch`). With `check`, the file is run in ONNX Runtime on `example_input`
-    and must match PyTorch within `atol` times the output scale. The file is written atomically:
+    The batch dimension is dynamic when `dynamic_batch`; with `dynamic_sequence` too, so is
+    every later axis of an integer input (token ids: the sequence length, named "sequence").
+    A model that cannot be exported that way falls back to the example's sequence length, then
+    to its batch (warned, and recorded as the metadata props `edgeopt.dynamic_batch` and
+    `edgeopt.dynamic_sequence`). With `check`, the file is run in ONNX Runtime on
+    `example_input`, and on a doubled batch (and one token less) when those are dynamic, and
+    must match PyTorch within `atol` times the output scale. The file is written atomically:
     on any error no file is left at `path`.
     """
     args = _validate(model, example_input, opset, atol)
@@ -123,13 +128,16 @@ def export_onnx(
     flags = {module: module.training for module in model.modules()}
     model.eval()
     try:
-        program, dynamic = _export_with_fallback(model, args, opset, dynamic_batch)
-        data = _serialize(program, model, opset, dynamic)
+        wanted = _wanted_axes(args, dynamic_batch, dynamic_sequence)
+        program, axes = _export_with_fallback(model, args, opset, wanted)
+        data = _serialize(program, model, opset, axes)
         if check:
             _check(data, args, model, atol)
-            if dynamic and not _runs_at_other_batch(data, args, model, atol):
-                _warn_static(model, args, "it gives wrong results at another batch size", 3)
-                data = _serialize(_export(model, args, opset, None), model, opset, False)
+            while axes and not _runs_at_other_shape(data, args, model, atol, axes):
+                _warn_static(model, args, axes[-1], "it gives wrong results at another size", 3)
+                axes = axes[:-1]
+                program = _export(model, args, opset, _dynamic_shapes(args, axes))
+                data = _serialize(program, model, opset, axes)
                 _check(data, args, model, atol)
     finally:
         for module, flag in flags.items():
@@ -137,13 +145,15 @@ def export_onnx(
     return write_bytes(target, data)
 
 
-def _serialize(program: Any, model: nn.Module, opset: int, dynamic: bool) -> bytes:
+def _serialize(program: Any, model: nn.Module, opset: int, axes: tuple[str, ...]) -> bytes:
     proto = program.model_proto
     for postprocess in _POSTPROCESS:
         postprocess(model, proto)
     _store_raw(proto.graph)
     _strip_debug_info(proto.graph)
-    _add_metadata(proto, model, opset, dynamic)
+    if SEQUENCE in axes:
+        _name_sequence_axes(proto.graph)
+    _add_metadata(proto, model, opset, axes)
     try:
         return proto.SerializeToString()
     except ValueError as exc:  # protobuf refuses messages over 2 GB
@@ -175,22 +185,35 @@ def _strip_debug_info(graph: onnx.GraphProto) -> None:
     del graph.value_info[:]  # intermediate shapes: the runtime infers them again at load
 
 
-def _runs_at_other_batch(
-    data: bytes, args: tuple[torch.Tensor, ...], model: nn.Module, atol: float
+def _runs_at_other_shape(
+    data: bytes, args: tuple[torch.Tensor, ...], model: nn.Module, atol: float,
+    axes: tuple[str, ...],
 ) -> bool:
-    """A 'dynamic' export can still bake the example batch into a Reshape: try batch 2B."""
+    """A 'dynamic' export can still bake the example's sizes into a Reshape: try batch 2B (and
+    one token less where the sequence is dynamic)."""
+    other = []
+    for arg in args:
+        arg = torch.cat([arg, arg]) if BATCH in axes else arg
+        if SEQUENCE in axes and _is_sequence(arg) and arg.shape[1] > 2:
+            arg = arg[:, :-1]
+        other.append(arg)
     try:
-        _check(data, tuple(torch.cat([a, a]) for a in args), model, atol)
+        _check(data, tuple(other), model, atol)
     except Exception:
         return False
     return True
 
 
-def _warn_static(model: nn.Module, args: tuple[torch.Tensor, ...], why: str, depth: int) -> None:
+def _warn_static(
+    model: nn.Module, args: tuple[torch.Tensor, ...], axis: str, why: str, depth: int
+) -> None:
     """Warn at the caller of export_onnx, `depth` frames up."""
+    size = args[0].shape[0] if axis == BATCH else next(
+        (a.shape[1] for a in args if _is_sequence(a)), None)
+    what = "batch" if axis == BATCH else "sequence length"
     warnings.warn(
-        f"{type(model).__name__} cannot have a dynamic batch ({why}); exported with a fixed "
-        f"batch of {args[0].shape[0]} instead (metadata edgeopt.dynamic_batch=false).",
+        f"{type(model).__name__} cannot have a dynamic {what} ({why}); exported with a fixed "
+        f"{what} of {size} instead (metadata edgeopt.dynamic_{axis}=false).",
         stacklevel=depth,
     )
 
@@ -204,20 +227,61 @@ def _validate(model: Any, example_input: Any, opset: Any, atol: Any) -> tuple[to
     return args
 
 
-def _export_with_fallback(
-    model: nn.Module, args: tuple[torch.Tensor, ...], opset: int, dynamic_batch: bool
-) -> tuple[Any, bool]:
-    """Export with a dynamic batch; if only that fails, export with the static example batch."""
+def _is_sequence(arg: torch.Tensor) -> bool:
+    """Token ids: an integer tensor with axes after the batch (their length may vary)."""
+    return arg.dim() >= 2 and not arg.is_floating_point() and not arg.is_complex()
+
+
+def _wanted_axes(
+    args: tuple[torch.Tensor, ...], dynamic_batch: bool, dynamic_sequence: bool
+) -> tuple[str, ...]:
     if not dynamic_batch:
-        return _export(model, args, opset, None), False
+        return ()
+    if dynamic_sequence and any(_is_sequence(a) and a.shape[1] > 1 for a in args):
+        return (BATCH, SEQUENCE)
+    return (BATCH,)
+
+
+def _dynamic_shapes(args: tuple[torch.Tensor, ...], axes: tuple[str, ...]) -> Any:
+    """torch.export dynamic_shapes for the dynamic axes (None when there are none)."""
+    if not axes:
+        return None
     batch = torch.export.Dim("batch")  # one Dim shared by all inputs: their batches stay equal
-    try:
-        return _export(model, args, opset, tuple({0: batch} for _ in args)), True
-    except ExportError as exc:
-        dynamic_error = exc  # an except-clause name dies with the clause
-    program = _export(model, args, opset, None)  # if this fails too, its error is the real one
-    _warn_static(model, args, str(dynamic_error), 4)
-    return program, False
+    shapes = []
+    for arg in args:
+        dims: dict[int, Any] = {0: batch}
+        if SEQUENCE in axes and _is_sequence(arg):  # DYNAMIC: a model may bound it (<= 512)
+            dims.update({axis: torch.export.Dim.DYNAMIC for axis in range(1, arg.dim())})
+        shapes.append(dims)
+    return tuple(shapes)
+
+
+def _export_with_fallback(
+    model: nn.Module, args: tuple[torch.Tensor, ...], opset: int, axes: tuple[str, ...]
+) -> tuple[Any, tuple[str, ...]]:
+    """Export with the wanted dynamic axes; where that fails, with fewer (sequence, then batch
+    static), warning about each one given up."""
+    while axes:
+        try:
+            return _export(model, args, opset, _dynamic_shapes(args, axes)), axes
+        except ExportError as exc:
+            _warn_static(model, args, axes[-1], str(exc), 4)
+            axes = axes[:-1]
+    return _export(model, args, opset, None), ()  # if this fails too, its error is the real one
+
+
+def _name_sequence_axes(graph: onnx.GraphProto) -> None:
+    """Call the symbolic axis 1 of integer inputs "sequence" (the exporter names it s<N>)."""
+    names = {}
+    for value in graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) > 1 and dims[1].dim_param and value.type.tensor_type.elem_type in (
+                onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+            names[dims[1].dim_param] = SEQUENCE
+    for value in [*graph.input, *graph.output]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in names:
+                dim.dim_param = names[dim.dim_param]
 
 
 def _export(
@@ -333,7 +397,9 @@ def _failing_module(chain: list[BaseException]) -> str:
     return ""
 
 
-def _add_metadata(proto: onnx.ModelProto, model: nn.Module, opset: int, dynamic: bool) -> None:
+def _add_metadata(
+    proto: onnx.ModelProto, model: nn.Module, opset: int, axes: tuple[str, ...]
+) -> None:
     from edgeopt import __version__
 
     props = {
@@ -342,7 +408,8 @@ def _add_metadata(proto: onnx.ModelProto, model: nn.Module, opset: int, dynamic:
         "edgeopt.torch_version": torch.__version__,
         "edgeopt.model_class": type(model).__name__,
         "edgeopt.opset": str(opset),
-        "edgeopt.dynamic_batch": str(dynamic).lower(),
+        "edgeopt.dynamic_batch": str(BATCH in axes).lower(),
+        "edgeopt.dynamic_sequence": str(SEQUENCE in axes).lower(),
     }
     existing = {p.key: p for p in proto.metadata_props}
     for key, value in props.items():

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from edgeopt.data import collect_labeled, take_inputs
 from edgeopt.errors import ConfigError, DataError, ModelError
-from edgeopt.quantization import mixed
+from edgeopt.quantization import mixed, smoothing
 from edgeopt.quantization.awq import apply_awq
 from edgeopt.quantization.config import BiasCorrection, Method, QuantConfig, Rounding
 from edgeopt.quantization.datafree import require_batch_norm, synthesize_inputs
@@ -106,7 +106,7 @@ def calibration_inputs(model: nn.Module, config: QuantConfig, data: Any
                 "batch_norms": synthesis.batch_norms,
                 "bn_mismatch_start": synthesis.loss_start, "bn_mismatch_end": synthesis.loss_end}
         return list(synthesis.inputs.split(64)), info
-    if data is None or not data_driven(config):
+    if data is None or not (data_driven(config) or smoothing.auto_wanted(config, data)):
         return [], None
     return take_inputs(data, config.calibration_samples, what="calibration data"), None
 
@@ -128,17 +128,20 @@ def prepare_float(gm: nn.Module, names: list[str], config: QuantConfig,
         stats.methods["awq"] = {"layers": len(notes),
                                 "folded": sum(v["awq_folded"] for v in notes.values())}
     if config.smoothquant:
-        absmax = {}
-        for nodes in linear_groups(gm, names).values():
-            x = capture(gm, str(nodes[0].target), batches)
-            if x is not None:
-                absmax[str(nodes[0].target)] = x.abs().reshape(-1, x.shape[-1]).amax(dim=0)
+        leaders = [str(nodes[0].target) for nodes in linear_groups(gm, names).values()]
+        found = smoothing.input_stats(gm, leaders, batches)  # any sequence lengths
+        absmax = {name: seen.absmax for name, seen in found.items()}
         notes = smooth(gm, names, absmax, config.advanced.smoothquant_alpha)
         _note(stats, notes)
         stats.methods["smoothquant"] = {"alpha": config.advanced.smoothquant_alpha,
                                         "layers": len(notes),
                                         "folded": sum(v["smoothquant_folded"]
                                                       for v in notes.values())}
+    elif smoothing.auto_wanted(config, batches or None) and isinstance(gm, fx.GraphModule):
+        notes, summary = smoothing.smooth_outliers(gm, names, config, batches)
+        if notes:  # nothing to report for models without token-sequence outliers
+            _note(stats, notes)
+            stats.methods["smoothquant"] = summary
 
 
 def _note(stats: QuantStats, notes: dict[str, dict[str, Any]]) -> None:

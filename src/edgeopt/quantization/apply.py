@@ -15,7 +15,9 @@ from tqdm.auto import tqdm
 from edgeopt.errors import ConfigError, DataError, ModelError
 from edgeopt.quantization import (
     advanced,
+    linear_fusion,  # noqa: F401  (registers the static Linear + bias export pass)
     packing,  # noqa: F401  (registers the int4 export pass)
+    smoothing,
 )
 from edgeopt.quantization import graph as qgraph
 from edgeopt.quantization.bias_correction import input_means
@@ -27,9 +29,9 @@ from edgeopt.quantization.config import (
     QuantSpec,
     Rounding,
 )
+from edgeopt.quantization.embedding import quantize_embeddings
 from edgeopt.quantization.modules import (
     ActQuant,
-    DynamicActQuant,
     GroupedLinear,
     QATWeightLayer,
     QuantizedWeightLayer,
@@ -138,6 +140,7 @@ def quantize_model(model: nn.Module, config: QuantConfig, *, data: Any = None) -
         stats.methods["refinement"] = refine_weights(gm, reference, names, config, batches,
                                                      means, stats.notes)
     _finish_layers(gm, names)
+    quantize_embeddings(gm, config, stats)
     stats.finish(gm)
     if config.sensitivity:
         from edgeopt.quantization.analysis import layer_sensitivity
@@ -152,6 +155,11 @@ def _graph(model: nn.Module, config: QuantConfig, batches: list[torch.Tensor]) -
     if config.method in _STATIC:
         return qgraph.trace(copy.deepcopy(model).eval(), batches[0][:2])
     needs_graph = config.equalization or config.smoothquant or config.awq
+    if not needs_graph and batches and smoothing.auto_wanted(config, batches):
+        try:  # a graph only serves outlier smoothing here: without one, quantize as is
+            return qgraph.trace(copy.deepcopy(model).eval(), batches[0][:2])
+        except ModelError:
+            return copy.deepcopy(model).eval()
     return _graph_if_traceable(model, batches[0][:2] if needs_graph and batches else None)
 
 
@@ -238,8 +246,6 @@ def _swap_weight_layers(model: nn.Module, names: list[str], config: QuantConfig)
                 float_layer, nn.Linear):
             continue  # run-time input quantization and groups are for Linear layers
         layer = builder.build(float_layer, spec)
-        if dynamic and isinstance(layer, QuantizedWeightLayer):
-            layer.input_quantizer = DynamicActQuant()
         qgraph._replace_submodule(model, name, layer)
     if isinstance(model, fx.GraphModule):
         model.recompile()

@@ -222,7 +222,10 @@ class QuantConfig(Config):
     equalization: bool = False
     bias_correction: bool = False
     data_free: bool = False  # calibrate on inputs synthesized from batch-norm statistics
-    smoothquant: bool = False  # migrate activation outliers into the next Linear's weights
+    # migrate activation outliers into the next Linear's weights: None (default) where the
+    # calibration data shows token-sequence outliers, with a measured alpha per layer
+    # (smoothing.py); True: every Linear, alpha = advanced.smoothquant_alpha; False: never
+    smoothquant: bool | None = None
     awq: bool = False  # activation-aware scaling of Linear input channels (low-bit weights)
     mixed_precision: MixedPrecision | None = None  # a bit width per layer under a budget
     exclude: tuple[str, ...] = ()  # layer name patterns or types (e.g. "fc", "head.*", "Conv1d")

@@ -174,26 +174,50 @@ def weight_layer_names(gm: fx.GraphModule, exclude: tuple[str, ...]) -> list[str
 def insert_act_quantizers(
     gm: fx.GraphModule, make_quantizer: Callable[[], ActQuant], quantized_layers: set[str]
 ) -> dict[str, str]:
-    """Place activation quantizers; return {weight layer name: its input quantizer name}."""
+    """Place activation quantizers; return {weight layer name: its input quantizer name}.
+
+    A value made by a float op is quantized for its integer readers only (a transformer's
+    residual stream stays float beside the quantized input of the next Linear), and an add or
+    a Linear result is quantized only when an integer op reads it (QLinearAdd needs quantized
+    readers to pay; MatMulIntegerToFloat and QGemm write float).
+    """
     graph = gm.graph
     source: dict[fx.Node, str] = {}  # node -> name of the quantizer its value is on the grid of
     counter = iter(range(10**6))
     inputs_of: dict[str, str] = {}
 
-    def quantize_after(node: fx.Node, name: str | None = None) -> str:
+    def quantize_after(node: fx.Node, name: str | None = None,
+                       readers: Callable[[fx.Node], bool] | None = None) -> str:
         if name is None:
             name = f"act_quant_{next(counter)}"
             gm.add_submodule(name, make_quantizer())
         with graph.inserting_after(node):
             q = graph.call_module(name, (node,))
-        node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
-        source[node] = source[q] = name
+        node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q and (
+            readers is None or readers(user)))
+        source[q] = name
+        if readers is None:
+            source[node] = name
         return name
 
     def wants_integer(node: fx.Node) -> bool:
         if node.op == "call_module" and type(_module(gm, node)) in WEIGHT_LAYERS:
             return str(node.target) in quantized_layers
+        if node.op == "call_function" and node.target in _ADD_FUNCTIONS:
+            return is_integer_op(gm, node) and feeds_integer(node)
         return is_integer_op(gm, node)
+
+    def feeds_integer(node: fx.Node) -> bool:
+        """Whether an integer op reads the value, directly or through ReLUs and reshapes."""
+        for user in node.users:
+            if user.op == "call_module" and isinstance(_module(gm, user), ActQuant):
+                return True
+            if is_relu(gm, user) or is_pass_through(gm, user):
+                if feeds_integer(user):
+                    return True
+            elif wants_integer(user):
+                return True
+        return False
 
     for node in list(graph.nodes):
         if node.op == "output" or node in source:
@@ -207,23 +231,28 @@ def insert_act_quantizers(
             continue
         for arg in node.args:
             if isinstance(arg, fx.Node) and arg not in source and is_float_tensor(arg):
-                quantize_after(arg)
+                quantize_after(arg, readers=wants_integer)
         if node.op == "call_module" and str(node.target) in quantized_layers:
             inputs_of[str(node.target)] = source[node.args[0]]
-        _quantize_output(gm, node, quantize_after)
+        _quantize_output(gm, node, quantize_after, feeds_integer)
     graph.lint()
     gm.recompile()
     return inputs_of
 
 
-def _quantize_output(gm: fx.GraphModule, node: fx.Node, quantize_after: Callable) -> None:
-    """Quantize an integer op's result (after its ReLU), unless only the model output uses it."""
+def _quantize_output(gm: fx.GraphModule, node: fx.Node, quantize_after: Callable,
+                     feeds_integer: Callable[[fx.Node], bool]) -> None:
+    """Quantize an integer op's result (after its ReLU), unless only the model output uses it
+    or, for a Linear, only float ops read it (its integer kernel writes float)."""
+    linear = isinstance(_module(gm, node), nn.Linear)
     users = list(node.users)
     if len(users) == 1 and is_relu(gm, users[0]):
         node = users[0]
         users = list(node.users)
     if all(user.op == "output" for user in users):
         return  # the last layer's float output keeps full precision (QGemm writes float)
+    if linear and not feeds_integer(node):
+        return
     quantize_after(node)
 
 

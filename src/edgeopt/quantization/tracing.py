@@ -1,12 +1,14 @@
 """Graphs for models torch.fx cannot trace symbolically (e.g. `transformers` classes).
 
 torch.export captures them as ATen calls with weights as attributes; this module lifts each
-functional conv / linear / batch-norm call back into an nn.Module at the weight's own path, so
-the same graph surgery (BN folding, quantizer placement, layer swaps) serves both kinds.
+functional conv / linear / batch-norm / embedding call back into an nn.Module at the weight's own
+path, so the same graph surgery (BN folding, quantizer placement, layer swaps) serves both kinds.
+Every input axis the model lets vary (batch, sequence length) stays dynamic in the graph.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -23,9 +25,11 @@ def export_graph(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     """Capture `model` with torch.export and lift its conv/linear/BN calls into modules."""
     if example.shape[0] < 2:  # a batch of one would be specialized into the graph
         example = torch.cat([example, example])
+    # Every axis may vary (batch, sequence length ...) unless the model fixes it: Dim.AUTO
+    # keeps what the model allows dynamic and specializes the rest without an error.
+    axes = {axis: torch.export.Dim.AUTO for axis in range(example.dim())}
     try:
-        program = torch.export.export(model, (example,), strict=False,
-                                      dynamic_shapes=({0: torch.export.Dim.AUTO},))
+        program = torch.export.export(model, (example,), strict=False, dynamic_shapes=(axes,))
     except Exception as exc:  # export fails in many ways; all mean the same to a user
         raise ModelError(
             f"cannot capture {type(model).__name__} as a graph (torch.fx and torch.export both "
@@ -100,11 +104,34 @@ def _fill(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     return layer.eval()
 
 
-_LIFTERS: dict[Any, Callable[[fx.GraphModule, fx.Node], nn.Module | None]] = {
-    aten.conv2d.default: _conv,
-    aten.conv1d.default: _conv,
-    aten.linear.default: _linear,
-    aten.batch_norm.default: _batch_norm,
+@torch.no_grad()
+def _embedding(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    weight = _attr(gm, node.args[0])
+    if weight is None or weight.dim() != 2 or _arg(node, 4, "sparse", False):
+        return None
+    padding = _arg(node, 2, "padding_idx", -1)
+    layer = nn.Embedding(weight.shape[0], weight.shape[1],
+                         padding_idx=None if padding < 0 else padding)
+    layer.weight.copy_(weight)
+    return layer.eval()
+
+
+@dataclasses.dataclass(frozen=True)
+class Lifter:
+    """How one functional op becomes a module: the maker, which argument holds the weight (its
+    attribute path names the module) and which one is the module's input."""
+
+    make: Callable[[fx.GraphModule, fx.Node], nn.Module | None]
+    weight_arg: int = 1
+    input_arg: int = 0
+
+
+_LIFTERS: dict[Any, Lifter] = {
+    aten.conv2d.default: Lifter(_conv),
+    aten.conv1d.default: Lifter(_conv),
+    aten.linear.default: Lifter(_linear),
+    aten.batch_norm.default: Lifter(_batch_norm, weight_arg=3),  # running_mean: always there
+    aten.embedding.default: Lifter(_embedding, weight_arg=0, input_arg=1),
 }
 
 
@@ -112,15 +139,15 @@ def lift_layers(gm: fx.GraphModule) -> int:
     """Replace functional layer calls whose weights are attributes by module calls; count them."""
     lifted = 0
     for node in list(gm.graph.nodes):
-        maker = _LIFTERS.get(node.target) if node.op == "call_function" else None
-        module = maker(gm, node) if maker else None
+        lifter = _LIFTERS.get(node.target) if node.op == "call_function" else None
+        module = lifter.make(gm, node) if lifter else None
         if module is None:
             continue
-        weight_node = node.args[1] if node.target is not aten.batch_norm.default else node.args[3]
+        weight_node = node.args[lifter.weight_arg]
         path = str(weight_node.target).rpartition(".")[0] or f"lifted_{lifted}"
         _install(gm, path, module)
         with gm.graph.inserting_before(node):
-            call = gm.graph.call_module(path, (node.args[0],))
+            call = gm.graph.call_module(path, (node.args[lifter.input_arg],))
         call.meta = dict(node.meta)
         node.replace_all_uses_with(call)
         gm.graph.erase_node(node)

@@ -1,9 +1,9 @@
 """Which module a float Linear/Conv becomes, by its weight spec: a table, not a type chain.
 
 integer uniform -> QuantizedWeightLayer (nearest or stochastic rounding), per-group Linear ->
-GroupedLinear, log2 levels -> QuantizedWeightLayer on the int8 grid when they fit (<= 4 bits),
-else a CodebookLayer, k-means -> CodebookLayer, float formats -> FloatFormatLayer, QAT ->
-QATWeightLayer.
+GroupedLinear, Linear quantized dynamically -> DynamicLinear, log2 levels ->
+QuantizedWeightLayer on the int8 grid when they fit (<= 4 bits), else a CodebookLayer, k-means
+-> CodebookLayer, float formats -> FloatFormatLayer, QAT -> QATWeightLayer.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from edgeopt.quantization.config import (
     QuantSpec,
     Rounding,
 )
+from edgeopt.quantization.dynamic import DynamicLinear
 from edgeopt.quantization.modules import GroupedLinear, QATWeightLayer, QuantizedWeightLayer
 from edgeopt.quantization.nonuniform import kmeans_1d, log2_magnitudes, log2_quantize
 from edgeopt.quantization.primitives import quantize_stochastic
@@ -68,6 +69,8 @@ class LayerBuilder:
                                   stochastic=self.config.rounding is Rounding.STOCHASTIC)
         if spec.granularity is Granularity.PER_GROUP and isinstance(layer, nn.Linear):
             quantized: nn.Module = GroupedLinear(layer, spec)
+        elif self.config.method is Method.DYNAMIC and isinstance(layer, nn.Linear):
+            quantized = DynamicLinear(layer, spec)
         else:
             quantized = QuantizedWeightLayer(layer, spec)
         if self.config.rounding is Rounding.STOCHASTIC:
