@@ -32,3 +32,20 @@ def test_time_budget_stops_early_and_never_does_worse_than_nearest():
                       iterations=100_000, channel_dim=-1, deadline=time.monotonic() + 0.2)
     assert time.monotonic() - start < 5.0 and result.iterations < 100_000
     assert result.loss <= result.loss_nearest
+
+
+def test_time_limit_sets_the_iteration_count_from_timed_iterations():
+    w, scale, zero, x, y = correlated_layer(2)
+    start = time.monotonic()
+    result = adaround(w, scale, zero, -7, 7, lambda ww, xx: F.linear(xx, ww), x, y,
+                      iterations=1_000_000, channel_dim=-1, time_limit=0.3,
+                      generator=torch.Generator().manual_seed(0))
+    assert time.monotonic() - start < 5.0
+    assert 10 <= result.iterations < 1_000_000  # the floor, and far below the ceiling
+    assert result.loss <= result.loss_nearest
+    few = adaround(w, scale, zero, -7, 7, lambda ww, xx: F.linear(xx, ww), x, y,
+                   iterations=1_000_000, channel_dim=-1, time_limit=0.0)
+    assert few.iterations == 10  # no time: the floor
+    unlimited = adaround(w, scale, zero, -7, 7, lambda ww, xx: F.linear(xx, ww), x, y,
+                         iterations=40, channel_dim=-1)
+    assert unlimited.iterations == 40

@@ -40,8 +40,40 @@ def test_data_free_on_a_model_without_batch_norm_says_why_it_cannot_work():
 
 
 def test_data_free_without_data_or_input_shape_asks_for_the_shape():
-    with pytest.raises(ConfigError, match="input_shape"):
+    with pytest.raises(ConfigError, match=r"data_free=True.*data=an example input.*"
+                                          r"advanced\.input_shape|input_shape=\("):
         eo.apply(ds_cnn(), eo.QuantConfig(data_free=True))
+
+
+def test_data_free_takes_the_shape_from_an_example_input():
+    adv = AdvancedQuantConfig(data_free_samples=64, data_free_steps=60)
+    model, x = ds_cnn(), images(256, seed=8)
+    q = eo.apply(model, eo.QuantConfig(data_free=True, advanced=adv), data=torch.randn(1, 1, 8, 8))
+    info = eo.quantization.apply.quant_stats(q).methods["data_free"]
+    assert info["input_shape"] == [1, 8, 8] and info["input_shape_from"] == "data"
+    assert info["samples"] == 64  # synthesized: the example only gave the shape
+    with torch.no_grad():
+        assert float((q(x).argmax(1) == model(x).argmax(1)).float().mean()) > 0.9
+
+
+def test_data_free_example_without_batch_dimension_is_refused_before_synthesis():
+    with pytest.raises(DataError, match=r"input shape \(8, 8\).*from data.*batch dimension"):
+        eo.apply(ds_cnn(), eo.QuantConfig(data_free=True), data=torch.randn(1, 8, 8))
+
+
+def test_data_free_sensitivity_runs_on_synthesized_inputs_not_the_example(monkeypatch):
+    from edgeopt.quantization import analysis
+
+    seen = []
+    measure = analysis.layer_sensitivity
+    monkeypatch.setattr(analysis, "layer_sensitivity",
+                        lambda model, config, data: seen.append(data) or measure(model, config,
+                                                                                 data))
+    adv = AdvancedQuantConfig(data_free_samples=32, data_free_steps=20)
+    q = eo.apply(ds_cnn(), eo.QuantConfig(data_free=True, sensitivity=True, advanced=adv),
+                 data=torch.randn(1, 1, 8, 8))
+    assert len(eo.quantization.apply.quant_stats(q).sensitivity) == 4
+    assert sum(batch.shape[0] for batch in seen[0]) == 32  # the synthesized samples
 
 
 @pytest.mark.parametrize("config", [

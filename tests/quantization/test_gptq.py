@@ -1,8 +1,9 @@
+import pytest
 import torch
 import torch.nn.functional as F
 from qhelpers import correlated_layer
 
-from edgeopt.quantization.gptq import gptq, hessian, im2col
+from edgeopt.quantization.gptq import gptq, hessian, im2col, patches
 
 
 def test_gptq_lowers_layer_output_error_versus_rtn():
@@ -36,3 +37,33 @@ def test_im2col_times_flattened_weight_is_the_convolution():
     rows1 = im2col(x1, w1.shape, p1)
     assert torch.allclose((rows1 @ w1.reshape(4, -1).T).reshape(2, -1, 4).permute(0, 2, 1),
                           out1, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("x_shape,w_shape,params", [
+    ((2, 3, 7, 6), (5, 3, 3, 2), {"stride": (2, 1), "padding": (1, 0), "dilation": (1, 2)}),
+    ((2, 3, 9, 9), (4, 3, 3, 3), {"stride": (1, 1), "padding": "same", "dilation": (2, 1)}),
+    ((2, 3, 8, 8), (4, 3, 4, 4), {"stride": (1, 1), "padding": "same", "dilation": (1, 1)}),
+    ((2, 3, 9), (4, 3, 3), {"stride": (2,), "padding": (1,), "dilation": (2,)}),
+    ((2, 3, 9), (4, 3, 3), {"stride": (1,), "padding": "valid", "dilation": (1,)}),
+])
+def test_patches_are_the_im2col_rows_at_the_picked_positions(x_shape, w_shape, params):
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(*x_shape, generator=g), torch.randn(*w_shape, generator=g)
+    params = {**params, "groups": 1}
+    rows = im2col(x, w.shape, params)
+    index = torch.randperm(rows.shape[0], generator=g)[:9]
+    assert torch.equal(patches(x, w.shape, params, index), rows[index])
+    out = (F.conv2d if len(x_shape) == 4 else F.conv1d)(x, w, **params)
+    assert torch.allclose(rows @ w.reshape(w.shape[0], -1).T,
+                          out.movedim(1, -1).reshape(-1, w.shape[0]), atol=1e-5)
+
+
+def test_patches_of_a_depthwise_conv_hold_every_channel_in_weight_order():
+    g = torch.Generator().manual_seed(2)
+    x, w = torch.randn(2, 6, 7, 7, generator=g), torch.randn(6, 1, 3, 3, generator=g)
+    params = {"stride": (2, 2), "padding": (1, 1), "dilation": (1, 1), "groups": 6}
+    out = F.conv2d(x, w, **params).movedim(1, -1).reshape(-1, 6)
+    index = torch.arange(0, out.shape[0], 3)
+    rows = patches(x, w.shape, params, index).reshape(-1, 6, 9)
+    assert torch.allclose((rows * w.reshape(6, 9)).sum(-1), out[index], atol=1e-5)

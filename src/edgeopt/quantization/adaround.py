@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import torch
 
+from edgeopt.quantization.budget import MIN_ITERATIONS, PROBE_ITERATIONS, fit_iterations
+
 ZETA, GAMMA = 1.1, -0.1
 WARMUP = 0.2  # share of iterations with the rounding regularizer off
 
@@ -49,10 +51,14 @@ def adaround(
     inputs: torch.Tensor, target: torch.Tensor, *, iterations: int = 1000, lr: float = 1e-2,
     regularization: float = 0.01, batch_size: int = 32, channel_dim: int = 1,
     generator: torch.Generator | None = None, deadline: float | None = None,
+    time_limit: float | None = None, min_iterations: int = MIN_ITERATIONS,
 ) -> AdaRoundResult:
     """Learned rounding of `weight` on the grid (scale, zero_point, [qmin, qmax]), all shaped
     like `weight`. `forward(w, x)` computes the layer (and any activation after it) and must
-    match `target` given `inputs`. Stops early at `deadline` (time.monotonic)."""
+    match `target` given `inputs`; each step uses `batch_size` random rows of them.
+    With `time_limit` (seconds) the first iterations are timed and the count set to what fits
+    (within [min_iterations, iterations]); `deadline` (time.monotonic) stops it regardless."""
+    start = time.monotonic()
     weight, scale, zero = weight.detach().float(), scale.detach(), zero_point.detach()
     floor = torch.floor(weight / scale)
     v = torch.nn.Parameter(_initial_v(weight / scale - floor))
@@ -61,38 +67,52 @@ def adaround(
     def dequantize(h: torch.Tensor) -> torch.Tensor:
         return (torch.clamp(floor + h + zero, qmin, qmax) - zero) * scale
 
-    nearest = dequantize(torch.round(weight / scale) - floor)
-    done = 0
+    nearest = torch.clamp(torch.round(weight / scale) + zero, qmin, qmax)
+    before = _full_loss(forward, (nearest - zero) * scale, inputs, target, channel_dim)
+    evaluation = time.monotonic() - start  # the final evaluation costs as much again
+    total, done = iterations, 0
     with torch.enable_grad():
-        for done in range(1, iterations + 1):
+        while done < total:
+            done += 1
             index = torch.randint(0, inputs.shape[0], (min(batch_size, inputs.shape[0]),),
                                   generator=generator)
-            h = rectified_sigmoid(v)
-            loss = reconstruction_loss(forward(dequantize(h), inputs[index]), target[index],
-                                       channel_dim)
-            progress = (done / iterations - WARMUP) / (1 - WARMUP)
-            if progress > 0:
-                beta = 20 + (2 - 20) * progress
-                loss = loss + regularization * (1 - (2 * h - 1).abs().pow(beta)).sum()
+            loss = _loss(rectified_sigmoid(v), dequantize, forward, inputs[index],
+                         target[index], channel_dim, regularization,
+                         (done / total - WARMUP) / (1 - WARMUP))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if time_limit is not None and done == PROBE_ITERATIONS:
+                per_iteration = (time.monotonic() - start - evaluation) / done
+                total = max(done, fit_iterations(per_iteration, time_limit - 2 * evaluation,
+                                                 ceiling=iterations, floor=min_iterations))
             if deadline is not None and time.monotonic() > deadline:
                 break
     with torch.no_grad():
-        hard = (rectified_sigmoid(v) >= 0.5).float()
-        q = torch.clamp(floor + hard + zero, qmin, qmax)
-        before = _full_loss(forward, nearest, inputs, target, channel_dim)
+        q = torch.clamp(floor + (rectified_sigmoid(v) >= 0.5).float() + zero, qmin, qmax)
         after = _full_loss(forward, (q - zero) * scale, inputs, target, channel_dim)
     if after > before:  # a budget cut too short can leave it worse: keep nearest then
-        q, after = torch.clamp(torch.round(weight / scale) + zero, qmin, qmax), before
+        q, after = nearest, before
     return AdaRoundResult(q=q, loss_nearest=before, loss=after, iterations=done)
+
+
+def _loss(h: torch.Tensor, dequantize: Callable[[torch.Tensor], torch.Tensor],
+          forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], inputs: torch.Tensor,
+          target: torch.Tensor, channel_dim: int, regularization: float, progress: float
+          ) -> torch.Tensor:
+    """Output error plus, after the warm-up (progress > 0), the term that pushes h to 0 or 1
+    with its exponent annealed from 20 to 2."""
+    loss = reconstruction_loss(forward(dequantize(h), inputs), target, channel_dim)
+    if progress > 0:
+        beta = 20 + (2 - 20) * progress
+        loss = loss + regularization * (1 - (2 * h - 1).abs().pow(beta)).sum()
+    return loss
 
 
 @torch.no_grad()
 def _full_loss(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], w: torch.Tensor,
                inputs: torch.Tensor, target: torch.Tensor, channel_dim: int,
-               chunk: int = 256) -> float:
+               chunk: int = 4096) -> float:
     total = 0.0
     for start in range(0, inputs.shape[0], chunk):
         out = forward(w, inputs[start:start + chunk])

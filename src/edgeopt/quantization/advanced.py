@@ -71,39 +71,57 @@ def check_data(config: QuantConfig, data: Any) -> None:
     )
 
 
-def input_shape(model: nn.Module, config: QuantConfig, data: Any) -> tuple[int, ...]:
-    """Per-sample input shape for data-free synthesis: from data, the config, or the model."""
+def input_shape(model: nn.Module, config: QuantConfig, data: Any) -> tuple[tuple[int, ...], str]:
+    """Per-sample input shape for data-free synthesis, and where it came from: `data` (an
+    example input tensor with its batch dimension, or any data), the config, or the model."""
     if data is not None:
-        return tuple(take_inputs(data, 1, what="data")[0].shape[1:])
+        return tuple(take_inputs(data, 1, what="data")[0].shape[1:]), "data"
     if config.advanced.input_shape is not None:
-        return tuple(config.advanced.input_shape)
+        return tuple(config.advanced.input_shape), "QuantConfig.advanced.input_shape"
     shape = getattr(model, "input_shape", None)
     if isinstance(shape, tuple | list) and all(isinstance(d, int) for d in shape):
-        return tuple(shape)
+        return tuple(shape), f"{type(model).__name__}.input_shape"
     first = next((m for m in model.modules() if type(m) in WEIGHT_LAYERS), None)
     if isinstance(first, nn.Linear):
-        return (first.in_features,)
+        return (first.in_features,), "the model's first Linear layer"
     raise ConfigError(
-        "data_free=True without data needs the input shape of one sample; set "
-        "QuantConfig(advanced=AdvancedQuantConfig(input_shape=(channels, height, width)))."
+        "QuantConfig.data_free=True needs the shape of one input and got neither data nor "
+        "advanced.input_shape; pass data=an example input with its batch dimension (a tensor "
+        "such as torch.randn(1, 3, 224, 224)), or set QuantConfig(advanced=AdvancedQuantConfig("
+        "input_shape=(channels, height, width)))."
     )
+
+
+@torch.no_grad()
+def check_input_shape(model: nn.Module, shape: tuple[int, ...], source: str) -> None:
+    """Run the model once on zeros of `shape` so a wrong shape fails before the synthesis."""
+    try:
+        copy.deepcopy(model).eval()(torch.zeros(1, *shape))
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise DataError(
+            f"data_free=True: the input shape {shape} (per sample, from {source}) does not fit "
+            f"the model: {str(exc).splitlines()[0]}. Give an example input with its batch "
+            "dimension, e.g. data=torch.randn(1, *shape_of_one_sample)."
+        ) from exc
 
 
 def calibration_inputs(model: nn.Module, config: QuantConfig, data: Any
                        ) -> tuple[list[torch.Tensor], dict[str, Any] | None]:
-    """Real calibration batches, or synthesized ones (data_free); [] when none are needed."""
+    """Real calibration batches, or synthesized ones (data_free: `data`, if given, only tells
+    the input shape); [] when none are needed."""
     if config.data_free:
         require_batch_norm(model)
         if not data_driven(config):
             return [], None
         adv = config.advanced
-        shape = input_shape(model, config, data)
+        shape, source = input_shape(model, config, data)
+        check_input_shape(model, shape, source)
         synthesis = synthesize_inputs(model, shape, samples=min(adv.data_free_samples,
                                                                  config.calibration_samples),
                                       steps=adv.data_free_steps, lr=adv.data_free_lr,
                                       seed=adv.seed)
         info = {"samples": int(synthesis.inputs.shape[0]), "input_shape": list(shape),
-                "batch_norms": synthesis.batch_norms,
+                "input_shape_from": source, "batch_norms": synthesis.batch_norms,
                 "bn_mismatch_start": synthesis.loss_start, "bn_mismatch_end": synthesis.loss_end}
         return list(synthesis.inputs.split(64)), info
     if data is None or not (data_driven(config) or smoothing.auto_wanted(config, data)):
@@ -193,7 +211,8 @@ def plan_mixed_precision(model: nn.Module, gm: nn.Module, names: list[str], conf
                                    plan.size_budget_bytes - size_of(chosen))
     else:
         path = mixed.downgrade_path(sensitivity, sizes, candidates)
-        drop_of = _accuracy_drop(model, config, data, batches)
+        real = None if config.data_free else data  # data_free: data only gave the shape
+        drop_of = _accuracy_drop(model, config, real, batches)
         index, evaluated = mixed.choose_by_accuracy(path, drop_of, float(plan.accuracy_budget))
         chosen = path[index]
     uniform = {b: size_of(dict.fromkeys(names, b)) for b in candidates}

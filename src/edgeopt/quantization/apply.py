@@ -146,7 +146,8 @@ def quantize_model(model: nn.Module, config: QuantConfig, *, data: Any = None) -
         from edgeopt.quantization.analysis import layer_sensitivity
 
         single = dataclasses.replace(config, data_free=False, mixed_precision=None)
-        rows = layer_sensitivity(model, single, data if data is not None else batches)
+        real = data is not None and not config.data_free  # else data only gave the shape
+        rows = layer_sensitivity(model, single, data if real else batches)
         stats.sensitivity = [row.to_dict() for row in rows]
     return gm
 
