@@ -8,8 +8,8 @@ PyTorch side computes the same integers.
 
 (Measured and left out: one symmetric scale per token instead. On MiniLM it lifts the embedding
 cosine from 0.994 to 0.998 without calibration data, but ONNX Runtime has no kernel for it and
-the extra passes made the model 20 % slower; SmoothQuant with calibration data reaches the same
-accuracy at per-tensor speed, see smoothing.py.)
+the extra passes made the model 12-20 % slower; SmoothQuant with calibration data reaches the
+same accuracy at per-tensor speed, see smoothing.py.)
 """
 
 from __future__ import annotations
