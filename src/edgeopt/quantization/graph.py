@@ -181,63 +181,73 @@ def insert_act_quantizers(
     a Linear result is quantized only when an integer op reads it (QLinearAdd needs quantized
     readers to pay; MatMulIntegerToFloat and QGemm write float).
     """
-    graph = gm.graph
-    source: dict[fx.Node, str] = {}  # node -> name of the quantizer its value is on the grid of
-    counter = iter(range(10**6))
-    inputs_of: dict[str, str] = {}
+    placer = _Placer(gm, make_quantizer, quantized_layers)
+    for node in list(gm.graph.nodes):
+        placer.visit(node)
+    gm.graph.lint()
+    gm.recompile()
+    return placer.inputs_of
 
-    def quantize_after(node: fx.Node, name: str | None = None,
-                       readers: Callable[[fx.Node], bool] | None = None) -> str:
-        if name is None:
-            name = f"act_quant_{next(counter)}"
-            gm.add_submodule(name, make_quantizer())
-        with graph.inserting_after(node):
-            q = graph.call_module(name, (node,))
-        node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q and (
-            readers is None or readers(user)))
-        source[q] = name
-        if readers is None:
-            source[node] = name
-        return name
 
-    def wants_integer(node: fx.Node) -> bool:
-        if node.op == "call_module" and type(_module(gm, node)) in WEIGHT_LAYERS:
-            return str(node.target) in quantized_layers
-        if node.op == "call_function" and node.target in _ADD_FUNCTIONS:
-            return is_integer_op(gm, node) and feeds_integer(node)
-        return is_integer_op(gm, node)
+class _Placer:
+    """The state of one placement pass: which values are on which quantizer's grid."""
 
-    def feeds_integer(node: fx.Node) -> bool:
-        """Whether an integer op reads the value, directly or through ReLUs and reshapes."""
-        for user in node.users:
-            if user.op == "call_module" and isinstance(_module(gm, user), ActQuant):
-                return True
-            if is_relu(gm, user) or is_pass_through(gm, user):
-                if feeds_integer(user):
-                    return True
-            elif wants_integer(user):
-                return True
-        return False
+    def __init__(self, gm: fx.GraphModule, make_quantizer: Callable[[], ActQuant],
+                 quantized_layers: set[str]) -> None:
+        self.gm, self.make_quantizer, self.quantized_layers = gm, make_quantizer, quantized_layers
+        self.source: dict[fx.Node, str] = {}  # node -> the quantizer its value is on the grid of
+        self.inputs_of: dict[str, str] = {}
+        self.counter = iter(range(10**6))
 
-    for node in list(graph.nodes):
-        if node.op == "output" or node in source:
-            continue
-        if node.op == "call_module" and isinstance(_module(gm, node), ActQuant):
-            continue
+    def visit(self, node: fx.Node) -> None:
+        gm, source = self.gm, self.source
+        if node.op == "output" or node in source or isinstance(_module(gm, node), ActQuant):
+            return
         if is_pass_through(gm, node) and node.args and node.args[0] in source:
-            quantize_after(node, source[node.args[0]])
-            continue
-        if not wants_integer(node):
-            continue
+            self.quantize_after(node, source[node.args[0]])
+            return
+        if not self.wants_integer(node):
+            return
         for arg in node.args:
             if isinstance(arg, fx.Node) and arg not in source and is_float_tensor(arg):
-                quantize_after(arg, readers=wants_integer)
-        if node.op == "call_module" and str(node.target) in quantized_layers:
-            inputs_of[str(node.target)] = source[node.args[0]]
-        _quantize_output(gm, node, quantize_after, feeds_integer)
-    graph.lint()
-    gm.recompile()
-    return inputs_of
+                self.quantize_after(arg, readers=self.wants_integer)
+        if node.op == "call_module" and str(node.target) in self.quantized_layers:
+            self.inputs_of[str(node.target)] = source[node.args[0]]
+        _quantize_output(gm, node, self.quantize_after, self.feeds_integer)
+
+    def quantize_after(self, node: fx.Node, name: str | None = None,
+                       readers: Callable[[fx.Node], bool] | None = None) -> str:
+        """Quantize `node`'s value for all its readers, or only those `readers` accepts."""
+        if name is None:
+            name = f"act_quant_{next(self.counter)}"
+            self.gm.add_submodule(name, self.make_quantizer())
+        with self.gm.graph.inserting_after(node):
+            q = self.gm.graph.call_module(name, (node,))
+        node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q and (
+            readers is None or readers(user)))
+        self.source[q] = name
+        if readers is None:
+            self.source[node] = name
+        return name
+
+    def wants_integer(self, node: fx.Node) -> bool:
+        if node.op == "call_module" and type(_module(self.gm, node)) in WEIGHT_LAYERS:
+            return str(node.target) in self.quantized_layers
+        if node.op == "call_function" and node.target in _ADD_FUNCTIONS:
+            return is_integer_op(self.gm, node) and self.feeds_integer(node)
+        return is_integer_op(self.gm, node)
+
+    def feeds_integer(self, node: fx.Node) -> bool:
+        """Whether an integer op reads the value, directly or through ReLUs and reshapes."""
+        for user in node.users:
+            if isinstance(_module(self.gm, user), ActQuant):
+                return True
+            if is_relu(self.gm, user) or is_pass_through(self.gm, user):
+                if self.feeds_integer(user):
+                    return True
+            elif self.wants_integer(user):
+                return True
+        return False
 
 
 def _quantize_output(gm: fx.GraphModule, node: fx.Node, quantize_after: Callable,
