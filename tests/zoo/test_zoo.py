@@ -28,13 +28,14 @@ def test_forward_and_fx_trace(name, data):
     net = zoo.create(name, shape, num_classes).eval()
     x = torch.randn(3, *shape)
     out = net(x)
-    assert out.shape == (3, num_classes)
+    width = x[0].numel() if name in zoo.catalog.RECONSTRUCTION_MODELS else num_classes
+    assert out.shape == (3, width)
     traced = torch.fx.symbolic_trace(net)
     assert torch.allclose(traced(x), out)
     ops = {n.target for n in traced.graph.nodes if n.op == "call_function"}
     assert torch.nn.functional.relu not in ops  # ReLUs are modules, so fusion can find them
     has_bn = any(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in net.modules())
-    assert has_bn == (name in {"dscnn", "resnet8", "tcn1d"})
+    assert has_bn == (name not in {"lenet300", "lenet5"})
 
 
 def test_init_is_deterministic_for_a_seed():
@@ -122,3 +123,17 @@ def test_unwritable_cache_fails_before_training(tmp_path):
     blocker.write_text("")
     with pytest.raises(OutputError, match="EDGEOPT_CACHE_DIR"):
         zoo.pretrained("lenet300", "digits", epochs=1, cache_dir=blocker / "zoo", progress=False)
+
+
+@pytest.mark.parametrize(("name", "shape", "classes", "params"), [
+    ("ds_cnn_kws", (1, 49, 10), 12, 22_028), ("resnet8", (3, 32, 32), 10, 77_370),
+    ("mobilenetv1_vww", (3, 96, 96), 2, 208_114), ("fc_autoencoder", (640,), 2, 265_864)])
+def test_mlperf_tiny_shapes(name, shape, classes, params):
+    """The MLPerf Tiny reference models at their inputs: output shapes, and weight + bias counts
+    of the reference layer lists (batch norms fold into them)."""
+    net = zoo.create(name, shape, classes).eval()
+    out = net(torch.randn(1, *shape))
+    assert out.shape == (1, 640 if name == "fc_autoencoder" else classes)
+    weights = sum(p.numel() for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear)
+                  for p in m.parameters())
+    assert weights == params

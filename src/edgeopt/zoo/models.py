@@ -166,3 +166,80 @@ class TCN1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.blocks(self.stem(x)))
         return self.fc(torch.flatten(x, 1))
+
+
+# MLPerf Tiny reference architectures (github.com/mlcommons/tiny, training/*), in PyTorch.
+
+
+class DSCNNKWS(nn.Module):
+    """MLPerf Tiny keyword spotting DS-CNN (small): a 10x4 stride-2 conv stem of 64 channels on a
+    49x10 MFCC map, four depthwise 3x3 + pointwise 1x1 blocks, average pooling, 12 classes.
+    Padding (5, 1) gives the reference's 25x5 feature map ('same' in Keras) on 49x10."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 64) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(input_shape[0], width, (10, 4), stride=2, padding=(5, 1), bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+        )
+        blocks = []
+        for _ in range(4):
+            blocks.append(_conv_bn_relu(width, width, 3, groups=width))  # depthwise
+            blocks.append(_conv_bn_relu(width, width, 1))  # pointwise
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.blocks(self.stem(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+# MobileNetV1 at width 1.0: (output channels, stride) of the 13 depthwise-separable blocks.
+_MOBILENET_V1 = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), *[(512, 1)] * 5,
+                 (1024, 2), (1024, 1))
+
+
+class MobileNetV1(nn.Module):
+    """MLPerf Tiny visual wake words MobileNetV1 (width multiplier 0.25 at 96x96x3): a 3x3
+    stride-2 stem, 13 depthwise 3x3 + pointwise 1x1 blocks with ReLU (as the reference's Keras
+    model), global average pooling and a linear classifier (2 classes: person / no person)."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, alpha: float = 0.25) -> None:
+        super().__init__()
+        width = max(8, int(32 * alpha))
+        self.stem = _conv_bn_relu(input_shape[0], width, 3, stride=2)
+        blocks = []
+        for channels, stride in _MOBILENET_V1:
+            out = max(8, int(channels * alpha))
+            blocks.append(_conv_bn_relu(width, width, 3, stride=stride, groups=width))
+            blocks.append(_conv_bn_relu(width, out, 1))
+            width = out
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.blocks(self.stem(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+class FCAutoencoder(nn.Module):
+    """MLPerf Tiny anomaly detection autoencoder: the flattened input (640 = 5 frames x 128 mel
+    bins in the reference) through 128-128-128-128-8-128-128-128-128 Linear+BN+ReLU layers back
+    to its own size. The output is the reconstruction, not class scores (num_classes is unused);
+    the anomaly score is the reconstruction error."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__()
+        size = math.prod(input_shape)
+        layers: list[nn.Module] = []
+        widths = (size, 128, 128, 128, 128, 8, 128, 128, 128, 128)
+        for cin, cout in zip(widths, widths[1:]):
+            layers += [nn.Linear(cin, cout), nn.BatchNorm1d(cout), nn.ReLU()]
+        layers.append(nn.Linear(128, size))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(torch.flatten(x, 1))
