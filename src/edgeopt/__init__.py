@@ -18,6 +18,7 @@ _LAZY = {
     "MixedPrecision": "edgeopt.quantization.config",
     "PruneConfig": "edgeopt.pruning.config",
     "export_onnx": "edgeopt.export.onnx",
+    "export_tflite": "edgeopt.export.tflite",
     "measure": "edgeopt.runtime.measure",
     "Measurement": "edgeopt.runtime.measure",
     "profile": "edgeopt.profile",

@@ -1,4 +1,4 @@
-"""Export optimized PyTorch models to deployable formats (ONNX)."""
+"""Export optimized PyTorch models to deployable formats (ONNX, int8 TFLite)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from edgeopt.export.onnx import (
     translations,
     unregister_translation,
 )
+from edgeopt.export.tflite import export_tflite
 
 __all__ = [
     "export_onnx",
+    "export_tflite",
     "register_postprocess",
     "register_translation",
     "translations",
