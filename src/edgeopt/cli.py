@@ -178,5 +178,31 @@ def measure(onnx_path: Path, data_name: str, threads: int) -> None:
     click.echo(json.dumps(result.to_dict(), indent=2, default=str))
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--stage", required=True, help="Stage of the run to deploy (an int8 stage for MCUs).")
+@click.option("--target", required=True, help="cortex-m4, cortex-m7 or x86-ort.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for deploy.json (and the C sources and ELF image for MCU targets).")
+@click.option("--inputs", "max_inputs", default=20, show_default=True,
+              type=click.IntRange(min=1), help="How many of the run's test inputs to run.")
+@_user_errors
+def deploy(run_dir: Path, stage: str, target: str, out_dir: Path, max_inputs: int) -> None:
+    """Build a stage of RUN_DIR for a target, run the run's test inputs on it (an emulated
+    Cortex-M for MCU targets) and write DIR/deploy.json."""
+    from edgeopt.deploy.stage import deploy_stage
+
+    r = deploy_stage(run_dir, stage, target, out_dir, max_inputs=max_inputs)
+    figures = [f"{key} {r[key]:,} B" for key in ("flash_bytes", "ram_bytes")
+               if r.get(key) is not None]
+    if r.get("instructions_per_inference") is not None:
+        figures.append(f"{r['instructions_per_inference']:,} instructions/inference")
+    figures.append(f"top-1 agreement with ONNX {r['top1_agreement_with_onnx']:.1%}")
+    if r.get("bit_exact_with_reference") is not None:
+        figures.append(f"bit-exact with reference: {r['bit_exact_with_reference']}")
+    click.echo(f"{target}: " + ", ".join(figures))
+    click.echo(f"deploy: {Path(out_dir) / 'deploy.json'}")
+
+
 if __name__ == "__main__":
     main()
