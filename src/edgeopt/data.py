@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from edgeopt.errors import ConfigTypeError, DataError
 
@@ -92,3 +92,26 @@ def model_arguments(model: Any, example_input: Any, where: str) -> tuple[torch.T
         raise ConfigTypeError(f"{where}.example_input must be a tensor or a tuple of tensors; "
                               f"got {type(example_input).__name__}.")
     return args
+
+
+def holdout(data: Any, fraction: float, seed: int) -> tuple[Any, Any]:
+    """(train, val) with `fraction` of `data` held out, or (data, None) when too small.
+
+    Datasets (and a DataLoader's dataset) split by a seeded permutation; lists of batches give
+    their last batches to val."""
+    if fraction <= 0:
+        return data, None
+    if isinstance(data, DataLoader) and not isinstance(data.dataset, IterableDataset):
+        data = data.dataset
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+        size = len(data)  # type: ignore[arg-type]
+        if size < 2:
+            return data, None
+        held = min(size - 1, max(1, round(size * fraction)))
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+        return Subset(data, order[held:]), Subset(data, order[:held])
+    batches = list(data) if not isinstance(data, torch.Tensor) else [data]
+    if len(batches) < 2:
+        return batches, None
+    held = min(len(batches) - 1, max(1, round(len(batches) * fraction)))
+    return batches[:-held], batches[-held:]

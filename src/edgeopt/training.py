@@ -11,15 +11,17 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import Dataset, IterableDataset
 from tqdm.auto import tqdm
 
+from edgeopt import distributed
+from edgeopt.checkpoint import Loop, loop
 from edgeopt.data import Batch, iter_batches
 from edgeopt.errors import ConfigTypeError, DataError, invalid
 
@@ -74,7 +76,8 @@ def fit(
     A Dataset is shuffled with a generator seeded from `seed`; the global torch RNG is seeded
     too (and restored afterwards), so the same seed and model give the same weights.
     `after_step(model)` runs after every optimizer step (e.g. to re-apply pruning masks).
-    The model is left in eval() mode.
+    The model is left in eval() mode. Under torchrun each rank trains on its share of every
+    batch with averaged gradients (edgeopt.distributed): the same weights as one process.
     """
     _check_fit_args(epochs, lr, schedule, batch_size)
     loss_fn = loss_fn or cross_entropy
@@ -86,9 +89,16 @@ def fit(
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
         best_acc, best_state = -1.0, None
-        bar = tqdm(total=epochs, desc=desc, unit="epoch", disable=not progress, leave=False)
-        for epoch in range(epochs):
-            loss = _train_epoch(model, loader, optimizer, loss_fn, after_step, epoch)
+        ckpt = loop("fit", {"model": model}, {"epochs": epochs, "lr": lr, "schedule": schedule,
+                                              "batch_size": batch_size, "seed": seed})
+        generator = getattr(loader, "generator", None)
+        first, best_acc, best_state = _restore(ckpt, model, optimizer, scheduler, generator,
+                                               history)
+        bar = tqdm(total=epochs, desc=desc, unit="epoch", leave=False, initial=first,
+                   disable=not progress or not distributed.is_main())
+        step = distributed.wrap(model)
+        for epoch in range(first, epochs):
+            loss = _train_epoch(step, loader, optimizer, loss_fn, after_step, epoch)
             history.train_loss.append(loss)
             if schedule == "cosine":
                 scheduler.step()
@@ -100,6 +110,10 @@ def fit(
                 if acc >= best_acc:  # ties keep the later weights: tiny val sets saturate early
                     best_acc, history.best_epoch = acc, epoch
                     best_state = copy.deepcopy(model.state_dict())
+            if ckpt is not None:  # resumable from here (edgeopt.checkpoint)
+                ckpt.save({"model": model}, optimizer, {"epoch": epoch + 1, "best_acc": best_acc,
+                          **asdict(history)}, scheduler=scheduler,
+                          generator=generator, best=best_state)
             bar.set_postfix(postfix)
             bar.update(1)
         bar.close()
@@ -108,6 +122,19 @@ def fit(
     model.eval()
     history.seconds = time.perf_counter() - start
     return history
+
+
+def _restore(ckpt: Loop | None, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: Any, generator: torch.Generator | None,
+             history: TrainHistory) -> tuple[int, float, dict[str, torch.Tensor] | None]:
+    """(first epoch to run, best val accuracy, best weights) after the last saved epoch."""
+    saved = None if ckpt is None else ckpt.restore({"model": model}, optimizer,
+                                                   scheduler=scheduler, generator=generator)
+    if saved is None:
+        return 0, -1.0, None
+    history.train_loss, history.val_accuracy = saved["train_loss"], saved["val_accuracy"]
+    history.best_epoch = saved["best_epoch"]
+    return saved["epoch"], saved["best_acc"], saved["best"]
 
 
 def _check_fit_args(epochs: int, lr: float, schedule: str, batch_size: int) -> None:
@@ -126,7 +153,7 @@ def _train_batches(train: Any, batch_size: int, seed: int) -> Iterable[Any]:
     """A re-iterable source of training batches; map-style Datasets get a seeded shuffle."""
     if isinstance(train, Dataset) and not isinstance(train, IterableDataset):
         generator = torch.Generator().manual_seed(seed)
-        return DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator)
+        return distributed.shuffled_loader(train, batch_size, generator)
     if train is None:
         raise DataError("fit needs training data; pass a Dataset or DataLoader.")
     if isinstance(train, Iterator):
@@ -135,7 +162,7 @@ def _train_batches(train: Any, batch_size: int, seed: int) -> Iterable[Any]:
             "fit's train data must be re-iterable (a Dataset, DataLoader or list of batches); "
             "got a one-shot iterator."
         )
-    return train
+    return distributed.shard_batches(train)
 
 
 def _train_epoch(
@@ -146,6 +173,7 @@ def _train_epoch(
     after_step: Callable[[nn.Module], None] | None,
     epoch: int,
 ) -> float:
+    """One epoch; `model` may be the DistributedDataParallel wrapper of the trained model."""
     model.train()
     device = _device(model)
     total, count = 0.0, 0
@@ -154,12 +182,14 @@ def _train_epoch(
         targets = targets.to(device) if targets is not None else None
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(inputs), targets, inputs)
-        loss.backward()
+        share = distributed.weight(inputs.shape[0])
+        (loss * share if share != 1.0 else loss).backward()
         optimizer.step()
         if after_step is not None:
-            after_step(model)
+            after_step(getattr(model, "module", model))
         total += float(loss.detach()) * inputs.shape[0]
         count += inputs.shape[0]
+    total, count = distributed.sum_all([total, count])
     if count == 0:
         raise DataError(f"train data gave no batches in epoch {epoch}; it must not be empty.")
     return total / count
@@ -175,17 +205,37 @@ def predict_logits(model: nn.Module, data: Any, batch_size: int = 256) -> torch.
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Any, batch_size: int = 256) -> float:
-    """Top-1 accuracy of `model` on labeled `data`, in [0, 1]."""
+def evaluate(model: nn.Module, data: Any, batch_size: int = 256, *,
+             limit: int | None = None) -> float:
+    """Top-1 accuracy of `model` on labeled `data` (or its first `limit` batches), in [0, 1].
+
+    Outputs with a sequence axis (token classification) are scored per position."""
     correct, count = 0, 0
-    for logits, targets in _forward(model, data, batch_size):
+    for index, (output, targets) in enumerate(_forward(model, data, batch_size)):
+        if limit is not None and index >= limit:
+            break
         if targets is None:
             raise DataError("evaluate needs labeled data; give (inputs, targets) batches.")
-        correct += int((logits.argmax(dim=1) == targets.to(logits.device)).sum())
-        count += targets.shape[0]
+        logits = logits_of(output)
+        targets = targets.to(logits.device)
+        correct += int((logits.argmax(dim=-1) == targets).sum())
+        count += targets.numel()
     if count == 0:
         raise DataError("data is empty; give at least one labeled batch.")
     return correct / count
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The class scores of a model output: a tensor, `.logits`, or the first tensor inside."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    for leaf in torch.utils._pytree.tree_leaves(output):
+        if isinstance(leaf, torch.Tensor):
+            return leaf
+    raise DataError(f"the model returned no tensor ({type(output).__name__}); cannot score it.")
 
 
 def _forward(model: nn.Module, data: Any, batch_size: int) -> Iterator[Batch]:

@@ -6,9 +6,10 @@ from pruning_models import BlockNet, ResidualNet, batches, data, make, mlp
 
 import edgeopt as eo
 from edgeopt.pruning import AdvancedPrune, prune
-from edgeopt.pruning.common import accuracy, prunable_weights
+from edgeopt.pruning.common import prunable_weights
 from edgeopt.pruning.layers import Bypass
 from edgeopt.quantization.modules import QuantizedWeightLayer
+from edgeopt.training import evaluate as accuracy
 
 QUIET = AdvancedPrune(progress=False)
 X = torch.randn(4, 1, 8, 8)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeopt.data import take_inputs
+from edgeopt.data import holdout, take_inputs
 from edgeopt.distillation import train as loop
 from edgeopt.distillation.config import DistillConfig, Mode
 from edgeopt.distillation.features import (
@@ -63,7 +63,7 @@ def distill(model: nn.Module, config: DistillConfig, *, data: Any = None,
         resolve_layer(model, name, "student", "exits")
     student = copy.deepcopy(model)
     teacher = copy.deepcopy(teacher if teacher is not None else model)
-    train, val = loop.holdout(data, config.val_fraction, config.seed)
+    train, val = holdout(data, config.val_fraction, config.seed)
     if val is not None and not loop.has_labels(val):
         train, val = data, None  # unlabeled: nothing to measure accuracy with
     probe = take_inputs(train, 2, what="train data")[0][:2]

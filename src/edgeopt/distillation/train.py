@@ -12,9 +12,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+from torch.utils.data import Dataset, IterableDataset
 from tqdm.auto import tqdm
 
+from edgeopt import distributed
+from edgeopt.checkpoint import loop
 from edgeopt.data import iter_batches
 from edgeopt.distillation.config import DistillConfig, Mode
 from edgeopt.distillation.features import FeatureTap
@@ -53,27 +55,6 @@ class Curves:
     seconds: float = 0.0
 
 
-def holdout(data: Any, fraction: float, seed: int) -> tuple[Any, Any]:
-    """(train, val): a seeded `fraction` of a map-style Dataset, or the last batches of a list.
-
-    Anything else (a DataLoader, a generator) is used whole for training, with no val part.
-    """
-    if fraction <= 0:
-        return data, None
-    if isinstance(data, Dataset) and not isinstance(data, IterableDataset) and hasattr(
-            data, "__len__"):
-        n = len(data)
-        n_val = max(1, round(n * fraction))
-        if n - n_val < 1:
-            return data, None
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-        return Subset(data, order[n_val:]), Subset(data, order[:n_val])
-    if isinstance(data, list | tuple) and len(data) >= 2:
-        n_val = max(1, round(len(data) * fraction))
-        return list(data[:-n_val]), list(data[-n_val:])
-    return data, None
-
-
 def has_labels(data: Any) -> bool:
     return next(iter_batches(data, what="val data"))[1] is not None
 
@@ -82,11 +63,28 @@ def train_batches(data: Any, batch_size: int, seed: int) -> Iterable[Any]:
     """Re-iterable batches; a map-style Dataset is shuffled by a seeded generator."""
     if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
         generator = torch.Generator().manual_seed(seed)
-        return DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
+        return distributed.shuffled_loader(data, batch_size, generator)
     if not isinstance(data, Iterable) or iter(data) is data:
         raise ConfigTypeError("distillation data must be re-iterable (a Dataset, DataLoader or "
                               f"list of batches); got {type(data).__name__}.")
-    return data
+    return distributed.shard_batches(data)
+
+
+class _Step(nn.Module):
+    """Everything trained, as one module whose forward gives the loss terms of a batch, so that
+    DistributedDataParallel averages the gradients of the student, the projections, the exit
+    heads and (online) the teacher together."""
+
+    def __init__(self, party: Party, config: DistillConfig) -> None:
+        super().__init__()
+        self.online = config.mode is Mode.ONLINE
+        self.trained = nn.ModuleList([party.student, party.projections, party.exit_heads]
+                                     + ([party.teacher] if self.online else []))
+        self.party, self.config = party, config
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor | None
+                ) -> tuple[torch.Tensor, ...]:
+        return _losses(self.party, self.config, inputs, targets, self.online)
 
 
 def run(party: Party, config: DistillConfig, train: Any, val: Any, progress: bool) -> Curves:
@@ -101,11 +99,17 @@ def run(party: Party, config: DistillConfig, train: Any, val: Any, progress: boo
             trained.append(party.teacher)
         params = [p for m in trained for p in m.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=config.lr)
-        best_acc, best_state = -1.0, None
+        modules = {"student": party.student, "projections": party.projections,
+                   "exit_heads": party.exit_heads, "teacher": party.teacher}
+        ckpt = loop("distill", modules, {"config": config.to_dict()})
+        generator = getattr(loader, "generator", None)
+        saved = ckpt.restore(modules, optimizer, generator=generator) if ckpt else None
+        first, best_acc, best_state = _resumed(saved, curves)
         bar = tqdm(total=config.epochs, desc=f"distill ({config.mode.value})", unit="epoch",
-                   disable=not progress, leave=False)
-        for epoch in range(config.epochs):
-            _epoch(party, config, loader, optimizer, curves, epoch)
+                   disable=not progress or not distributed.is_main(), leave=False, initial=first)
+        step = distributed.wrap(_Step(party, config))
+        for epoch in range(first, config.epochs):
+            _epoch(party, step, loader, optimizer, curves, epoch)
             if val is not None:
                 acc = evaluate(party.student, val)
                 curves.val_accuracy.append(acc)
@@ -116,6 +120,10 @@ def run(party: Party, config: DistillConfig, train: Any, val: Any, progress: boo
                     best_state = copy.deepcopy(party.student.state_dict())
             if config.mode is Mode.SELF:  # the next epoch learns from this epoch's model
                 party.teacher.load_state_dict(party.student.state_dict())
+            if ckpt is not None:  # resumable from here (edgeopt.checkpoint)
+                ckpt.save(modules, optimizer, {"epoch": epoch + 1, "best_acc": best_acc,
+                                               "curves": dataclasses.asdict(curves)},
+                          generator=generator, best=best_state)
             bar.set_postfix(loss=f"{curves.train_loss[-1]:.4f}")
             bar.update(1)
         bar.close()
@@ -126,9 +134,20 @@ def run(party: Party, config: DistillConfig, train: Any, val: Any, progress: boo
     return curves
 
 
-def _epoch(party: Party, config: DistillConfig, loader: Iterable[Any],
+def _resumed(saved: dict[str, Any] | None,
+             curves: Curves) -> tuple[int, float, dict[str, torch.Tensor] | None]:
+    """(first epoch to run, best val accuracy, best weights) from a checkpoint, if any."""
+    if saved is None:
+        return 0, -1.0, None
+    for key, value in saved["curves"].items():
+        setattr(curves, key, value)
+    return saved["epoch"], saved["best_acc"], saved["best"]
+
+
+def _epoch(party: Party, step: nn.Module, loader: Iterable[Any],
            optimizer: torch.optim.Optimizer, curves: Curves, epoch: int) -> None:
-    online = config.mode is Mode.ONLINE
+    """One epoch; `step` is _Step, or its DistributedDataParallel wrapper under torchrun."""
+    online = getattr(step, "module", step).online
     party.student.train()
     party.projections.train()
     party.exit_heads.train()
@@ -137,11 +156,14 @@ def _epoch(party: Party, config: DistillConfig, loader: Iterable[Any],
     count = 0
     for inputs, targets in iter_batches(loader, what="train data"):
         optimizer.zero_grad(set_to_none=True)
-        terms = _losses(party, config, inputs, targets, online)
-        terms[0].backward()
+        terms = step(inputs, targets)
+        share = distributed.weight(len(inputs))
+        (terms[0] * share if share != 1.0 else terms[0]).backward()
         optimizer.step()
         sums += torch.tensor([float(t.detach()) for t in terms], dtype=torch.float64) * len(inputs)
         count += len(inputs)
+    *totals, count = distributed.sum_all([*sums.tolist(), count])
+    sums = torch.tensor(totals, dtype=torch.float64)
     if count == 0:
         raise DataError(f"train data gave no batches in epoch {epoch}; it must not be empty.")
     mean = (sums / count).tolist()

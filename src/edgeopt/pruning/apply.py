@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeopt.data import iter_batches
+from edgeopt.data import holdout, iter_batches
 from edgeopt.errors import ConfigTypeError, DataError, ModelError
-from edgeopt.pruning.common import accuracy, example_batch, prunable_weights, split_data
+from edgeopt.pruning.common import example_batch, prunable_weights
 from edgeopt.pruning.config import (
     CHANNEL_STRUCTURES,
     DATA_CRITERIA,
@@ -42,6 +42,7 @@ from edgeopt.pruning.sensitivity import sensitivity_analysis
 from edgeopt.pruning.signals import recalibrate_batch_norm
 from edgeopt.pruning.stats import PruneStats, finish_stats, snapshot
 from edgeopt.registry import Applied, register
+from edgeopt.training import evaluate
 
 
 @dataclasses.dataclass
@@ -124,7 +125,7 @@ def _context(model: nn.Module, config: PruneConfig, data: Any, val_data: Any) ->
                  or config.criterion is Criterion.SENSITIVITY)
     train, val = data, val_data
     if needs_val and val is None and data is not None:
-        train, val = split_data(data, config.advanced.val_fraction, config.advanced.seed)
+        train, val = holdout(data, config.advanced.val_fraction, config.advanced.seed)
     stats = PruneStats(structure=config.structure.value, criterion=config.criterion.value,
                        scope=config.scope.value, schedule=config.schedule.value,
                        target_sparsity=config.sparsity)
@@ -144,7 +145,7 @@ def _finetune(model: nn.Module, pruner: Pruner, ctx: Context, epochs: int, desc:
 def _round(model: nn.Module, ctx: Context, index: int, sparsity: float, result: Any) -> None:
     """One entry of the sparsity / accuracy trend."""
     acc = result.best if result is not None and result.best is not None else (
-        accuracy(model, ctx.val) if ctx.val is not None else None)
+        evaluate(model, ctx.val) if ctx.val is not None else None)
     ctx.stats.rounds.append({
         "round": index, "sparsity": sparsity, "accuracy": acc,
         "params": sum(p.numel() for p in model.parameters()),

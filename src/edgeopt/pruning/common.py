@@ -1,19 +1,18 @@
-"""Helpers shared by the pruning modules: prunable layers, logits, accuracy, data splits."""
+"""Helpers shared by the pruning modules: prunable layers, losses, labeled batches."""
 
 from __future__ import annotations
 
 import fnmatch
-import math
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from edgeopt.data import iter_batches
 from edgeopt.errors import DataError
+from edgeopt.training import logits_of
 
 # Layer types whose weights unstructured / N:M pruning zeroes: type -> parameter names.
 # Extend this table to prune more layer types.
@@ -55,19 +54,6 @@ def _table_entry(kind: type) -> tuple[str, ...] | None:
     return None
 
 
-def logits_of(output: Any) -> torch.Tensor:
-    """The class scores of a model output: a tensor, `.logits`, or the first tensor inside."""
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    for leaf in torch.utils._pytree.tree_leaves(output):
-        if isinstance(leaf, torch.Tensor):
-            return leaf
-    raise DataError(f"the model returned no tensor ({type(output).__name__}); cannot score it.")
-
-
 def output_shapes(output: Any) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for t in torch.utils._pytree.tree_leaves(output)
             if isinstance(t, torch.Tensor)]
@@ -92,49 +78,6 @@ def labeled_batches(data: Any, limit: int, batch_size: int, what: str) -> Iterat
         if targets is None:
             raise DataError(f"{what} has no targets; give (inputs, targets) batches.")
         yield inputs, targets
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, data: Any, *, limit: int | None = None, batch_size: int = 256) -> float:
-    """Top-1 accuracy over `data` (or its first `limit` batches); the model's mode is restored."""
-    was_training = model.training
-    model.eval()
-    correct = count = 0
-    try:
-        for index, (inputs, targets) in enumerate(iter_batches(data, batch_size=batch_size)):
-            if limit is not None and index >= limit:
-                break
-            if targets is None:
-                raise DataError("accuracy needs labeled data; give (inputs, targets) batches.")
-            logits = logits_of(model(inputs))
-            correct += int((logits.argmax(dim=-1) == targets).sum())
-            count += targets.numel()
-    finally:
-        model.train(was_training)
-    if count == 0:
-        raise DataError("validation data is empty; give at least one labeled batch.")
-    return correct / count
-
-
-def split_data(data: Any, fraction: float, seed: int) -> tuple[Any, Any]:
-    """(train, val): `fraction` of `data` held out. Datasets split by a seeded permutation;
-    DataLoaders split their dataset; lists of batches give their last batches to val."""
-    if fraction <= 0:
-        return data, None
-    if isinstance(data, DataLoader) and not isinstance(data.dataset, IterableDataset):
-        data = data.dataset
-    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
-        size = len(data)  # type: ignore[arg-type]
-        held = max(1, int(round(size * fraction)))
-        if size < 2:
-            return data, None
-        order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
-        return Subset(data, order[held:]), Subset(data, order[:held])
-    batches = list(data) if not isinstance(data, torch.Tensor) else [data]
-    if len(batches) < 2:
-        return batches, None
-    held = min(len(batches) - 1, max(1, math.ceil(len(batches) * fraction)))
-    return batches[:-held], batches[-held:]
 
 
 def example_batch(data: Any) -> torch.Tensor:

@@ -11,8 +11,8 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
-from edgeopt.pruning.common import accuracy, loss_fn
-from edgeopt.training import LossFn, fit
+from edgeopt.pruning.common import loss_fn
+from edgeopt.training import LossFn, evaluate, fit
 
 
 def round_sparsities(target: float, steps: int) -> list[float]:
@@ -67,7 +67,7 @@ def finetune(
             loss_fn=loss or loss_fn, after_step=after_step, progress=False)
         result.epochs += 1
         bar.update(1)
-        acc = accuracy(model, val) if val is not None else None
+        acc = evaluate(model, val) if val is not None else None
         if on_epoch is not None:
             on_epoch(epoch, acc)
         if acc is None:

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from edgeopt.errors import ConfigError, invalid
-from edgeopt.pruning.common import accuracy, example_batch, prunable_weights
+from edgeopt.pruning.common import example_batch, prunable_weights
 from edgeopt.pruning.importance import layer_masks, position_scores
 from edgeopt.pruning.surgery import channel_masks, zero_channels
+from edgeopt.training import evaluate
 
 
 @dataclasses.dataclass
@@ -92,7 +93,7 @@ def sensitivity_analysis(
         raise ConfigError(f"sensitivity_analysis.structure must be 'unstructured' or 'channel'; "
                           f"got {structure!r}.")
     model.eval()
-    baseline = accuracy(model, data, limit=batches)
+    baseline = evaluate(model, data, limit=batches)
     if structure == "unstructured":
         curves, sizes = _weight_curves(model, data, levels, batches, exclude)
     else:
@@ -110,7 +111,7 @@ def _weight_curves(model: nn.Module, data: Any, levels: tuple[float, ...], batch
         for level in levels:
             mask = layer_masks({name: original.abs()}, {name: level})[name]
             weight.copy_(original * mask)
-            points.append(accuracy(model, data, limit=batches))
+            points.append(evaluate(model, data, limit=batches))
         weight.copy_(original)
         curves[name], sizes[name] = points, weight.numel()
     return curves, sizes
@@ -139,7 +140,7 @@ def _channel_curves(model: nn.Module, data: Any, levels: tuple[float, ...], batc
             count = min(len(cands), math.floor(len(group.channels) * level),
                         len(group.channels) - 1)
             zero_channels(model, channel_masks(graph, set(order[:count])))
-            points.append(accuracy(model, data, limit=batches))
+            points.append(evaluate(model, data, limit=batches))
             model.load_state_dict(state)
         curves[group.name], sizes[group.name] = points, len(group.channels)
     return curves, sizes
