@@ -4,7 +4,7 @@ from qhelpers import agreement, run_onnx
 
 import edgeopt as eo
 from edgeopt.quantization.modules import QuantizedWeightLayer
-from edgeopt.quantization.nonuniform import kmeans_1d, log2_magnitudes, log2_quantize
+from edgeopt.quantization.nonuniform import kmeans_codebook, log2_magnitudes, log2_quantize
 from edgeopt.quantization.simulated import CodebookLayer
 from edgeopt.runtime.inspect import census
 
@@ -26,7 +26,7 @@ def test_log2_levels_are_signed_powers_of_two_and_nearest():
 def test_kmeans_matches_a_naive_lloyd_reference():
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(500, generator=g) * 0.1 + c for c in (-2.0, 0.0, 1.0, 3.0)])
-    codebook, index = kmeans_1d(x, 4)
+    codebook, index = kmeans_codebook(x, 4)
     assert torch.allclose(codebook, torch.tensor([-2.0, 0.0, 1.0, 3.0]), atol=0.05)
     inertia = float((x - codebook[index]).pow(2).sum())
     from sklearn.cluster import KMeans

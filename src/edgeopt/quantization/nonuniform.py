@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from edgeopt.clustering.primitives import kmeans_1d
+
 
 def log2_magnitudes(bits: int) -> int:
     """Non-zero magnitudes a signed log2 code of `bits` bits holds: 2^0 .. 2^(m-1), plus zero."""
@@ -49,29 +51,18 @@ def log2_quantize(weight: torch.Tensor, bits: int, steps: int = 16
 
 
 @torch.no_grad()
-def kmeans_1d(values: torch.Tensor, clusters: int, iterations: int = 30
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means on scalars with linear initialization between min and max.
+def kmeans_codebook(values: torch.Tensor, clusters: int, iterations: int = 30
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One k-means codebook for all of `values`, started evenly between min and max.
 
-    Returns (codebook [clusters], sorted; indices shaped like `values`, int64). In one dimension
-    the nearest centroid is found by bucketing against the midpoints of the sorted centroids.
+    Returns (codebook [clusters], sorted; indices shaped like `values`, int64); the clustering
+    technique's row-wise Lloyd iteration does the work.
     """
-    flat = values.detach().float().reshape(-1)
+    flat = values.detach().float().reshape(1, -1)
     clusters = max(1, min(clusters, flat.numel()))
-    codebook = torch.linspace(float(flat.min()), float(flat.max()), clusters)
-    index = torch.zeros_like(flat, dtype=torch.long)
-    for _ in range(iterations):
-        codebook, _ = torch.sort(codebook)
-        index = torch.bucketize(flat, (codebook[1:] + codebook[:-1]) / 2)
-        sums = torch.zeros(clusters).index_add_(0, index, flat)
-        counts = torch.zeros(clusters).index_add_(0, index, torch.ones_like(flat))
-        updated = torch.where(counts > 0, sums / counts.clamp(min=1), codebook)
-        if torch.allclose(updated, codebook, rtol=0.0, atol=1e-9):
-            break
-        codebook = updated
-    codebook, _ = torch.sort(codebook)
-    index = torch.bucketize(flat, (codebook[1:] + codebook[:-1]) / 2)
-    return codebook, index.reshape(values.shape)
+    start = torch.linspace(float(flat.min()), float(flat.max()), clusters)[None]
+    codebook, labels = kmeans_1d(flat, torch.ones_like(flat, dtype=torch.bool), start, iterations)
+    return codebook[0], labels[0].reshape(values.shape)
 
 
 def codebook_bytes(numel: int, bits: int, codebook_entries: int) -> int:

@@ -25,7 +25,7 @@ from edgeopt.quantization.config import (
 )
 from edgeopt.quantization.dynamic import DynamicLinear
 from edgeopt.quantization.modules import GroupedLinear, QATWeightLayer, QuantizedWeightLayer
-from edgeopt.quantization.nonuniform import kmeans_1d, log2_magnitudes, log2_quantize
+from edgeopt.quantization.nonuniform import kmeans_codebook, log2_magnitudes, log2_quantize
 from edgeopt.quantization.primitives import quantize_stochastic
 from edgeopt.quantization.simulated import CodebookLayer, FloatFormatLayer
 
@@ -94,7 +94,7 @@ class LayerBuilder:
         if spec.granularity is Granularity.PER_CHANNEL:
             scale = weight.abs().reshape(weight.shape[0], -1).amax(dim=1).clamp(min=1e-12)
             weight = weight / scale.reshape((-1,) + (1,) * (weight.dim() - 1))
-        codebook, codes = kmeans_1d(weight, 2**spec.bits)
+        codebook, codes = kmeans_codebook(weight, 2**spec.bits)
         return CodebookLayer(layer, codes, codebook, spec.bits, channel_scale=scale,
                              levels="kmeans")
 
