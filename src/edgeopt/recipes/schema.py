@@ -53,6 +53,7 @@ class Recipe:
     opset: int
     measure: MeasureSettings
     source: dict[str, Any]
+    target: str | None = None  # a deployment target (edgeopt.deploy.targets): does each stage fit?
 
     def to_dict(self) -> dict[str, Any]:
         return self.source
@@ -66,7 +67,7 @@ class Recipe:
         return self.data if isinstance(self.data, str) else self.data.label
 
 
-_TOP_KEYS = {"model", "data", "metric", "seed", "epochs", "stages", "export", "measure"}
+_TOP_KEYS = {"model", "data", "metric", "seed", "epochs", "stages", "export", "measure", "target"}
 _STAGE_KEYS = {"name", "technique", "config", "from", "data", "speed_guard"}
 
 
@@ -118,8 +119,18 @@ def parse_recipe(raw: dict[str, Any], root: Path | None = None) -> Recipe:
     opset = _typed(export.get("opset", 18), int, "recipe.export.opset")
     if not 18 <= opset <= 21:
         raise invalid("recipe.export.opset", "an int in [18, 21]", opset)
+    target = _parse_target(raw.get("target"))
     return Recipe(model=model, data=data, metric=metric, seed=seed, epochs=epochs, stages=stages,
-                  opset=opset, measure=_parse_measure(raw.get("measure", {})), source=raw)
+                  opset=opset, measure=_parse_measure(raw.get("measure", {})), source=raw,
+                  target=target)
+
+
+def _parse_target(raw: Any) -> str | None:
+    from edgeopt.deploy.targets import TARGETS, names
+
+    if raw is not None and (not isinstance(raw, str) or raw not in TARGETS):
+        raise invalid("recipe.target", f"one of {', '.join(names())}", raw)
+    return raw
 
 
 def _parse_model(raw: Any, root: Path) -> str | ModelSource:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edgeopt.report.table import summary_rows
+from edgeopt.report.table import summary_rows, target_rows
 from edgeopt.text import markdown_table
 
 if TYPE_CHECKING:
@@ -19,6 +19,7 @@ def render_summary(result: RunResult) -> str:
              "Runtime on the exported files; speedup is against the baseline, timed "
              "interleaved in one run. `int8 kernels` counts integer compute ops among all "
              "compute ops of the runtime's optimized graph.", ""]
+    parts += _target_section(data)
     parts += ["## Warnings", ""] + ([f"- {w}" for w in data["warnings"]] or ["- none"]) + [""]
     for stage in data["stages"]:
         parts += [f"## {stage['name']}: per-layer profile", "", stage.get("profile_table", ""), ""]
@@ -35,3 +36,12 @@ def render_summary(result: RunResult) -> str:
             tried = ", ".join(f"{k} {v:.2f}x" for k, v in speed["speedups"].items())
             parts += [f"- speed guard kept: **{speed['chosen']}** (tried: {tried})", ""]
     return "\n".join(parts)
+
+
+def _target_section(data: dict) -> list[str]:
+    """Whether each stage fits the recipe's target (flash and RAM estimated from the lowered
+    integer graph; `edgeopt deploy` measures the built image)."""
+    line, rows = target_rows(data)
+    if not rows:
+        return []
+    return [f"## Target {line}", "", markdown_table(rows), ""]

@@ -13,7 +13,7 @@ from typing import Any
 
 from edgeopt.report import extract
 from edgeopt.report.load import RunData, normalize
-from edgeopt.report.table import COLUMNS, NA, summary_rows
+from edgeopt.report.table import COLUMNS, NA, summary_rows, target_rows
 
 TWIN_NAME = "figures.json"
 TECHNIQUES = {"quant": "Quantization", "prune": "Pruning", "distill": "Distillation",
@@ -58,7 +58,7 @@ def build_report(run: RunData) -> tuple[str, dict[str, Any]]:
     specs = extract.build_figures(metrics)
     problems = list(run.problems)
     rendered = {spec["id"]: _figure_html(spec, problems) for spec in specs}
-    parts = [_header(metrics, problems), _summary(metrics)]
+    parts = [_header(metrics, problems), _summary(metrics), _target(metrics)]
     parts += [_figure_section(sid, title, specs, rendered) for sid, title in
               (("tradeoff", "Accuracy, size and latency"), ("sparsity", "Sparsity per layer"))]
     parts += [_stage_section(s, specs, rendered) for s in metrics["stages"] if _has_section(s)]
@@ -152,6 +152,21 @@ def _summary(metrics: dict[str, Any]) -> str:
             "the ONNX file(s); latency: median at batch 1; speedup against the baseline, "
             "timed interleaved; MACs and parameters per inference; peak mem: largest live "
             "activation memory.</p></section>")
+
+
+def _target(metrics: dict[str, Any]) -> str:
+    """The recipe's deployment target: budgets and whether each stage fits."""
+    line, rows = target_rows(metrics)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{escape(v)}</td>" for v in row.values()) + "</tr>"
+                   for row in rows)
+    return (f"<section id=target><h2>Target</h2><p>{escape(line)}</p><div class=scroll><table>"
+            f"<tr>{head}</tr>{body}</table></div><p class=note>Flash: weights, biases and "
+            "per-channel requantization of the lowered int8 graph (code not included); RAM: "
+            "peak int8 activations. <code>edgeopt deploy</code> measures the built image."
+            "</p></section>")
 
 
 def _nav(metrics: dict[str, Any]) -> str:

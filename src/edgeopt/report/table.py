@@ -9,7 +9,7 @@ from typing import Any
 
 from edgeopt.text import human, human_bytes
 
-__all__ = ["COLUMNS", "NA", "human", "human_bytes", "percent", "summary_rows"]
+__all__ = ["COLUMNS", "NA", "human", "human_bytes", "percent", "summary_rows", "target_rows"]
 
 COLUMNS = ("stage", "technique", "accuracy", "Δ acc", "size", "smaller", "stored", "latency",
            "speedup", "MACs", "params", "peak mem", "int8 kernels")
@@ -65,3 +65,25 @@ def _kernels(runtime: dict[str, Any]) -> str:
     except TypeError:
         return NA
     return f"{int8}/{int8 + flt}" if int8 + flt else ""
+
+
+def target_rows(metrics: dict[str, Any]) -> tuple[str, list[dict[str, str]]]:
+    """A run with a recipe `target:`: a line on the target's budgets and, per stage, its flash
+    and RAM (estimated from the lowered integer graph) and whether it fits. ("", []) without."""
+    target = metrics.get("target")
+    if not isinstance(target, dict) or not target.get("name"):
+        return "", []
+
+    def size(value: Any) -> str:
+        return NA if not isinstance(value, int | float) else human_bytes(value)
+
+    budget = (f"flash {size(target.get('flash_bytes'))}, RAM {size(target.get('ram_bytes'))}"
+              if target.get("flash_bytes") else "no flash / RAM budget")
+    rows = []
+    for stage in metrics.get("stages") or []:
+        fit = stage.get("target_fit") if isinstance(stage.get("target_fit"), dict) else {}
+        rows.append({"stage": str(stage.get("name", "?")), "flash": size(fit.get("flash_bytes")),
+                     "RAM": size(fit.get("ram_bytes")),
+                     "fits": {True: "yes", False: "no"}.get(fit.get("fits"), NA),
+                     "note": str(fit.get("note", ""))})
+    return f"{target['name']}: {target.get('description', '')}; {budget}.", rows
