@@ -19,8 +19,10 @@ MODEL_C = """#include "model.h"
 int edgeopt_model_invoke(const int8_t *input, int8_t *output) {
     int32_t acc = 0;
     for (int i = 0; i < EDGEOPT_INPUT_SIZE; i++) acc += input[i] * (i - 8);
+    EDGEOPT_LAYER_END(0);
     __asm__ volatile("mov r0, %0\\n1: subs r0, #1\\n bne 1b" :: "r"(1000 * (input[0] + 1))
                      : "r0", "cc");
+    EDGEOPT_LAYER_END(1);
     output[0] = (int8_t)(acc >> 8);
     output[1] = (int8_t)acc;
     return 0;
@@ -43,9 +45,15 @@ def test_build_run_and_count(tmp_path, target):
     acc = (inputs.astype(np.int32) * (np.arange(16) - 8)).sum(axis=1)
     expected = np.stack([(acc >> 8).astype(np.int8), acc.astype(np.int8)], axis=1)
     np.testing.assert_array_equal(run.outputs, expected)
-    # two instructions per loop turn: the differences are exact to about one instruction
+    # two instructions per loop turn: the differences are exact to a few instructions (the
+    # first inference also records how many layers the model has)
     steps = np.diff(run.instructions)
-    assert abs(steps[0] - 8000) <= 2 and abs(steps[1] - 10000) <= 2, run.instructions
+    assert abs(steps[0] - 8000) <= 8 and abs(steps[1] - 10000) <= 2, run.instructions
+    # per-layer counts (EDGEOPT_LAYER_END): the loop layer is 2 * 1000 * (input[0] + 1)
+    loop = [layers[1] for layers in run.layer_instructions]
+    assert all(abs(n - 2000 * (k + 1) - 10) < 20 for n, k in zip(loop, [0, 4, 9])), loop
+    assert all(sum(layers) <= total for layers, total in zip(run.layer_instructions,
+                                                             run.instructions))
     assert 0 < run.stack_bytes < 1024
     size = mcu.image_size(elf)
     assert 500 < size["flash_bytes"] < 8000  # vector table, startup, semihosting, 3 inputs

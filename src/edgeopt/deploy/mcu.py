@@ -29,8 +29,9 @@ BOARD_DIR = Path(__file__).parent / "board"
 ICOUNT_SHIFT = 6
 TIMER_HZ = 25_000_000  # MPS2 system clock that drives the CMSDK APB timers
 INSTRUCTIONS_PER_TICK = (1e9 / TIMER_HZ) / 2**ICOUNT_SHIFT
-TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm")
+TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-size", "arm-none-eabi-nm", "qemu-system-arm")
 _SKIP_SOURCES = {"selftest.c"}  # the host self-test has its own main()
+_PROFILING_SYMBOLS = ("layer_ticks",)
 
 
 @dataclass
@@ -78,7 +79,7 @@ def build_elf(c_dir: Path, target: Target, inputs: np.ndarray, elf: Path,
     sources = [p for p in sorted(Path(c_dir).glob("*.c")) if p.name not in _SKIP_SOURCES]
     sources += [BOARD_DIR / "board.c", BOARD_DIR / "main.c", *extra_sources]
     command = ["arm-none-eabi-gcc", *target.cflags, f"-I{build}", f"-I{c_dir}",
-               f"-I{BOARD_DIR}", *map(str, sources), "-T", str(BOARD_DIR / "board.ld"),
+               f"-I{BOARD_DIR}", "-include", str(BOARD_DIR / "profile.h"), *map(str, sources), "-T", str(BOARD_DIR / "board.ld"),
                "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs",
                "-Wl,--gc-sections", "-o", str(elf)]
     _check(command, "arm-none-eabi-gcc")
@@ -92,9 +93,17 @@ def image_size(elf: Path) -> dict[str, int]:
     sections = {m[1]: int(m[2]) for m in re.finditer(r"^(\.\S+)\s+(\d+)\s+\d+", text, re.M)}
     get = sections.get
     flash = get(".text", 0) + get(".ARM.exidx", 0) + get(".data", 0)
-    static = get(".data", 0) + get(".bss", 0)
+    static = get(".data", 0) + get(".bss", 0) - _symbol_bytes(elf, _PROFILING_SYMBOLS)
     return {"flash_bytes": flash, "static_ram_bytes": static,
             "stack_reserved_bytes": get(".stack", 0)}
+
+
+def _symbol_bytes(elf: Path, names: tuple[str, ...]) -> int:
+    """Total size of the named symbols (main.c's per-layer tick buffer is not the model's RAM)."""
+    text = _check(["arm-none-eabi-nm", "-S", str(elf)], "arm-none-eabi-nm")
+    sizes = {m[2]: int(m[1], 16) for m in re.finditer(r"^[0-9a-f]+ ([0-9a-f]+) \w (\S+)$",
+                                                       text, re.M)}
+    return sum(sizes.get(name, 0) for name in names)
 
 
 def run_elf(elf: Path, target: Target, *, timeout_s: float = 120.0) -> BoardRun:

@@ -102,43 +102,59 @@ def load_test_inputs(run_dir: Path, limit: int) -> tuple[np.ndarray, np.ndarray 
 
 def _deploy_mcu(onnx_path: Path, target: Target, x: np.ndarray, y: np.ndarray | None,
                 work: Path) -> dict[str, Any]:
-    from edgeopt.deploy import build_c, reference
+    from edgeopt.deploy import reference
     from edgeopt.deploy.lower import lower_onnx
-    from edgeopt.deploy.mcu import build_elf, image_size, run_elf
 
     # The model's float output gets its int8 range from these inputs' ONNX outputs.
     graph = lower_onnx(onnx_path, calibration=x)
     x_int8 = reference.quantize_input(graph, x).reshape(len(x), -1)
+    result = run_graph_on_target(graph, target, x_int8, work)
+    outputs = result.pop("outputs")
+    expected = np.stack([reference_output(graph, row) for row in x_int8])
+    onnx_out = _onnx_outputs(onnx_path, x)
+    out_q = graph.tensors[graph.outputs[0]].qparams
+    dequantized = (outputs.astype(np.float32) - int(out_q.zero_point)) * float(out_q.scale)
+    return {
+        **result,
+        "inputs": len(x),
+        "bit_exact_with_reference": bool(np.array_equal(outputs, expected)),
+        "outputs_differing_from_reference": int((outputs != expected).any(axis=1).sum()),
+        "top1_agreement_with_onnx": agreement(outputs, onnx_out),
+        "max_abs_diff_with_onnx": float(np.abs(dequantized - onnx_out).max()),
+        "accuracy": None if y is None else float((outputs.argmax(1) == y).mean()),
+    }
+
+
+def run_graph_on_target(graph: Any, target: Target, x_int8: np.ndarray,
+                        work: Path) -> dict[str, Any]:
+    """C for `graph` built for `target` in work/c and work/build, run on the emulated board with
+    the int8 inputs `x_int8` (N, input size): image sizes, instructions, the int8 outputs."""
+    from edgeopt.deploy import build_c
+    from edgeopt.deploy.mcu import build_elf, image_size, run_elf
+
     export = build_c(graph, work / "c", test_inputs=x_int8)
     elf = build_elf(work / "c", target, x_int8, work / "build" / "model.elf")
-    board = run_elf(elf, target, timeout_s=60.0 + 30.0 * len(x))
-    expected = np.stack([_reference_output(graph, reference, row) for row in x_int8])
-    onnx_out = _onnx_outputs(onnx_path, x)
+    board = run_elf(elf, target, timeout_s=60.0 + 30.0 * len(x_int8))
     size = image_size(elf)
     ram = size["static_ram_bytes"] + board.stack_bytes
-    out_q = graph.tensors[graph.outputs[0]].qparams
-    dequantized = (board.outputs.astype(np.float32) - int(out_q.zero_point)) * float(out_q.scale)
-    result = {
+    return {
         "flash_bytes": size["flash_bytes"], "ram_bytes": ram,
         "static_ram_bytes": size["static_ram_bytes"], "stack_bytes": board.stack_bytes,
         "arena_bytes": getattr(export, "ram_bytes", None),
         "weights_flash_bytes": getattr(export, "flash_bytes", None),
         "instructions_per_inference": int(np.median(board.instructions)),
         "instructions_min_max": [min(board.instructions), max(board.instructions)],
-        "inputs": len(x),
-        "bit_exact_with_reference": bool(np.array_equal(board.outputs, expected)),
-        "outputs_differing_from_reference": int((board.outputs != expected).any(axis=1).sum()),
-        "top1_agreement_with_onnx": _agreement(board.outputs, onnx_out),
-        "max_abs_diff_with_onnx": float(np.abs(dequantized - onnx_out.reshape(len(x), -1)).max()),
-        "accuracy": None if y is None else float((board.outputs.argmax(1) == y).mean()),
         "layers": _layers(export, board.layer_instructions),
         "emulator": f"qemu-system-arm -M {target.qemu_machine} -icount shift=6",
         **fits(target, size["flash_bytes"], ram),
+        "outputs": board.outputs,
     }
-    return result
 
 
-def _reference_output(graph: Any, reference: Any, row: np.ndarray) -> np.ndarray:
+def reference_output(graph: Any, row: np.ndarray) -> np.ndarray:
+    """edgeopt's integer reference on one int8 input row: the flat int8 output."""
+    from edgeopt.deploy import reference
+
     shape = graph.tensors[graph.inputs[0]].shape
     return np.asarray(reference.run(graph, row.reshape(shape))[0], np.int8).reshape(-1)
 
@@ -153,7 +169,8 @@ def _onnx_outputs(onnx_path: Path, x: np.ndarray) -> np.ndarray:
     return outputs.reshape(len(x), -1)
 
 
-def _agreement(board: np.ndarray, onnx_out: np.ndarray) -> float:
+def agreement(board: np.ndarray, onnx_out: np.ndarray) -> float:
+    """Top-1 agreement of int8 outputs with float outputs (same order of classes)."""
     return float((board.reshape(len(board), -1).argmax(1) == onnx_out.argmax(1)).mean())
 
 

@@ -7,6 +7,31 @@
 
 static int8_t output[EDGEOPT_OUTPUT_SIZE];
 
+/* Per-layer timer ticks of the current inference, when the model calls EDGEOPT_LAYER_END. */
+#define EO_MAX_LAYERS 256
+static uint32_t layer_ticks[EO_MAX_LAYERS];
+static int layers_seen;
+static uint32_t layer_start;
+
+void eo_layer_end(int index) {
+    uint32_t now = board_timer_ticks();
+    if (index >= 0 && index < EO_MAX_LAYERS) {
+        layer_ticks[index] = now - layer_start;
+        if (index + 1 > layers_seen) layers_seen = index + 1;
+    }
+    layer_start = board_timer_ticks();
+}
+
+static void print_layers(void) {
+    if (layers_seen == 0) return;
+    board_puts("EO-LAYERS");
+    for (int k = 0; k < layers_seen; k++) {
+        board_puts(" ");
+        board_put_u32(layer_ticks[k]);
+    }
+    board_puts("\n");
+}
+
 int main(void) {
     board_puts("EO-BEGIN\n");
     board_timer_start();
@@ -14,6 +39,7 @@ int main(void) {
     empty = board_timer_ticks() - empty;
     for (int i = 0; i < EO_NUM_INPUTS; i++) {
         uint32_t start = board_timer_ticks();
+        layer_start = start;
         int status = edgeopt_model_invoke(eo_inputs[i], output);
         uint32_t ticks = board_timer_ticks() - start - empty;
         if (status != 0) {
@@ -25,6 +51,7 @@ int main(void) {
         board_puts(" ");
         board_put_hex((const uint8_t *)output, EDGEOPT_OUTPUT_SIZE);
         board_puts("\n");
+        print_layers();
     }
     board_puts("EO-STACK ");
     board_put_u32(board_stack_used());
