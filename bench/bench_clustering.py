@@ -6,7 +6,7 @@ stored size of the codebook model.
 Every Linear / Conv weight is clustered per layer (linear centroid init, as Deep Compression
 found best); biases and batch-norm parameters stay float32. "FT" trains the centroids for
 `--finetune` epochs with the assignments fixed. Accuracy is top-1 on the MNIST-subset test
-split in ONNX Runtime. Stored size is the compressed container of edgeopt.clustering.storage
+split in ONNX Runtime. Stored size is the compressed container of edgeopt.storage
 (codebook + entropy-coded indices, everything else float32) over the model's state dict —
 batch norm is folded only when deployed, so the .onnx file would not show the sharing.
 """
@@ -30,7 +30,7 @@ def main() -> None:
     torch.set_num_threads(1)  # tiny models on a shared 2-core CPU: threads only contend
 
     import edgeopt as eo
-    from edgeopt.clustering.storage import stored_size
+    from edgeopt.storage import stored_size
 
     splits = eo.datasets.load("mnist5k", seed=0)
     example = splits.test[0][0][None]

@@ -5,7 +5,7 @@ int8-quantize) -> entropy-code, on LeNet-300-100 / the MNIST subset.
 
 The pipeline is an ordinary recipe (RECIPE below; the same mapping works as YAML with
 `edgeopt optimize`). Accuracy is measured by the recipe runner in ONNX Runtime on the test
-split. Stored sizes come from `edgeopt.clustering.storage` applied to the exported .onnx
+split. Stored sizes come from `edgeopt.storage` applied to the exported .onnx
 initializers: "packed" keeps every stream plain (bitmap of nonzeros, bit-packed cluster
 indices, codebook, raw values), "entropy-coded" additionally LZMA-codes each stream (the
 Huffman stage of the paper). Ratios are against the same weights stored as dense float32.
@@ -56,7 +56,7 @@ def main() -> None:
     torch.set_num_threads(1)  # tiny models on a shared 2-core CPU: threads only contend
 
     import edgeopt as eo
-    from edgeopt.clustering.storage import stored_size
+    from edgeopt.storage import stored_size
 
     start = time.perf_counter()
     result = eo.run_recipe(RECIPE, args.out, progress=False)

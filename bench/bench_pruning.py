@@ -25,8 +25,8 @@ from edgeopt.pruning.common import accuracy
 from edgeopt.pruning.lottery import lottery_ticket
 from edgeopt.pruning.schedules import finetune
 from edgeopt.pruning.stats import layer_counts
-from edgeopt.pruning.storage import dense_size_bytes, sparse_size_bytes
 from edgeopt.runtime.measure import compare_latency
+from edgeopt.storage import stored_size
 
 QUIET = AdvancedPrune(progress=False)
 STRUCTURED_LR = 3e-4  # fine-tuning a pretrained net: below its training rate
@@ -55,7 +55,7 @@ def unstructured(epochs: int) -> list[str]:
             "(3 rounds x 1 ep) | compact size (dense = 100 %) |", "|---|---|---|---|---|---|"]
     for name in ("lenet300", "lenet5"):
         model = eo.zoo.pretrained(name, "mnist5k", progress=False)
-        dense_bytes = sparse_size_bytes(model)
+        dense_bytes = stored_size(model).total_bytes
         rows.append(f"| {name} | 0 % | {_pct(accuracy(model, splits.test))} | | | 100 % |")
         for sparsity in (0.5, 0.8, 0.9, 0.95):
             cells = []
@@ -64,7 +64,7 @@ def unstructured(epochs: int) -> list[str]:
                                         finetune_epochs=ft, lr=1e-3, advanced=QUIET)
                 pruned = prune(model, config, splits.train, val_data=splits.val)
                 cells.append(_pct(accuracy(pruned, splits.test)))
-            size = sparse_size_bytes(pruned) / dense_bytes
+            size = stored_size(pruned).total_bytes / dense_bytes
             rows.append(f"| {name} | {sparsity:.0%} | {' | '.join(cells)} | {size:.1%} |")
     return rows
 
@@ -170,7 +170,7 @@ def lottery(epochs: int) -> list[str]:
     left = 100 * (1 - result.rounds[-1]["sparsity"])
     return table + ["", f"Test accuracy: dense {_pct(accuracy(dense, splits.test))} %, ticket at "
                     f"{left:.0f} % of the weights {_pct(accuracy(result.model, splits.test))} %; "
-                    f"ticket compact size {sparse_size_bytes(result.model) / dense_size_bytes(dense):.0%}"
+                    f"ticket compact size {stored_size(result.model).total_bytes / stored_size(dense).dense_bytes:.0%}"
                     " of the dense state dict."]
 
 

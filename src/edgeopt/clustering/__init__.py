@@ -6,7 +6,7 @@
 
 from edgeopt.clustering.config import ClusterConfig, Granularity, Init
 from edgeopt.clustering.modules import CLUSTERED_PARAMS, ClusteredLayer
-from edgeopt.clustering.storage import (
+from edgeopt.storage import (
     StorageReport,
     TensorRecord,
     load_compressed,

@@ -16,9 +16,9 @@ from torch import nn
 from edgeopt.clustering.config import ClusterConfig, Granularity
 from edgeopt.clustering.modules import ClusteredLayer, clustered_param
 from edgeopt.clustering.primitives import cluster_rows, decode
-from edgeopt.clustering.storage import stored_size
 from edgeopt.errors import ConfigError, DataError, ModelError
 from edgeopt.registry import Applied, register
+from edgeopt.storage import stored_size
 from edgeopt.surgery import set_submodule
 from edgeopt.training import fit
 

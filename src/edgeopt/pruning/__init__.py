@@ -3,7 +3,7 @@
     pruned = eo.apply(model, eo.PruneConfig(sparsity=0.5, structure="channel"), data=train)
 
 See `apply` (the handler), `graph` (the dependency graph), `importance` (criteria),
-`schedules`, `storage` (compact sparse size), `sensitivity` and `lottery`.
+`schedules`, `sensitivity` and `lottery`; stored sizes come from `edgeopt.storage`.
 """
 
 from __future__ import annotations
@@ -29,20 +29,14 @@ __all__ = [
     "Scope",
     "Structure",
     "build_graph",
-    "load_sparse",
     "lottery_ticket",
     "prune",
-    "save_sparse",
     "sensitivity_analysis",
-    "sparse_size_bytes",
 ]
 
 _LAZY = {
     "prune": "edgeopt.pruning.apply",
     "build_graph": "edgeopt.pruning.graph",
-    "sparse_size_bytes": "edgeopt.pruning.storage",
-    "save_sparse": "edgeopt.pruning.storage",
-    "load_sparse": "edgeopt.pruning.storage",
     "sensitivity_analysis": "edgeopt.pruning.sensitivity",
     "lottery_ticket": "edgeopt.pruning.lottery",
 }

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from edgeopt.pruning.common import PRUNABLE, prunable_weights
-from edgeopt.pruning.storage import dense_size_bytes, sparse_size_bytes
+from edgeopt.storage import stored_size
 
 
 def _conv_macs(m: _ConvNd, x: torch.Tensor, y: torch.Tensor) -> int:
@@ -102,7 +102,7 @@ class PruneStats:
     effective_macs_after: int = 0  # skipping multiplications by zero weights
     dense_bytes_before: int = 0
     dense_bytes_after: int = 0
-    sparse_bytes_before: int = 0  # compact storage (edgeopt.pruning.storage)
+    sparse_bytes_before: int = 0  # stored size (edgeopt.storage)
     sparse_bytes_after: int = 0
     channels_before: int = 0  # structured: channels in the dependency graph
     channels_removed: int = 0
@@ -124,8 +124,9 @@ class PruneStats:
 
 def snapshot(model: nn.Module, example: torch.Tensor | None) -> dict[str, Any]:
     """Counts taken before pruning, to compare against afterwards."""
-    return {"layers": layer_counts(model, example), "dense": dense_size_bytes(model),
-            "sparse": sparse_size_bytes(model),
+    stored = stored_size(model)
+    return {"layers": layer_counts(model, example), "dense": stored.dense_bytes,
+            "sparse": stored.total_bytes,
             "params": sum(p.numel() for p in model.parameters())}
 
 
@@ -144,8 +145,8 @@ def finish_stats(stats: PruneStats, before: dict[str, Any], model: nn.Module,
     stats.macs_after = sum(r["macs"] for r in after.values())
     stats.effective_macs_after = sum(_effective(r) for r in after.values())
     stats.dense_bytes_before, stats.sparse_bytes_before = before["dense"], before["sparse"]
-    stats.dense_bytes_after = dense_size_bytes(model)
-    stats.sparse_bytes_after = sparse_size_bytes(model)
+    stored = stored_size(model)
+    stats.dense_bytes_after, stats.sparse_bytes_after = stored.dense_bytes, stored.total_bytes
     if 0 < stats.weight_sparsity and stats.structure in ("unstructured", "n:m"):
         stats.masks = {name.rpartition(".")[0]: mask_grid(w) for name, w in weights.items()}
     kinds = {t.__name__ for t in PRUNABLE}

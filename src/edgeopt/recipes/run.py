@@ -177,7 +177,7 @@ def _apply_stage(stage: Stage, models: dict[str, nn.Module], splits: Any, recipe
 
 def _measure_stage(name: str, technique: str, model: nn.Module, example: torch.Tensor,
                    splits: Any, recipe: Recipe, folder: Path, scorer: _Scorer) -> StageResult:
-    from edgeopt.clustering.storage import stored_size
+    from edgeopt.storage import stored_size
     from edgeopt.export.onnx import export_onnx
     from edgeopt.profile import profile
     from edgeopt.runtime.measure import measure

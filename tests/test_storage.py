@@ -2,12 +2,15 @@
 
 import os
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
 
-from edgeopt.clustering.storage import load_compressed, save_compressed, stored_size
+import edgeopt as eo
 from edgeopt.errors import ConfigTypeError, DataError
+from edgeopt.storage import load_compressed, save_compressed, stored_size
 
 
 def _state(kind: str) -> dict[str, torch.Tensor]:
@@ -92,3 +95,36 @@ def test_without_entropy_coding_streams_are_bit_packed(tmp_path):
     assert coded.total_bytes < plain.total_bytes
     loaded = load_compressed(tmp_path / "plain.eoz")
     assert torch.equal(loaded["layer.weight"], state["layer.weight"])
+
+
+def test_size_follows_unstructured_sparsity():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    sizes = [stored_size(eo.apply(model, eo.PruneConfig(sparsity=s)) if s else model).total_bytes
+             for s in (0.0, 0.5, 0.9)]
+    assert sizes[0] > sizes[1] > sizes[2]
+    assert sizes[2] < 0.3 * sizes[0]
+
+
+def test_onnx_container_restores_a_runnable_model_and_counts_the_graph(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 10))
+    pruned = eo.apply(model, eo.PruneConfig(sparsity=0.9))
+    x = torch.randn(3, 1, 8, 8)
+    path = eo.export_onnx(pruned, tmp_path / "m.onnx", x)
+    report = save_compressed(path, tmp_path / "m.eoz")
+    assert report.total_bytes == os.path.getsize(tmp_path / "m.eoz")
+    assert report.total_bytes < 0.4 * path.stat().st_size
+    assert report.header_bytes > 100  # the graph travels with the weights
+    restored = load_compressed(tmp_path / "m.eoz")
+    session = ort.InferenceSession(restored.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert np.allclose(out, pruned(x).detach().numpy(), atol=1e-5)
+
+
+def test_a_run_reports_one_stored_size_for_a_pruned_stage(tmp_path):
+    """Pruning's statistics and the run's `stored` column come from the same container."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    pruned, stats = eo.apply_with_stats(model, eo.PruneConfig(sparsity=0.8))
+    assert stats["prune"].sparse_bytes_after == stored_size(pruned).total_bytes

@@ -8,10 +8,14 @@ Encodings per tensor (all exact; `load_compressed` gives back the same bits):
   sparse_*   a bitmap of the nonzeros, then the nonzero values raw or through a codebook
 Every stream is stored plain or LZMA-compressed (an LZ + range coder: the entropy-coding step),
 whichever is smaller. The reported size is the byte length of the container, header included.
+An ONNX source also stores its graph (without the weights), so the container restores a model
+ONNX Runtime runs. One module for every technique: pruning's bitmaps and clustering's codebooks
+are encodings of the same container, so a run reports one stored size.
 
-    report = stored_size(model)                    # or a state dict, or an .onnx path
+    report = stored_size(model)                    # or a state dict, an .onnx path or ModelProto
     report.total_bytes, report.ratio               # vs the same tensors as dense float32
     save_compressed(model, "model.eoz"); state = load_compressed("model.eoz")
+    save_compressed("m.onnx", "m.eoz"); proto = load_compressed("m.eoz")   # an onnx.ModelProto
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from edgeopt.errors import ConfigTypeError, DataError
 
 __all__ = ["StorageReport", "TensorRecord", "load_compressed", "save_compressed", "stored_size"]
 
-MAGIC = b"EOZ1"
+MAGIC = b"EOZ2"
 _MAX_TABLE = 1 << 16  # more distinct values than this: a codebook cannot pay off
 _PROBE, _PROBE_ABOVE = 1 << 16, 1 << 18
 _HEADER_CODEC = "lzma20"
@@ -62,7 +66,7 @@ class StorageReport:
     """The compressed stored size of a set of tensors."""
 
     tensors: list[TensorRecord]
-    header_bytes: int
+    header_bytes: int  # the container's table of contents (and the ONNX graph, if any)
     total_bytes: int
     dense_bytes: int  # every tensor dense at its own dtype (float32 for float weights)
 
@@ -228,36 +232,71 @@ def _decode(record: dict[str, Any], streams: list[bytes]) -> np.ndarray:
 # ---------------------------------------------------------------- container
 
 
-def _tensors(source: Any) -> dict[str, np.ndarray]:
+def _tensors(source: Any) -> tuple[dict[str, np.ndarray], bytes | None]:
+    """The tensors to store, and for an ONNX source the graph without them."""
     if isinstance(source, str | os.PathLike):
-        return _onnx_tensors(Path(source))
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"stored_size: {str(path)!r} is not a file.")
+        import onnx
+
+        source = onnx.load(str(path))
+    if type(source).__name__ == "ModelProto":
+        return _split_onnx(source)
     if isinstance(source, nn.Module):
         source = source.state_dict()
     if not isinstance(source, dict):
-        raise ConfigTypeError("stored_size needs a torch.nn.Module, a state dict or an .onnx "
-                              f"path; got {type(source).__name__}.")
+        raise ConfigTypeError("stored_size needs a torch.nn.Module, a state dict, an .onnx path "
+                              f"or an onnx.ModelProto; got {type(source).__name__}.")
     out = {}
     for name, tensor in source.items():
         if isinstance(tensor, torch.Tensor) and not name.endswith("num_batches_tracked"):
             t = tensor.detach().cpu()
             out[name] = (t.float() if t.dtype == torch.bfloat16 else t).contiguous().numpy()
-    return out
+    return out, None
 
 
-def _onnx_tensors(path: Path) -> dict[str, np.ndarray]:
+def _split_onnx(proto: Any) -> tuple[dict[str, np.ndarray], bytes]:
+    """Initializers and Constant-node values as arrays, and the graph without them; exotic
+    tensors (external data, types numpy cannot hold) stay in the graph."""
     import onnx
     from onnx import numpy_helper
 
-    if not path.is_file():
-        raise DataError(f"stored_size: {str(path)!r} is not a file.")
-    graph = onnx.load(str(path)).graph
-    tensors = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    graph, tensors, keep = proto.graph, {}, []
+    for init in graph.initializer:
+        if init.data_location != onnx.TensorProto.EXTERNAL and _numpy_type(init.data_type):
+            tensors[init.name] = numpy_helper.to_array(init)
+        else:
+            keep.append(init)
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    nodes = []
     for node in graph.node:  # weights folded into Constant nodes count too
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    tensors[node.output[0]] = numpy_helper.to_array(attr.t)
-    return tensors
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and value is not None and _numpy_type(value.data_type):
+            tensors[node.output[0]] = numpy_helper.to_array(value)
+        else:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return tensors, proto.SerializeToString()
+
+
+def _numpy_type(onnx_type: int) -> bool:
+    import onnx
+
+    return onnx_type not in (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING,
+                             onnx.TensorProto.BFLOAT16) and onnx_type < onnx.TensorProto.FLOAT8E4M3FN
+
+
+def _restore_onnx(graph: bytes, state: dict[str, np.ndarray]) -> Any:
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.ModelProto.FromString(graph)
+    proto.graph.initializer.extend(numpy_helper.from_array(v, name) for name, v in state.items())
+    return proto
 
 
 def encode(source: Any, *, entropy_coding: bool = True) -> tuple[bytes, StorageReport]:
@@ -275,7 +314,8 @@ def encode(source: Any, *, entropy_coding: bool = True) -> tuple[bytes, StorageR
 
 def _encode_all(source: Any) -> tuple[bytes, StorageReport]:
     records, payload, header = [], [], []
-    for name, array in _tensors(source).items():
+    tensors, graph = _tensors(source)
+    for name, array in tensors.items():
         kind, meta, streams = _encode(np.ascontiguousarray(array))
         header.append({"name": name, "dtype": array.dtype.str, "shape": list(array.shape),
                        "encoding": kind, "meta": meta, "lengths": [len(s) for s in streams]})
@@ -289,10 +329,13 @@ def _encode_all(source: Any) -> tuple[bytes, StorageReport]:
             distinct=int(distinct) if not sparse or distinct else 0,
             index_bits=int(meta["codes"]["bits"]) if "codes" in meta else 0,
             dense_bytes=int(array.nbytes), stored_bytes=sum(len(s) for s in streams)))
-    head = lzma.compress(json.dumps(header, separators=(",", ":")).encode(),
+    graph_codec, graph_stream = _compress(graph) if graph is not None else ("", b"")
+    contents = {"tensors": header, "graph": [graph_codec, len(graph_stream)] if graph else None}
+    head = lzma.compress(json.dumps(contents, separators=(",", ":")).encode(),
                          format=lzma.FORMAT_RAW, filters=_filters(_HEADER_CODEC))
-    blob = MAGIC + struct.pack("<I", len(head)) + head + b"".join(payload)
-    report = StorageReport(tensors=records, header_bytes=len(head) + len(MAGIC) + 4,
+    blob = MAGIC + struct.pack("<I", len(head)) + head + graph_stream + b"".join(payload)
+    report = StorageReport(tensors=records,
+                           header_bytes=len(head) + len(MAGIC) + 4 + len(graph_stream),
                            total_bytes=len(blob), dense_bytes=sum(r.dense_bytes for r in records))
     return blob, report
 
@@ -312,18 +355,26 @@ def save_compressed(source: Any, path: str | os.PathLike[str], *,
     return report
 
 
-def load_compressed(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """The exact tensors a container holds, as a state dict (load it with load_state_dict)."""
+def load_compressed(path: str | os.PathLike[str]) -> Any:
+    """The exact tensors a container holds, as a state dict (load it with load_state_dict), or
+    for a container made from ONNX the runnable onnx.ModelProto."""
     blob = Path(path).read_bytes()
     if blob[:4] != MAGIC:
         raise DataError(f"{str(path)!r} is not an edgeopt compressed-weights file.")
     (size,) = struct.unpack("<I", blob[4:8])
-    header = json.loads(_decompress(_HEADER_CODEC, blob[8:8 + size]))
-    offset, state = 8 + size, {}
-    for record in header:
+    contents = json.loads(_decompress(_HEADER_CODEC, blob[8:8 + size]))
+    offset, graph = 8 + size, None
+    if contents["graph"]:
+        codec, length = contents["graph"]
+        graph = _decompress(codec, blob[offset:offset + length])
+        offset += length
+    state = {}
+    for record in contents["tensors"]:
         streams = []
         for length in record["lengths"]:
             streams.append(blob[offset:offset + length])
             offset += length
-        state[record["name"]] = torch.from_numpy(_decode(record, streams))
-    return state
+        state[record["name"]] = _decode(record, streams)
+    if graph is not None:
+        return _restore_onnx(graph, state)
+    return {name: torch.from_numpy(value) for name, value in state.items()}
