@@ -56,12 +56,15 @@ def main() -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Run folder to write (metrics.json, summary.md, report.html, *.onnx).")
 @click.option("--quiet", is_flag=True, help="No progress bars or stage table.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run of the same RECIPE into DIR from its last "
+                   "finished stage or epoch.")
 @_user_errors
-def optimize(recipe: Path | None, out_dir: Path, quiet: bool) -> None:
+def optimize(recipe: Path | None, out_dir: Path, quiet: bool, resume: bool) -> None:
     """Run RECIPE (YAML); with none, the built-in default (ResNet-8 on MNIST, fp32 vs int8)."""
     from edgeopt.recipes import run_recipe
 
-    result = run_recipe(recipe, out_dir, progress=not quiet)
+    result = run_recipe(recipe, out_dir, progress=not quiet, resume=resume)
     if not quiet:
         _print_stages(result.to_dict(), out_dir)
 
@@ -128,7 +131,7 @@ def report(run_dir: Path) -> None:
     run = rebuild_report(run_dir)
     for problem in run.problems:
         click.echo(f"note: {problem}", err=True)
-    click.echo(f"report: {run_dir / 'report.html'}")
+    click.echo(f"report: {(run.folder or run_dir) / 'report.html'}")
 
 
 @main.command("list")

@@ -58,8 +58,8 @@ def test_failed_run_leaves_nothing(tmp_path, monkeypatch):
     out = tmp_path / "run"
     with pytest.raises(DataError):
         run_recipe(TINY, out, progress=False)
-    assert not out.exists()
-    assert list(tmp_path.iterdir()) == []
+    assert not out.exists()  # only the hidden scratch folder, kept for --resume
+    assert [p.name for p in tmp_path.iterdir()] == [".run.edgeopt.partial"]
 
 
 def test_unwritable_output_is_refused_before_work(tmp_path):

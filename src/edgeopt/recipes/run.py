@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import shutil
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from edgeopt import __version__
-from edgeopt.errors import OutputError
+from edgeopt.atomic import write_text
+from edgeopt.recipes.journal import Journal, disk_error, publish, recipe_key, scratch
 from edgeopt.recipes.schema import Recipe, Stage, load_recipe
 from edgeopt.registry import Applied
 
@@ -63,66 +64,117 @@ class RunResult:
 
 
 def run_recipe(recipe: str | Path | dict[str, Any] | None, out_dir: str | Path,
-               *, progress: bool = True) -> RunResult:
+               *, progress: bool = True, resume: bool = False) -> RunResult:
     """Validate `recipe` completely, then run it and write the run folder `out_dir`.
 
-    Every file is produced in a scratch folder beside `out_dir` and moved in only when the
-    whole run succeeded, so a failed run leaves no half-written output.
+    Every file is produced in a scratch folder beside `out_dir` (edgeopt.recipes.journal) and
+    published in one rename only when the whole run succeeded, so a failed run leaves no
+    half-written output. Finished stages and training epochs are kept there: with `resume`, a
+    run of the same recipe continues from them.
     """
     parsed = load_recipe(recipe)
     out = Path(out_dir)
-    scratch = _scratch_dir(out)
-    try:
-        stages = _execute(parsed, scratch, progress)
+    key = recipe_key(parsed.to_dict(), parsed.model_label, parsed.data_label)
+    with scratch(out, key, resume) as journal, _disk_errors(journal.folder):
+        stages = _execute(parsed, journal, progress)
         result = RunResult(out_dir=out, stages=stages, recipe=parsed)
-        _write_outputs(result, scratch)
-        _publish(scratch, out)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        _write_outputs(result, journal.folder)
+        publish(journal.folder, out)
     return result
 
 
-def _scratch_dir(out: Path) -> Path:
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output directory {str(out)!r} exists and is not a directory.")
-    parent = out.resolve().parent
+@contextlib.contextmanager
+def _disk_errors(folder: Path) -> Iterator[None]:
+    """A full or read-only disk is the user's to fix: one clear OutputError, not a traceback."""
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
+        yield
     except OSError as exc:
-        raise OutputError(f"output directory {str(out)!r} cannot be written: "
-                          f"{exc.strerror or exc}.") from None
+        error = disk_error(exc, folder)
+        if error is None:
+            raise
+        raise error from None
 
 
-def _publish(scratch: Path, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for item in scratch.iterdir():
-        target = out / item.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        item.replace(target)
-
-
-def _execute(recipe: Recipe, folder: Path, progress: bool) -> list[StageResult]:
+def _execute(recipe: Recipe, journal: Journal, progress: bool) -> list[StageResult]:
     from edgeopt.recipes.baseline import load_baseline, load_splits, resolve_metric
 
+    folder, done = journal.folder, journal.rows()
     splits = load_splits(recipe)
     metric = resolve_metric(recipe, splits)
-    baseline = load_baseline(recipe, splits, progress)
+    with journal.checkpoints("baseline"):
+        baseline = load_baseline(recipe, splits, progress)
     models: dict[str, nn.Module] = {"baseline": baseline}
     example = splits.test[0][0].unsqueeze(0)
     scorer = _Scorer(metric, splits.test, recipe.measure.threads)
-    results = [_measure_stage("baseline", "baseline", baseline, example, splits, recipe, folder,
-                              scorer)]
-    for stage in recipe.stages:
-        model, stats = _apply_stage(stage, models, splits, recipe, example, folder)
+    results = [_finished("baseline", "baseline", baseline, done, journal, scorer)
+               or _measure_stage("baseline", "baseline", baseline, example, splits, recipe,
+                                 folder, scorer)]
+    _record(journal, "baseline", baseline, results, recipe)
+    needed = _needed(recipe.stages, done)
+    for index, stage in enumerate(recipe.stages):
+        row = done.get(stage.name)
+        if row is not None and stage.name not in needed:
+            results.append(_row(row))  # finished, and no later stage starts from its model
+            continue
+        with journal.checkpoints(stage.name), _seeded(recipe.seed, index):
+            model, stats = _apply_stage(stage, models, splits, recipe, example, folder, row)
         models[stage.name] = model
-        result = _measure_stage(stage.name, stage.config.kind, model, example, splits, recipe,
-                                folder, scorer)
-        result.technique_stats = {key: value.to_dict() for key, value in stats.items()}
+        result = _finished(stage.name, stage.config.kind, model, done, journal, scorer)
+        if result is None:
+            result = _measure_stage(stage.name, stage.config.kind, model, example, splits,
+                                    recipe, folder, scorer)
+            result.technique_stats = {key: value.to_dict() for key, value in stats.items()}
         results.append(result)
+        _record(journal, stage.name, model, results, recipe)
     _compare(results, folder, splits, recipe, progress)
     return results
+
+
+def _needed(stages: tuple[Stage, ...], done: dict[str, Any]) -> set[str]:
+    """Stages whose model a stage still to run (or to rebuild) starts from or learns from."""
+    needed: set[str] = set()
+    for stage in reversed(stages):
+        if stage.name not in done or stage.name in needed:
+            needed.add(stage.source)
+            if getattr(stage.config, "needs_teacher", False):
+                needed.add("baseline")
+    return needed
+
+
+def _finished(name: str, technique: str, model: nn.Module, done: dict[str, Any],
+              journal: Journal, scorer: _Scorer) -> StageResult | None:
+    """The recorded row of a stage an interrupted run finished; its rebuilt model gets the
+    recorded weights. None when the stage has not finished."""
+    row = done.get(name)
+    if row is None:
+        return None
+    journal.restore(name, model)
+    if name == "baseline" and scorer.metric != "top1":
+        scorer(journal.folder / row["onnx"])  # the reference the later stages are scored against
+    return _row(row)
+
+
+def _row(row: dict[str, Any]) -> StageResult:
+    return StageResult(**row)
+
+
+def _record(journal: Journal, name: str, model: nn.Module, results: list[StageResult],
+            recipe: Recipe) -> None:
+    """Persist a finished stage, and metrics.json so far (`edgeopt report` on a failed run)."""
+    if not (journal.stages / f"{name}.json").is_file():
+        journal.finish(name, model, results[-1].to_dict())
+    partial = RunResult(out_dir=journal.folder, stages=results, recipe=recipe)
+    write_text(journal.folder / "metrics.json",
+               json.dumps(partial.to_dict(), indent=2, default=str))
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, index: int) -> Iterator[None]:
+    """Each stage starts from its own seed: a resumed run that skips earlier stages draws the
+    same random numbers as an uninterrupted one."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 1009 + index + 1)
+        yield
 
 
 class _Scorer:
@@ -154,12 +206,16 @@ class _Scorer:
 
 
 def _apply_stage(stage: Stage, models: dict[str, nn.Module], splits: Any, recipe: Recipe,
-                 example: torch.Tensor, folder: Path) -> Applied:
+                 example: torch.Tensor, folder: Path, row: dict[str, Any] | None) -> Applied:
+    """The stage's model; `row`: the stage finished before, rebuild it as it was."""
     from edgeopt.api import apply_with_stats
 
     data = splits.train if stage.data == "train" else splits.val
     source = models[stage.source]
     placements = stage.config.placements() if hasattr(stage.config, "placements") else {}
+    chosen = ((row or {}).get("technique_stats", {}).get("speed") or {}).get("chosen")
+    if stage.speed_guard and chosen in placements:  # the placement the speed guard chose
+        return apply_with_stats(source, placements[chosen], data=data)
     if stage.speed_guard and len(placements) > 1:
         from edgeopt.recipes.speed import fastest_placement
 
@@ -177,10 +233,10 @@ def _apply_stage(stage: Stage, models: dict[str, nn.Module], splits: Any, recipe
 
 def _measure_stage(name: str, technique: str, model: nn.Module, example: torch.Tensor,
                    splits: Any, recipe: Recipe, folder: Path, scorer: _Scorer) -> StageResult:
-    from edgeopt.storage import stored_size
     from edgeopt.export.onnx import export_onnx
     from edgeopt.profile import profile
     from edgeopt.runtime.measure import measure
+    from edgeopt.storage import stored_size
 
     path = export_onnx(model, folder / f"{name}.onnx", example, opset=recipe.opset)
     m = measure(path, scorer.labeled_test, threads=recipe.measure.threads,
@@ -237,6 +293,6 @@ def _write_outputs(result: RunResult, folder: Path) -> None:
     from edgeopt.recipes.summary import render_summary
     from edgeopt.report import write_report
 
-    (folder / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    (folder / "summary.md").write_text(render_summary(result))
+    write_text(folder / "metrics.json", json.dumps(result.to_dict(), indent=2, default=str))
+    write_text(folder / "summary.md", render_summary(result))
     write_report(result.to_dict(), folder / "report.html")

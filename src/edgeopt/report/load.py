@@ -40,8 +40,18 @@ class RunData:
 
 
 def load_run(folder: str | Path) -> RunData:
-    """Read `folder` (the ``--out`` of ``edgeopt optimize``); raise RunFolderError if not one."""
+    """Read `folder` (the ``--out`` of ``edgeopt optimize``); raise RunFolderError if not one.
+
+    When `folder` holds no finished run but an interrupted run of it left its scratch folder
+    beside it, that is read instead: the stages that finished."""
     path = Path(folder)
+    partial = _interrupted(path)
+    if partial is not None:
+        run = load_run(partial)
+        run.problems.insert(0, f"the run writing {str(path)!r} did not finish; showing the "
+                               f"stages that finished, from {str(partial)!r} (`edgeopt optimize "
+                               f"RECIPE --out {path} --resume` continues it)")
+        return run
     if not path.is_dir():
         what = "it is a file" if path.exists() else "no such directory"
         raise RunFolderError(f"{str(path)!r} is not a run folder: {what}; pass the --out "
@@ -73,6 +83,15 @@ def load_run(folder: str | Path) -> RunData:
         if isinstance(onnx_name, str) and not (path / onnx_name).is_file():
             run.problems.append(f"stage {stage['name']}: {onnx_name} is missing from the folder")
     return run
+
+
+def _interrupted(path: Path) -> Path | None:
+    """The scratch folder of an interrupted run of `path`, when `path` has no metrics.json and
+    the scratch folder has (edgeopt.recipes.journal writes it after every stage)."""
+    if (path / "metrics.json").is_file() or not path.parent.is_dir():
+        return None
+    found = [p for p in path.parent.glob(f".{path.name}.*.partial") if (p / "metrics.json").is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def _partial_hint(path: Path) -> str:
@@ -178,5 +197,5 @@ def rebuild_report(folder: str | Path) -> RunData:
     from edgeopt.report.html import write_report
 
     run = load_run(folder)
-    write_report(run, Path(folder) / "report.html")
+    write_report(run, (run.folder or Path(folder)) / "report.html")
     return run

@@ -1,0 +1,205 @@
+"""Resume: an interrupted run continues from its last finished stage or epoch and ends with the
+metrics of an uninterrupted run; DIR is never half-written (API.md, "Resuming")."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+import edgeopt.api
+import edgeopt.checkpoint
+from edgeopt.checkpoint import CheckpointError
+from edgeopt.cli import main
+from edgeopt.errors import ConfigError, DataError
+from edgeopt.recipes import run_recipe
+
+# lenet300 on digits (1.8k 8x8 images): a cached baseline, two training stages and int8
+CHAIN = {
+    "model": "lenet300", "data": "digits", "epochs": 2, "metric": "top1",
+    "stages": [
+        {"name": "pruned", "technique": "prune",
+         "config": {"sparsity": 0.5, "structure": "unstructured", "finetune_epochs": 2}},
+        {"name": "int8", "technique": "quantize", "speed_guard": False,
+         "config": {"calibration_samples": 64}},
+        {"name": "student", "technique": "distill", "from": "pruned", "config": {"epochs": 2}},
+    ],
+    "measure": {"runs": 3, "warmup": 1, "accuracy_budget": 100.0},
+}
+SAME = ("accuracy", "score", "size_bytes", "stored_bytes", "params", "macs", "onnx")
+
+
+def _key(metrics):
+    return [{k: s[k] for k in ("name", *SAME)} for s in metrics["stages"]]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The metrics of the uninterrupted run (also warms the baseline cache)."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    run_recipe(CHAIN, out, progress=False)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _fail_on(monkeypatch, kind):
+    real = edgeopt.api.apply_with_stats
+
+    def apply(model, config, **kwargs):
+        if config.kind == kind:
+            raise DataError("injected failure")
+        return real(model, config, **kwargs)
+
+    monkeypatch.setattr(edgeopt.api, "apply_with_stats", apply)
+
+
+def test_resume_after_a_failed_stage_matches_an_uninterrupted_run(tmp_path, monkeypatch,
+                                                                  reference):
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _fail_on(patch, "quantize")
+        with pytest.raises(DataError):
+            run_recipe(CHAIN, out, progress=False)
+    assert not out.exists()
+    scratch = tmp_path / ".run.edgeopt.partial"
+    finished = sorted(p.stem for p in (scratch / ".resume" / "stages").glob("*.json"))
+    assert finished == ["baseline", "pruned"]
+    # `edgeopt report DIR` on the failed run shows the stages that finished
+    result = CliRunner().invoke(main, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "did not finish" in result.output and "int8" in result.output
+    html = (scratch / "report.html").read_text()
+    assert "pruned" in html and not out.exists()
+
+    calls = []
+    real = edgeopt.api.apply_with_stats
+    monkeypatch.setattr(edgeopt.api, "apply_with_stats",
+                        lambda m, c, **k: calls.append(c.kind) or real(m, c, **k))
+    run_recipe(CHAIN, out, progress=False, resume=True)
+    # pruned is rebuilt from its checkpoints (the student starts from it); nothing retrains
+    assert calls == ["prune", "quantize", "distill"]
+    assert _key(json.loads((out / "metrics.json").read_text())) == _key(reference)
+    assert not scratch.exists()
+
+
+def test_resume_mid_training_continues_from_the_last_epoch(tmp_path, monkeypatch, reference):
+    out = tmp_path / "run"
+    saves = []
+    real_save = edgeopt.checkpoint.Loop.save
+
+    def save(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        saves.append(self.path)
+        if "student" in str(self.path):  # the distillation's first epoch is on disk: stop
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(edgeopt.checkpoint.Loop, "save", save)
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(CHAIN, out, progress=False)
+    assert not out.exists()
+    epochs = []
+    real_restore = edgeopt.checkpoint.Loop.restore
+
+    def restore(self, *args, **kwargs):
+        saved = real_restore(self, *args, **kwargs)
+        epochs.append((self.path.parent.name, saved and saved["epoch"]))
+        return saved
+
+    monkeypatch.setattr(edgeopt.checkpoint.Loop, "restore", restore)
+    run_recipe(CHAIN, out, progress=False, resume=True)
+    assert ("student", 1) in epochs  # picked up after its first epoch
+    assert _key(json.loads((out / "metrics.json").read_text())) == _key(reference)
+
+
+def test_resume_with_another_recipe_is_refused(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _fail_on(patch, "prune")
+        with pytest.raises(DataError):
+            run_recipe(CHAIN, out, progress=False)
+    changed = dict(CHAIN, seed=1)
+    with pytest.raises(ConfigError, match="different recipe"):
+        run_recipe(changed, out, progress=False, resume=True)
+    assert (tmp_path / ".run.edgeopt.partial" / ".resume" / "stages" / "baseline.json").is_file()
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(changed))
+    result = CliRunner().invoke(main, ["optimize", str(path), "--out", str(out), "--resume",
+                                       "--quiet"])
+    assert result.exit_code == 2
+    assert result.output.count("error:") == 1 and "--resume" in result.output
+
+
+def test_a_tampered_checkpoint_is_refused_not_unpickled(tmp_path, monkeypatch):
+    """Resume reads checkpoints with weights_only: a pickle that would run code is refused."""
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _fail_on(patch, "quantize")
+        with pytest.raises(DataError):
+            run_recipe(CHAIN, out, progress=False)
+    marker = tmp_path / "pwned"
+    ckpts = sorted((tmp_path / ".run.edgeopt.partial" / ".resume" / "checkpoints").rglob("*.pt"))
+    assert ckpts
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    ckpts[0].write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(CheckpointError, match="cannot be read safely"):
+        run_recipe(CHAIN, out, progress=False, resume=True)
+    assert not marker.exists()
+
+
+# --- fault injection: a real `edgeopt optimize` process, killed at random points -------------
+
+def _start(recipe: Path, out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    code = "import sys, torch; torch.set_num_threads(1); from edgeopt.cli import main; main()"
+    return subprocess.Popen([sys.executable, "-c", code, "optimize", str(recipe), "--out",
+                             str(out), "--quiet", *extra], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _whole_or_absent(out: Path) -> None:
+    """DIR is either not there or a complete run folder."""
+    if not out.exists():
+        return
+    metrics = json.loads((out / "metrics.json").read_text())
+    for stage in metrics["stages"]:
+        assert (out / stage["onnx"]).stat().st_size == stage["size_bytes"]
+    assert (out / "report.html").is_file() and (out / "summary.md").is_file()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_process_resumes_to_the_same_metrics(tmp_path, reference, sig):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(CHAIN))
+    out = tmp_path / "run"
+    rng = random.Random(f"{sig}-{time.time_ns()}")
+    kills = 0
+    for attempt in range(6):  # kill at a random moment, resume, until a run completes
+        proc = _start(recipe, out, *(["--resume"] if attempt else []))
+        try:
+            proc.wait(timeout=rng.uniform(4.0, 14.0) if attempt < 3 else 300)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(sig)
+            proc.wait(timeout=60)
+            kills += 1
+            _whole_or_absent(out)
+            if sig == signal.SIGINT and proc.returncode != 0:
+                assert proc.returncode == 130, proc.stderr.read()
+            continue
+        assert proc.returncode == 0, proc.stderr.read()
+        break
+    _whole_or_absent(out)
+    assert kills >= 1 or out.exists()
+    assert _key(json.loads((out / "metrics.json").read_text())) == _key(reference)
+    assert not (tmp_path / ".run.edgeopt.partial").exists()
