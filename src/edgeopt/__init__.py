@@ -19,6 +19,8 @@ _LAZY = {
     "PruneConfig": "edgeopt.pruning.config",
     "export_onnx": "edgeopt.export.onnx",
     "export_tflite": "edgeopt.export.tflite",
+    "export_c": "edgeopt.deploy.c",
+    "CExport": "edgeopt.deploy.c",
     "measure": "edgeopt.runtime.measure",
     "Measurement": "edgeopt.runtime.measure",
     "profile": "edgeopt.profile",

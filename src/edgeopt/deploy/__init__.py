@@ -3,16 +3,31 @@
 API for other back ends (TFLite, the Cortex-M build):
 
 - `ir`: `Graph`, `Tensor`, `Op`, `QParams`, `activation_range`, `quantize_multiplier`.
-- `lower.lower_onnx(path) -> Graph`, `lower.lower_model(model, example_input) -> Graph`.
-- `reference.run(graph, x_int8) -> list[np.ndarray]`: edgeopt's integer reference (TFLite rounding; a graph
-  whose requantization scales are all powers of two can run shift-only with `pow2=True`).
+- `lower.lower_onnx(path, calibration=None) -> Graph`, `lower.lower_model(model, example_input, calibration=None)`.
+- `reference.run(graph, x_int8, pow2=False) -> list[np.ndarray]`: edgeopt's integer reference (TFLite
+  rounding; `pow2=True`: shift-only requantization, for graphs whose scales are all powers of two);
+  `reference.quantize_input(graph, x_float)` maps float inputs in the model's layout to the IR's int8 NHWC.
 - `build_c(graph_or_model, out_dir, example_input=None, *, test_inputs=None, pow2=None) -> CExport`:
-  writes target-neutral C99 sources to out_dir: `model.c`, `model.h`, `weights.c`, `edgeopt_kernels.c/.h`
-  (no stdio, no heap), `selftest.c` (main: runs the embedded test inputs, compares with the reference's
-  outputs, prints "edgeopt selftest: N/N bit-exact") and a `Makefile` (`make host` builds and runs it with
-  gcc). `test_inputs` are int8 arrays in the model's NHWC input layout, or float torch/numpy inputs in the
-  model's own layout (quantized with the input scale); the expected outputs come from `reference.run`.
-  `CExport` has flash_bytes, ram_bytes (arena), arena (per-tensor offsets), layers (per-layer MACs), files.
+  writes target-neutral C99 to out_dir: `model.h`, `model.c` (weights as const arrays and
+  `edgeopt_model_invoke`; no stdio, no heap; `EDGEOPT_LAYER_HOOK(i)` after layer i if the build defines it),
+  `edgeopt_kernels.h/.c`, `selftest.c` (host main: runs the inputs embedded in `selftest_data.h` and
+  compares with the reference's outputs, prints "edgeopt selftest: N/N bit-exact"; `selftest_host R` also
+  times R inferences) and a `Makefile` (`make host` builds with gcc and runs it). `test_inputs`: int8
+  (N, input size) in the IR layout. pow2=None: shift-only when every scale is a power of two.
+  `CExport`: flash_bytes (constants), ram_bytes (arena), io_bytes, arena, peak_live_bytes, layers (MACs).
+- `run_host(out_dir, repeats=0) -> str`: `make host` there; what the self-test printed.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {"build_c": "edgeopt.deploy.c", "export_c": "edgeopt.deploy.c", "CExport": "edgeopt.deploy.c",
+         "run_host": "edgeopt.deploy.c"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edgeopt.deploy' has no attribute {name!r}")

@@ -1,0 +1,166 @@
+"""The integer IR as C99: constant tables (flash) and one call per op into edgeopt_kernels.c.
+
+Each op kind has one emitter returning its declarations, its call and its figures (MACs, constant
+bytes); the table `EMITTERS` is the list of what the C back end supports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeopt.deploy import reference
+from edgeopt.deploy.c.plan import INPUT, OUTPUT, Plan
+from edgeopt.deploy.ir import Graph, Op, activation_range
+from edgeopt.errors import ExportError
+
+LINEAR_STRUCT_BYTES = 64  # sizeof(eo_linear_t) on a 32-bit core, for the flash estimate
+SMALL_STRUCT_BYTES = 48
+
+
+@dataclass
+class Emitted:
+    declarations: list[str]
+    call: str
+    macs: int
+    const_bytes: int
+    weight_bytes: int = 0
+
+
+def c_array(ctype: str, name: str, values: np.ndarray) -> str:
+    flat = np.asarray(values).reshape(-1)
+    rows = [", ".join(str(int(v)) for v in flat[i:i + 24]) for i in range(0, len(flat), 24)]
+    body = ",\n  ".join(rows) if rows else "0"
+    return f"static const {ctype} {name}[{max(len(flat), 1)}] = {{\n  {body}\n}};"
+
+
+def pack_int4(values: np.ndarray) -> np.ndarray:
+    """Two signed 4-bit values per byte, the first in the low nibble (a trailing odd value: high nibble 0)."""
+    flat = np.asarray(values, np.int64).reshape(-1) & 0xF
+    if len(flat) % 2:
+        flat = np.append(flat, 0)
+    return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
+
+
+def _pointer(plan: Plan, name: str) -> str:
+    buf = plan.storage[name]
+    if buf == INPUT:
+        return "(int8_t *)input"
+    if buf == OUTPUT:
+        return "output"
+    return f"(arena + {plan.offsets[buf]})"
+
+
+def _linear(graph: Graph, op: Op, index: int, plan: Plan, pow2: bool) -> Emitted:
+    x, w, b = (graph.tensors[n] for n in op.inputs)
+    out = graph.tensors[op.outputs[0]]
+    tag = f"L{index}"
+    if w.dtype == "int4":
+        data, ctype, bits = pack_int4(w.data), "uint8_t", 4
+    else:
+        data, ctype, bits = w.data.astype(np.int8), "int8_t", 8
+    decls = [c_array(ctype, f"{tag}_w", data), c_array("int32_t", f"{tag}_b", b.data)]
+    if pow2:
+        real = np.float64(x.qparams.scale) * w.qparams.scale.astype(np.float64) / np.float64(out.qparams.scale)
+        decls.append(c_array("int32_t", f"{tag}_s", reference.pow2_exponent(real, op.name or op.outputs[0])))
+        mult = "0"
+    else:
+        m, s = reference.requantize_params(graph, op)
+        decls += [c_array("int32_t", f"{tag}_m", m), c_array("int32_t", f"{tag}_s", s)]
+        mult = f"{tag}_m"
+    lo, hi = activation_range(op.attrs.get("activation", "none"), out.qparams)
+    if op.kind == "fully_connected":
+        geometry = [1, 1, x.size, 1, 1, out.size, 1, 1, 1, 1, 1, 1, 0, 0, 1]
+        macs = x.size * out.size
+    else:
+        (_, ih, iw, ic), (_, oh, ow, oc) = x.shape, out.shape
+        kh, kw = op.attrs["kernel"]
+        geometry = [ih, iw, ic, oh, ow, oc, kh, kw, *op.attrs["stride"], *op.attrs["dilation"],
+                    op.attrs["padding"][0], op.attrs["padding"][1], op.attrs.get("depth_multiplier", 1)]
+        macs = oh * ow * oc * kh * kw * (ic if op.kind == "conv2d" else 1)
+    fields = ", ".join(str(int(v)) for v in [*geometry, bits, int(x.qparams.zero_point),
+                                               int(out.qparams.zero_point), lo, hi])
+    decls.append(f"static const eo_linear_t {tag} = {{{fields}, {tag}_w, {tag}_b, {mult}, {tag}_s}};")
+    scratch = f"(arena + {plan.offsets[plan.scratch[index]]})" if index in plan.scratch else "0"
+    call = f"eo_{op.kind}(&{tag}, {_pointer(plan, op.inputs[0])}, {_pointer(plan, op.outputs[0])}, {scratch});"
+    requant = (1 if pow2 else 2) * 4 * out.shape[-1]
+    return Emitted(decls, call, macs, data.nbytes + b.data.size * 4 + requant + LINEAR_STRUCT_BYTES, data.nbytes)
+
+
+def _pool(graph: Graph, op: Op, index: int, plan: Plan, pow2: bool) -> Emitted:
+    x, out = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
+    (_, ih, iw, c), (_, oh, ow, _) = x.shape, out.shape
+    kh, kw = op.attrs["kernel"]
+    lo, hi = activation_range(op.attrs.get("activation", "none"), out.qparams)
+    reference._check_same_qparams(graph, op.inputs[0], op)
+    fields = [ih, iw, c, oh, ow, kh, kw, *op.attrs["stride"], op.attrs["padding"][0], op.attrs["padding"][1], lo, hi]
+    decl = f"static const eo_pool_t L{index} = {{{', '.join(str(int(v)) for v in fields)}}};"
+    call = f"eo_{op.kind}(&L{index}, {_pointer(plan, op.inputs[0])}, {_pointer(plan, op.outputs[0])});"
+    return Emitted([decl], call, oh * ow * c * kh * kw, SMALL_STRUCT_BYTES)
+
+
+def _mean(graph: Graph, op: Op, index: int, plan: Plan, pow2: bool) -> Emitted:
+    x, out = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
+    hw, c = x.shape[1] * x.shape[2], x.shape[3]
+    mult, shift = reference.mean_params(float(x.qparams.scale), float(out.qparams.scale), hw)
+    fields = [hw, c, int(x.qparams.zero_point), int(out.qparams.zero_point), mult, shift]
+    decl = f"static const eo_mean_t L{index} = {{{', '.join(str(int(v)) for v in fields)}}};"
+    call = f"eo_mean(&L{index}, {_pointer(plan, op.inputs[0])}, {_pointer(plan, op.outputs[0])});"
+    return Emitted([decl], call, hw * c, SMALL_STRUCT_BYTES)
+
+
+def _add(graph: Graph, op: Op, index: int, plan: Plan, pow2: bool) -> Emitted:
+    (qa, qb), out = (graph.tensors[n].qparams for n in op.inputs), graph.tensors[op.outputs[0]]
+    lo, hi = activation_range(op.attrs.get("activation", "none"), out.qparams)
+    if pow2:
+        s1, s2, so = reference.add_pow2_shifts(float(qa.scale), float(qb.scale), float(out.qparams.scale))
+        params = [0, s1, 0, s2, 0, so]
+    else:
+        params = [v for pair in reference.add_params(float(qa.scale), float(qb.scale), float(out.qparams.scale))
+                  for v in pair]
+    fields = [out.size, int(qa.zero_point), int(qb.zero_point), int(out.qparams.zero_point), lo, hi, *params,
+              int(pow2)]
+    decl = f"static const eo_add_t L{index} = {{{', '.join(str(int(v)) for v in fields)}}};"
+    a, b = (_pointer(plan, n) for n in op.inputs)
+    return Emitted([decl], f"eo_add(&L{index}, {a}, {b}, {_pointer(plan, op.outputs[0])});", out.size,
+                   SMALL_STRUCT_BYTES)
+
+
+def _reshape(graph: Graph, op: Op, index: int, plan: Plan, pow2: bool) -> Emitted:
+    reference._check_same_qparams(graph, op.inputs[0], op)
+    src, dst = _pointer(plan, op.inputs[0]), _pointer(plan, op.outputs[0])
+    call = "" if src == dst else f"eo_copy({src}, {dst}, {graph.tensors[op.outputs[0]].size});"
+    return Emitted([], call, 0, 0)
+
+
+def _concat(graph: Graph, op: Op, index: int, plan: Plan, pow2: bool) -> Emitted:
+    for name in op.inputs:
+        reference._check_same_qparams(graph, name, op)
+    out = graph.tensors[op.outputs[0]]
+    axis = op.attrs["axis"]
+    outer = int(np.prod(out.shape[:axis]))
+    inner = [int(np.prod(graph.tensors[n].shape[axis:])) for n in op.inputs]
+    decl = c_array("int32_t", f"L{index}_inner", np.array(inner))
+    ins = ", ".join(_pointer(plan, n) for n in op.inputs)
+    call = (f"{{ const int8_t *const ins[{len(inner)}] = {{{ins}}}; "
+            f"eo_concat({outer}, {len(inner)}, ins, L{index}_inner, {_pointer(plan, op.outputs[0])}); }}")
+    return Emitted([decl], call, 0, 4 * len(inner))
+
+
+EMITTERS: dict[str, Callable[[Graph, Op, int, Plan, bool], Emitted]] = {
+    "conv2d": _linear, "depthwise_conv2d": _linear, "fully_connected": _linear, "max_pool2d": _pool,
+    "avg_pool2d": _pool, "mean": _mean, "add": _add, "reshape": _reshape, "concat": _concat,
+}
+
+
+def emit_ops(graph: Graph, plan: Plan, pow2: bool) -> list[Emitted]:
+    emitted = []
+    for index, op in enumerate(graph.ops):
+        emitter = EMITTERS.get(op.kind)
+        if emitter is None:
+            raise ExportError(f"the C back end has no kernel for op {op.kind!r} ({op.name!r}); "
+                              f"supported: {', '.join(EMITTERS)}.")
+        emitted.append(emitter(graph, op, index, plan, pow2))
+    return emitted

@@ -1,0 +1,116 @@
+"""Static memory plan over tensor lifetimes: one arena, greedy by size, in place where it is safe.
+
+The graph input and output live in the caller's buffers (edgeopt_model_invoke's arguments), not in the
+arena. A reshape shares its input's storage; an add writes over an input that dies at that add
+(elementwise: each value is read before it is written). Kernels that unpack 4-bit weights get a scratch
+buffer that lives for that op only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgeopt.deploy.ir import Graph, Op
+
+ALIGN = 4
+INPUT, OUTPUT = "input", "output"  # storages outside the arena
+
+
+@dataclass
+class Plan:
+    storage: dict[str, str]  # tensor -> storage name (a buffer, INPUT or OUTPUT)
+    offsets: dict[str, int]  # buffer -> arena offset
+    sizes: dict[str, int]  # buffer -> bytes
+    lifetimes: dict[str, tuple[int, int]]  # buffer -> (first op, last op)
+    scratch: dict[int, str] = field(default_factory=dict)  # op index -> scratch buffer
+    arena_bytes: int = 0
+
+    def peak_live_bytes(self) -> int:
+        """The most bytes alive at once: the lower bound any planner could reach."""
+        steps = {t for span in self.lifetimes.values() for t in span}
+        return max((sum(self.sizes[b] for b, (lo, hi) in self.lifetimes.items() if lo <= t <= hi)
+                    for t in steps), default=0)
+
+
+def scratch_bytes(graph: Graph, op: Op) -> int:
+    """Scratch a kernel needs: a conv's input window (or its unpacked 4-bit weight row), a depthwise
+    conv's int32 accumulators (and unpacked 4-bit weights), a fully connected layer's 4-bit row."""
+    if op.kind not in ("conv2d", "depthwise_conv2d", "fully_connected"):
+        return 0
+    w = graph.tensors[op.inputs[1]]
+    packed = w.dtype == "int4"
+    if op.kind == "depthwise_conv2d":
+        return 4 * w.shape[-1] + (w.size if packed else 0)
+    if op.kind == "fully_connected":
+        return w.size // w.shape[0] if packed else 0
+    pointwise = op.attrs["kernel"] == (1, 1) and not any(op.attrs["padding"])
+    return 0 if pointwise and not packed else w.size // w.shape[0]
+
+
+def plan_memory(graph: Graph) -> Plan:
+    storage = _storages(graph)
+    sizes: dict[str, int] = {}
+    lifetimes: dict[str, tuple[int, int]] = {}
+    for index, op in enumerate(graph.ops):
+        for name in op.inputs + op.outputs:
+            buf = storage.get(name)
+            if buf is None or buf in (INPUT, OUTPUT):
+                continue
+            sizes[buf] = max(sizes.get(buf, 0), graph.tensors[name].size)
+            lo, hi = lifetimes.get(buf, (index, index))
+            lifetimes[buf] = (min(lo, index), max(hi, index))
+    plan = Plan(storage, {}, sizes, lifetimes)
+    for index, op in enumerate(graph.ops):
+        need = scratch_bytes(graph, op)
+        if need:
+            name = f"scratch{index}"
+            plan.scratch[index], sizes[name], lifetimes[name] = name, need, (index, index)
+    plan.offsets, plan.arena_bytes = greedy_by_size(sizes, lifetimes)
+    return plan
+
+
+def _storages(graph: Graph) -> dict[str, str]:
+    storage = {graph.inputs[0]: INPUT, graph.outputs[0]: OUTPUT}
+    last_use = {name: i for i, op in enumerate(graph.ops) for name in op.inputs}
+    for op in graph.ops:
+        out = op.outputs[0]
+        if out in storage:
+            continue
+        src = op.inputs[0] if op.kind == "reshape" else _dying_input(graph, op, storage, last_use)
+        storage[out] = storage[src] if src is not None and storage[src] != OUTPUT else out
+    return storage
+
+
+def _dying_input(graph: Graph, op: Op, storage: dict[str, str], last_use: dict[str, int]) -> str | None:
+    """An input of an add whose storage is used for the last time here, and may be overwritten."""
+    if op.kind != "add":
+        return None
+    index = graph.ops.index(op)
+    for name in op.inputs:
+        buf = storage[name]
+        users = [n for n, s in storage.items() if s == buf]
+        if buf != INPUT and all(last_use.get(n, -1) <= index for n in users):
+            return name
+    return None
+
+
+def greedy_by_size(sizes: dict[str, int], lifetimes: dict[str, tuple[int, int]]) -> tuple[dict[str, int], int]:
+    """Largest buffer first, each at the lowest aligned offset free of every buffer it lives beside."""
+    placed: list[tuple[int, int, str]] = []  # (offset, end, name)
+    offsets: dict[str, int] = {}
+    for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
+        lo, hi = lifetimes[name]
+        clashes = sorted((o, e) for o, e, other in placed
+                         if lifetimes[other][0] <= hi and lo <= lifetimes[other][1])
+        offset = 0
+        for start, end in clashes:
+            if offset + sizes[name] <= start:
+                break
+            offset = max(offset, _align(end))
+        offsets[name] = offset
+        placed.append((offset, offset + sizes[name], name))
+    return offsets, _align(max((e for _, e, _ in placed), default=0))
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN

@@ -1,0 +1,229 @@
+/* edgeopt int8 kernels (see edgeopt_kernels.h). Integer arithmetic only; one rounding rule everywhere. */
+#include "edgeopt_kernels.h"
+
+#include <string.h>
+
+/* gemmlowp SaturatingRoundingDoublingHighMul */
+static int32_t srdhm(int32_t a, int32_t b) {
+    if (a == INT32_MIN && b == INT32_MIN) return INT32_MAX;
+    int64_t ab = (int64_t)a * (int64_t)b;
+    int64_t nudge = ab >= 0 ? (1 << 30) : (1 - (1 << 30));
+    return (int32_t)((ab + nudge) / ((int64_t)1 << 31));
+}
+
+/* gemmlowp RoundingDivideByPOT: half away from zero */
+static int32_t rdpot(int32_t x, int32_t exponent) {
+    int32_t mask = (int32_t)((((int64_t)1) << exponent) - 1);
+    int32_t remainder = x & mask;
+    int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+    return (x >> exponent) + (remainder > threshold ? 1 : 0);
+}
+
+int32_t eo_requantize(int32_t acc, int32_t mult, int32_t shift) {
+    int32_t left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
+    return rdpot(srdhm((int32_t)((uint32_t)acc << left), mult), right);
+}
+
+/* power-of-two mode: acc * 2^exponent, rounding half away from zero */
+static int32_t shift_round(int32_t acc, int32_t exponent) {
+    return exponent >= 0 ? (int32_t)((uint32_t)acc << exponent) : rdpot(acc, -exponent);
+}
+
+static int32_t requant_ch(const eo_linear_t *p, int32_t acc, int ch) {
+    int32_t v = p->mult ? eo_requantize(acc, p->mult[ch], p->shift[ch]) : shift_round(acc, p->shift[ch]);
+    v += p->out_zp;
+    if (v < p->act_min) v = p->act_min;
+    if (v > p->act_max) v = p->act_max;
+    return v;
+}
+
+/* Weights of output channel `row` (n values) as int8: in place for 8-bit, unpacked into scratch for 4-bit. */
+static const int8_t *weight_row(const eo_linear_t *p, int32_t row, int32_t n, int8_t *scratch) {
+    if (p->weight_bits == 8) return (const int8_t *)p->weights + (int64_t)row * n;
+    const uint8_t *packed = (const uint8_t *)p->weights;
+    int64_t start = (int64_t)row * n;
+    for (int32_t i = 0; i < n; i++) {
+        int64_t k = start + i;
+        int32_t nib = (packed[k >> 1] >> ((k & 1) * 4)) & 0xF;
+        scratch[i] = (int8_t)(nib >= 8 ? nib - 16 : nib);
+    }
+    return scratch;
+}
+
+/* 4-bit weights: output channel outermost, its row unpacked once into scratch */
+static void conv_rows(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scratch) {
+    const int32_t ic = p->in_c, oc_n = p->out_c, k = p->k_h * p->k_w * ic, in_off = -p->in_zp;
+    for (int32_t oc = 0; oc < oc_n; oc++) {
+        const int8_t *w = weight_row(p, oc, k, scratch);
+        for (int32_t oy = 0; oy < p->out_h; oy++) {
+            for (int32_t ox = 0; ox < p->out_w; ox++) {
+                int32_t acc = p->bias ? p->bias[oc] : 0;
+                for (int32_t ky = 0; ky < p->k_h; ky++) {
+                    int32_t iy = oy * p->stride_h - p->pad_t + ky * p->dil_h;
+                    if (iy < 0 || iy >= p->in_h) continue;
+                    for (int32_t kx = 0; kx < p->k_w; kx++) {
+                        int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
+                        if (ix < 0 || ix >= p->in_w) continue;
+                        const int8_t *x = in + ((int32_t)iy * p->in_w + ix) * ic;
+                        const int8_t *wk = w + (ky * p->k_w + kx) * ic;
+                        for (int32_t c = 0; c < ic; c++) acc += (x[c] + in_off) * wk[c];
+                    }
+                }
+                out[(oy * p->out_w + ox) * oc_n + oc] = (int8_t)requant_ch(p, acc, oc);
+            }
+        }
+    }
+}
+
+/* The input window of one output pixel as a contiguous row (HWC order); padding holds the zero point,
+   which contributes (zp - zp) * w = 0, exactly as TFLite skips it. */
+static const int8_t *gather_patch(const eo_linear_t *p, const int8_t *in, int32_t oy, int32_t ox, int8_t *patch) {
+    const int32_t ic = p->in_c;
+    int8_t *dst = patch;
+    for (int32_t ky = 0; ky < p->k_h; ky++) {
+        int32_t iy = oy * p->stride_h - p->pad_t + ky * p->dil_h;
+        for (int32_t kx = 0; kx < p->k_w; kx++, dst += ic) {
+            int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
+            if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) memset(dst, (int8_t)p->in_zp, (size_t)ic);
+            else memcpy(dst, in + (iy * p->in_w + ix) * ic, (size_t)ic);
+        }
+    }
+    return patch;
+}
+
+/* Blocks of 16 with a known trip count let compilers vectorize at -O2; the tail runs scalar. */
+static int32_t dot(const int8_t *x, const int8_t *w, int32_t n, int32_t in_off) {
+    int32_t acc = 0, i = 0;
+    for (; i + 16 <= n; i += 16) {
+        int32_t block = 0;
+        for (int32_t j = 0; j < 16; j++) block += (x[i + j] + in_off) * w[i + j];
+        acc += block;
+    }
+    for (; i < n; i++) acc += (x[i] + in_off) * w[i];
+    return acc;
+}
+
+void eo_conv2d(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scratch) {
+    if (p->weight_bits != 8) {
+        conv_rows(p, in, out, scratch);
+        return;
+    }
+    const int32_t ic = p->in_c, oc_n = p->out_c, k = p->k_h * p->k_w * ic, in_off = -p->in_zp;
+    const int pointwise = p->k_h == 1 && p->k_w == 1 && p->pad_t == 0 && p->pad_l == 0;
+    const int8_t *weights = (const int8_t *)p->weights;
+    for (int32_t oy = 0; oy < p->out_h; oy++) {
+        for (int32_t ox = 0; ox < p->out_w; ox++) {
+            const int8_t *x = pointwise ? in + (oy * p->stride_h * p->in_w + ox * p->stride_w) * ic
+                                        : gather_patch(p, in, oy, ox, scratch);
+            int8_t *o = out + (oy * p->out_w + ox) * oc_n;
+            for (int32_t oc = 0; oc < oc_n; oc++) {
+                int32_t acc = (p->bias ? p->bias[oc] : 0) + dot(x, weights + oc * k, k, in_off);
+                o[oc] = (int8_t)requant_ch(p, acc, oc);
+            }
+        }
+    }
+}
+
+/* Per output pixel, int32 accumulators for every channel (scratch), filled tap by tap: contiguous loops. */
+void eo_depthwise_conv2d(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scratch) {
+    const int32_t ic = p->in_c, oc_n = p->out_c, m = p->depth_multiplier, in_off = -p->in_zp;
+    int32_t *acc = (int32_t *)(void *)scratch;
+    const int8_t *w = weight_row(p, 0, p->k_h * p->k_w * oc_n, scratch + 4 * oc_n); /* 1HWC */
+    for (int32_t oy = 0; oy < p->out_h; oy++) {
+        for (int32_t ox = 0; ox < p->out_w; ox++) {
+            for (int32_t oc = 0; oc < oc_n; oc++) acc[oc] = p->bias ? p->bias[oc] : 0;
+            for (int32_t ky = 0; ky < p->k_h; ky++) {
+                int32_t iy = oy * p->stride_h - p->pad_t + ky * p->dil_h;
+                if (iy < 0 || iy >= p->in_h) continue;
+                for (int32_t kx = 0; kx < p->k_w; kx++) {
+                    int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
+                    if (ix < 0 || ix >= p->in_w) continue;
+                    const int8_t *x = in + (iy * p->in_w + ix) * ic;
+                    const int8_t *wk = w + (ky * p->k_w + kx) * oc_n;
+                    if (m == 1) {
+                        for (int32_t c = 0; c < oc_n; c++) acc[c] += (x[c] + in_off) * wk[c];
+                    } else {
+                        for (int32_t c = 0; c < oc_n; c++) acc[c] += (x[c / m] + in_off) * wk[c];
+                    }
+                }
+            }
+            int8_t *o = out + (oy * p->out_w + ox) * oc_n;
+            for (int32_t oc = 0; oc < oc_n; oc++) o[oc] = (int8_t)requant_ch(p, acc[oc], oc);
+        }
+    }
+}
+
+void eo_fully_connected(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scratch) {
+    const int32_t n = p->in_c, in_off = -p->in_zp;
+    for (int32_t o = 0; o < p->out_c; o++) {
+        const int8_t *w = weight_row(p, o, n, scratch);
+        int32_t acc = p->bias ? p->bias[o] : 0;
+        for (int32_t i = 0; i < n; i++) acc += (in[i] + in_off) * w[i];
+        out[o] = (int8_t)requant_ch(p, acc, o);
+    }
+}
+
+static int32_t clamp(int32_t v, int32_t lo, int32_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+static void pool(const eo_pool_t *p, const int8_t *in, int8_t *out, int is_max) {
+    for (int32_t oy = 0; oy < p->out_h; oy++) {
+        for (int32_t ox = 0; ox < p->out_w; ox++) {
+            for (int32_t c = 0; c < p->c; c++) {
+                int32_t acc = is_max ? -128 : 0, count = 0;
+                for (int32_t ky = 0; ky < p->k_h; ky++) {
+                    int32_t iy = oy * p->stride_h - p->pad_t + ky;
+                    if (iy < 0 || iy >= p->in_h) continue;
+                    for (int32_t kx = 0; kx < p->k_w; kx++) {
+                        int32_t ix = ox * p->stride_w - p->pad_l + kx;
+                        if (ix < 0 || ix >= p->in_w) continue;
+                        int32_t v = in[(iy * p->in_w + ix) * p->c + c];
+                        if (is_max) acc = v > acc ? v : acc;
+                        else acc += v;
+                        count++;
+                    }
+                }
+                if (!is_max && count) acc = acc > 0 ? (acc + count / 2) / count : (acc - count / 2) / count;
+                out[(oy * p->out_w + ox) * p->c + c] = (int8_t)clamp(acc, p->act_min, p->act_max);
+            }
+        }
+    }
+}
+
+void eo_max_pool2d(const eo_pool_t *p, const int8_t *in, int8_t *out) { pool(p, in, out, 1); }
+void eo_avg_pool2d(const eo_pool_t *p, const int8_t *in, int8_t *out) { pool(p, in, out, 0); }
+
+void eo_mean(const eo_mean_t *p, const int8_t *in, int8_t *out) {
+    for (int32_t c = 0; c < p->c; c++) {
+        int32_t sum = 0;
+        for (int32_t i = 0; i < p->hw; i++) sum += in[i * p->c + c];
+        sum -= p->in_zp * p->hw;
+        out[c] = (int8_t)clamp(eo_requantize(sum, p->mult, p->shift) + p->out_zp, -128, 127);
+    }
+}
+
+void eo_add(const eo_add_t *p, const int8_t *a, const int8_t *b, int8_t *out) {
+    for (int32_t i = 0; i < p->size; i++) {
+        int32_t x = a[i] - p->in1_zp, y = b[i] - p->in2_zp, total;
+        if (p->pow2) {
+            total = shift_round((int32_t)((uint32_t)x << p->s1) + (int32_t)((uint32_t)y << p->s2), p->so);
+        } else {
+            int32_t sx = rdpot(srdhm(x * (1 << 20), p->m1), -p->s1);
+            int32_t sy = rdpot(srdhm(y * (1 << 20), p->m2), -p->s2);
+            total = rdpot(srdhm(sx + sy, p->mo), -p->so);
+        }
+        out[i] = (int8_t)clamp(total + p->out_zp, p->act_min, p->act_max);
+    }
+}
+
+void eo_copy(const int8_t *in, int8_t *out, int32_t size) {
+    if (in != out) memmove(out, in, (size_t)size);
+}
+
+void eo_concat(int32_t outer, int32_t n, const int8_t *const *ins, const int32_t *inner, int8_t *out) {
+    for (int32_t r = 0; r < outer; r++) {
+        for (int32_t i = 0; i < n; i++) {
+            memcpy(out, ins[i] + (int64_t)r * inner[i], (size_t)inner[i]);
+            out += inner[i];
+        }
+    }
+}

@@ -1,0 +1,45 @@
+/* edgeopt int8 kernels: C99, no heap, no stdio. NHWC activations, batch 1.
+   Requantization follows TFLite's int8 reference kernels bit for bit (MultiplyByQuantizedMultiplier:
+   SaturatingRoundingDoublingHighMul then RoundingDivideByPOT); a NULL multiplier array selects the
+   power-of-two mode, where `shift` is the exponent of the scale and requantization is one rounding shift. */
+#ifndef EDGEOPT_KERNELS_H
+#define EDGEOPT_KERNELS_H
+#include <stdint.h>
+
+typedef struct {
+    int16_t in_h, in_w, in_c, out_h, out_w, out_c;
+    int16_t k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_t, pad_l;
+    int16_t depth_multiplier; /* depthwise only */
+    int16_t weight_bits;      /* 8, or 4: two weights per byte, low nibble first */
+    int32_t in_zp, out_zp, act_min, act_max;
+    const void *weights;      /* conv OHWI, depthwise 1HWC, fully connected [out][in] */
+    const int32_t *bias, *mult, *shift; /* per output channel; mult NULL: power-of-two mode */
+} eo_linear_t;
+
+typedef struct {
+    int16_t in_h, in_w, c, out_h, out_w, k_h, k_w, stride_h, stride_w, pad_t, pad_l;
+    int32_t act_min, act_max;
+} eo_pool_t;
+
+typedef struct {
+    int32_t size, in1_zp, in2_zp, out_zp, act_min, act_max;
+    int32_t m1, s1, m2, s2, mo, so; /* TFLite ADD multipliers (left shift 20); pow2: shifts in s1, s2, so */
+    int32_t pow2;
+} eo_add_t;
+
+typedef struct {
+    int32_t hw, c, in_zp, out_zp, mult, shift; /* 1/hw folded into mult, shift (TFLite Micro MEAN) */
+} eo_mean_t;
+
+int32_t eo_requantize(int32_t acc, int32_t mult, int32_t shift); /* mult 0 with pow2: see eo_requant_ch */
+void eo_conv2d(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scratch);
+void eo_depthwise_conv2d(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scratch);
+void eo_fully_connected(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scratch);
+void eo_max_pool2d(const eo_pool_t *p, const int8_t *in, int8_t *out);
+void eo_avg_pool2d(const eo_pool_t *p, const int8_t *in, int8_t *out);
+void eo_mean(const eo_mean_t *p, const int8_t *in, int8_t *out);
+void eo_add(const eo_add_t *p, const int8_t *a, const int8_t *b, int8_t *out);
+void eo_copy(const int8_t *in, int8_t *out, int32_t size);
+/* concat: `outer` rows; input i contributes inner[i] contiguous values to each row */
+void eo_concat(int32_t outer, int32_t n, const int8_t *const *ins, const int32_t *inner, int8_t *out);
+#endif
