@@ -15,14 +15,18 @@ from collections.abc import Callable
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from edgeopt.errors import ModelError
 from edgeopt.quantization.modules import WEIGHT_LAYERS, ActQuant, ChannelClamp
 
-_CONV_BN = {(nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d)}
+# (layer, batch norm) pairs that fold, and how (Linear + BatchNorm1d: MLPs such as MLPerf Tiny's
+# autoencoder, on (N, features) inputs)
+_CONV_BN = {(nn.Conv1d, nn.BatchNorm1d): fuse_conv_bn_eval,
+            (nn.Conv2d, nn.BatchNorm2d): fuse_conv_bn_eval,
+            (nn.Linear, nn.BatchNorm1d): fuse_linear_bn_eval}
 aten = torch.ops.aten
-_RELUS_MODULES = (nn.ReLU, nn.ReLU6, ChannelClamp)
+_RELUS_MODULES = (nn.ReLU, ChannelClamp)
 _RELU_FUNCTIONS = {torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6,
                    aten.relu.default, aten.relu_.default}
 _CLAMP_FUNCTIONS = {aten.hardtanh.default, aten.hardtanh_.default}  # ReLU6 once exported
@@ -77,12 +81,14 @@ def fold_batch_norm(gm: fx.GraphModule,
         conv = _module(gm, conv_node)
         if conv is None or (type(conv), type(bn)) not in _CONV_BN or len(conv_node.users) != 1:
             continue
+        if getattr(conv, "out_features", bn.num_features) != bn.num_features:
+            continue  # a BatchNorm1d over another axis than the Linear's features
         if bn_stats is not None:
             beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_mean)
             gamma = (bn.weight.detach().abs() if bn.weight is not None
                      else torch.ones_like(bn.running_var))
             bn_stats[str(conv_node.target)] = (beta.clone().float(), gamma.clone().float())
-        fused = fuse_conv_bn_eval(conv.eval(), bn.eval())
+        fused = _CONV_BN[type(conv), type(bn)](conv.eval(), bn.eval())
         _replace_submodule(gm, conv_node.target, fused)
         node.replace_all_uses_with(conv_node)
         gm.graph.erase_node(node)
@@ -105,8 +111,9 @@ def is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
     quantizer became ~36 steps of the second and the runtime diverged from PyTorch.
     """
     module = _module(gm, node)
-    if module is not None:
-        return isinstance(module, _RELUS_MODULES)
+    if module is not None:  # ReLU6 is a Hardtanh; equalization leaves Hardtanh(0, u)
+        return isinstance(module, _RELUS_MODULES) or (isinstance(module, nn.Hardtanh)
+                                                      and module.min_val == 0.0)
     return node.op == "call_function" and node.target in _RELU_FUNCTIONS or (
         node.op == "call_method" and node.target == "relu") or is_relu6(gm, node)
 
@@ -119,6 +126,16 @@ def is_relu6(gm: fx.GraphModule, node: fx.Node) -> bool:
         return True
     return (node.op == "call_function" and node.target in _CLAMP_FUNCTIONS
             and float(_arg_value(node, 1, -1.0)) == 0.0 and float(_arg_value(node, 2, 1.0)) == 6.0)
+
+
+def clip_upper(gm: fx.GraphModule, node: fx.Node) -> float | None:
+    """The one upper bound of a ReLU-like node (inf for ReLU); None for a per-channel clamp."""
+    module = _module(gm, node)
+    if isinstance(module, ChannelClamp):
+        return None
+    if isinstance(module, nn.Hardtanh):
+        return float(module.max_val)
+    return 6.0 if is_relu6(gm, node) else float("inf")
 
 
 def is_float_tensor(node: fx.Node) -> bool:
@@ -289,9 +306,9 @@ def fused_output(gm: fx.GraphModule, node: fx.Node) -> ActQuant | None:
         return None
     user, upper = users[0], None
     if is_relu(gm, user):
-        if isinstance(_module(gm, user), ChannelClamp) or len(user.users) != 1:
+        upper = clip_upper(gm, user)
+        if upper is None or len(user.users) != 1:
             return None
-        upper = 6.0 if is_relu6(gm, user) else float("inf")
         user = next(iter(user.users))
     quantizer = _module(gm, user)
     if not isinstance(quantizer, ActQuant) or not quantizer.frozen:
