@@ -42,6 +42,7 @@ class StageResult:
     technique_stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     profile_table: str = ""  # per-layer params / MACs as markdown, for summary.md
     warnings: list[str] = dataclasses.field(default_factory=list)
+    target_fit: dict[str, Any] = dataclasses.field(default_factory=dict)  # recipe `target:`
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -60,7 +61,14 @@ class RunResult:
     def to_dict(self) -> dict[str, Any]:
         return {"edgeopt_version": __version__, "model": self.recipe.model_label,
                 "data": self.recipe.data_label, "recipe": self.recipe.to_dict(),
-                "stages": [s.to_dict() for s in self.stages], "warnings": self.warnings}
+                "stages": [s.to_dict() for s in self.stages], "warnings": self.warnings,
+                **_target_profile(self.recipe)}
+
+
+def _target_profile(recipe: Recipe) -> dict[str, Any]:
+    from edgeopt.deploy.targets import get_target
+
+    return {"target": get_target(recipe.target).to_dict()} if recipe.target else {}
 
 
 def run_recipe(recipe: str | Path | dict[str, Any] | None, out_dir: str | Path,
@@ -100,6 +108,7 @@ def _execute(recipe: Recipe, journal: Journal, progress: bool) -> list[StageResu
 
     folder, done = journal.folder, journal.rows()
     splits = load_splits(recipe)
+    _save_test_inputs(splits.test, folder)
     metric = resolve_metric(recipe, splits)
     with journal.checkpoints("baseline"):
         baseline = load_baseline(recipe, splits, progress)
@@ -250,7 +259,32 @@ def _measure_stage(name: str, technique: str, model: nn.Module, example: torch.T
         params=prof.params, macs=prof.macs,
         peak_activation_bytes=prof.peak_activation_bytes,
         runtime={**m.to_dict(), "path": path.name},  # relative to the run folder
-        profile_table=prof.to_markdown())
+        profile_table=prof.to_markdown(), target_fit=_target_fit(path, recipe))
+
+
+def _target_fit(path: Path, recipe: Recipe) -> dict[str, Any]:
+    """Whether the stage fits the recipe's target: flash and RAM estimated from its lowered
+    integer graph (edgeopt.deploy.budget); {} without a target."""
+    if recipe.target is None:
+        return {}
+    from edgeopt.deploy.budget import stage_fit
+    from edgeopt.deploy.targets import get_target
+
+    return stage_fit(path, get_target(recipe.target))
+
+
+def _save_test_inputs(test: Any, folder: Path, limit: int = 100,
+                      max_bytes: int = 4 << 20) -> None:
+    """test_inputs.npz: the first test samples (x, and y when labeled), so `edgeopt deploy`
+    runs the run's own inputs on a target without the data source; at most ~4 MB."""
+    import numpy as np
+
+    x = test.tensors[0]
+    count = max(1, min(limit, len(x), max_bytes // max(1, x[0].numel() * 4)))
+    arrays = {"x": x[:count].float().numpy()}
+    if len(test.tensors) > 1:
+        arrays["y"] = test.tensors[1][:count].numpy()
+    np.savez_compressed(folder / "test_inputs.npz", **arrays)
 
 
 def _compare(results: list[StageResult], folder: Path, splits: Any, recipe: Recipe,
