@@ -40,11 +40,11 @@ def active() -> bool:
 
 
 def rank() -> int:
-    return dist.get_rank() if active() else 0
+    return dist.get_rank() if setup() else 0
 
 
 def world_size() -> int:
-    return dist.get_world_size() if active() else 1
+    return dist.get_world_size() if setup() else 1
 
 
 def is_main() -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from edgeopt import __version__
+from edgeopt import __version__, distributed
 from edgeopt.atomic import write_text
 from edgeopt.recipes.journal import Journal, disk_error, publish, recipe_key, scratch
 from edgeopt.recipes.schema import Recipe, Stage, load_recipe
@@ -81,13 +82,18 @@ def run_recipe(recipe: str | Path | dict[str, Any] | None, out_dir: str | Path,
     run of the same recipe continues from them.
     """
     parsed = load_recipe(recipe)
-    out = Path(out_dir)
+    out, rank = Path(out_dir), distributed.rank()
+    if rank:  # under torchrun the other ranks train in step with rank 0 in a private folder
+        out = out.with_name(f".{out.name}.rank{rank}")
     key = recipe_key(parsed.to_dict(), parsed.model_label, parsed.data_label)
     with scratch(out, key, resume) as journal, _disk_errors(journal.folder):
         stages = _execute(parsed, journal, progress)
         result = RunResult(out_dir=out, stages=stages, recipe=parsed)
         _write_outputs(result, journal.folder)
         publish(journal.folder, out)
+    if rank:
+        shutil.rmtree(out, ignore_errors=True)
+    distributed.barrier()  # DIR is complete when any rank returns
     return result
 
 
