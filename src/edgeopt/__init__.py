@@ -25,12 +25,14 @@ _LAZY = {
     "Measurement": "edgeopt.runtime.measure",
     "profile": "edgeopt.profile",
     "run_recipe": "edgeopt.recipes.run",
+    "quantize_checkpoint": "edgeopt.quantization.streaming",
     "DistillConfig": "edgeopt.distillation.config",
     "LowRankConfig": "edgeopt.lowrank.config",
     "ClusterConfig": "edgeopt.clustering.config",
 }
 _SUBMODULES = {"api", "config", "datasets", "zoo", "errors", "data", "recipes", "quantization", "pruning", "export",
-               "runtime", "training", "report", "distillation", "lowrank", "clustering"}
+               "runtime", "training", "report", "distillation", "lowrank", "clustering",
+               "distributed"}
 
 __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
 
