@@ -137,6 +137,10 @@ class PruneConfig(Config):
     reg_strength: float = 1e-4
     reg_epochs: int = 0  # epochs of penalized training before pruning
     rewind: Rewind = Rewind.NONE
+    # per-layer sparsity instead of one `sparsity` for all (layers not named stay whole): keyed
+    # by the weight name for weight structures ("fc1.weight"), by the producing layer for
+    # channels ("conv1"); a search or a sensitivity study chooses it
+    layer_sparsity: dict[str, float] = dataclasses.field(default_factory=dict)
     advanced: AdvancedPrune = dataclasses.field(default_factory=AdvancedPrune)
 
     def validate(self) -> None:
@@ -155,6 +159,12 @@ class PruneConfig(Config):
         if not all(isinstance(p, str) for p in exclude):
             raise ConfigTypeError(f"PruneConfig.exclude must be a list of strings; got {exclude!r}.")
         object.__setattr__(self, "exclude", exclude)
+        for name, value in self.layer_sparsity.items():
+            if not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+                raise invalid(f"PruneConfig.layer_sparsity[{name!r}]", "a float in [0, 1)", value)
+        if self.layer_sparsity and self.criterion is Criterion.SENSITIVITY:
+            raise invalid("PruneConfig.criterion", "not 'sensitivity' with layer_sparsity (both "
+                          "choose the per-layer sparsities)", self.criterion.value)
         self._validate_structure()
         self._validate_schedule()
 

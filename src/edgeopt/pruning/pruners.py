@@ -232,9 +232,15 @@ class LayerPruner:
 
 def make_pruner(model: nn.Module, config: PruneConfig, data: Any, example: torch.Tensor | None
                 ) -> Pruner:
+    pruner: Pruner
     if config.structure in (Structure.UNSTRUCTURED, Structure.NM):
-        return WeightPruner(model, config, data)
-    assert example is not None  # check_inputs refuses structured pruning without data
-    if config.structure is Structure.LAYER:
+        pruner = WeightPruner(model, config, data)
+    elif config.structure is Structure.LAYER:
+        assert example is not None  # check_inputs refuses structured pruning without data
         return LayerPruner(model, config, data, example)
-    return ChannelPruner(model, config, data, example)
+    else:
+        assert example is not None
+        pruner = ChannelPruner(model, config, data, example)
+    if config.layer_sparsity:  # the plan replaces `sparsity` layer by layer
+        pruner.plan = dict(config.layer_sparsity)
+    return pruner
