@@ -1,6 +1,7 @@
 """`edgeopt deploy` on a small run folder: an int8 stage built for the emulated Cortex-M4, the
 same stage in ONNX Runtime, and refusals (one `error:` line, exit 2, nothing written)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -84,3 +85,17 @@ def test_missing_run_folder(tmp_path):
     result = _deploy(tmp_path / "nope", tmp_path / "out")
     assert result.exit_code == 2 and "does not exist" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_stage_fit_estimates_from_the_lowered_graph(run_dir):
+    from edgeopt.deploy.budget import stage_fit
+    from edgeopt.deploy.targets import get_target
+
+    m4 = get_target("cortex-m4")
+    fit = stage_fit(run_dir / "int8.onnx", m4)
+    assert fit["deployable"] and fit["fits"] is True
+    # LeNet-5 at 8x8: 6*25 + 16*150 + 64*120 + 120*84 + 84*10 int8 weights, int32 biases
+    assert 20_000 < fit["flash_bytes"] < 25_000 and 64 + 10 < fit["ram_bytes"] < 2_000
+    assert stage_fit(run_dir / "baseline.onnx", m4)["deployable"] is False
+    tiny = dataclasses.replace(m4, flash_bytes=10_000)
+    assert stage_fit(run_dir / "int8.onnx", tiny)["flash_fits"] is False

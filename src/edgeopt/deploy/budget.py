@@ -2,8 +2,8 @@
 
 flash = the constant data the C kernels read (weights, packed two per byte where they fit 4 bits;
 int32 biases; an int32 multiplier and shift per output channel); code is not included.
-RAM = the peak of int8 activations alive at once over the op sequence (a reshape aliases its
-input), the lower bound an arena planner reaches; the generated C's planner reports the real one.
+RAM = the generated C's static arena (edgeopt.deploy.c.plan: lifetimes, in-place ops) plus the
+model's input and output buffers; `peak_activation_bytes` is the lower bound any planner meets.
 """
 
 from __future__ import annotations
@@ -81,7 +81,10 @@ def stage_fit(onnx_path: Path, target: Target) -> dict[str, Any]:
         graph = lower_onnx(onnx_path)
     except EdgeoptError as exc:
         return {**budgets, "deployable": False, "fits": False, "note": str(exc)}
-    verdict = fits(target, weight_bytes(graph), peak_activation_bytes(graph))
+    from edgeopt.deploy.c.plan import plan_memory
+
+    io = graph.tensors[graph.inputs[0]].size + graph.tensors[graph.outputs[0]].size
+    verdict = fits(target, weight_bytes(graph), plan_memory(graph).arena_bytes + io)
     return {**budgets, "deployable": True, **verdict,
-            "note": "estimated: weights + per-channel requantization (no code); peak int8 "
-                    "activations"}
+            "note": "estimated: weights + per-channel requantization (no code); arena + "
+                    "input and output"}

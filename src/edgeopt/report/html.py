@@ -165,7 +165,8 @@ def _target(metrics: dict[str, Any]) -> str:
     return (f"<section id=target><h2>Target</h2><p>{escape(line)}</p><div class=scroll><table>"
             f"<tr>{head}</tr>{body}</table></div><p class=note>Flash: weights, biases and "
             "per-channel requantization of the lowered int8 graph (code not included); RAM: "
-            "peak int8 activations. <code>edgeopt deploy</code> measures the built image."
+            "the generated C's arena plus input and output. <code>edgeopt deploy</code> "
+            "measures the built image."
             "</p></section>")
 
 
