@@ -56,7 +56,8 @@ def test_build_run_and_count(tmp_path, target):
                                                              run.instructions))
     assert 0 < run.stack_bytes < 1024
     size = mcu.image_size(elf)
-    assert 500 < size["flash_bytes"] < 8000  # vector table, startup, semihosting, 3 inputs
+    assert 500 < size["flash_bytes"] < 8000  # vector table, startup, semihosting, the model
+    assert mcu._symbol_bytes(elf) == {"eo_inputs": 3 * 16, "layer_ticks": 4 * 256}  # not counted
     assert size["static_ram_bytes"] < 64 and size["stack_reserved_bytes"] == 0x4000
 
 

@@ -31,7 +31,7 @@ TIMER_HZ = 25_000_000  # MPS2 system clock that drives the CMSDK APB timers
 INSTRUCTIONS_PER_TICK = (1e9 / TIMER_HZ) / 2**ICOUNT_SHIFT
 TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-size", "arm-none-eabi-nm", "qemu-system-arm")
 _SKIP_SOURCES = {"selftest.c"}  # the host self-test has its own main()
-_PROFILING_SYMBOLS = ("layer_ticks",)
+_HARNESS_SYMBOLS = ("eo_inputs", "layer_ticks")  # main.c's test inputs and per-layer ticks
 
 
 @dataclass
@@ -88,22 +88,24 @@ def build_elf(c_dir: Path, target: Target, inputs: np.ndarray, elf: Path,
 
 def image_size(elf: Path) -> dict[str, int]:
     """Flash and RAM of a linked image from `arm-none-eabi-size -A`: flash = code + constants +
-    initialized data's load copy; RAM = initialized data + zeroed data (arena) + stack reserve."""
+    initialized data's load copy; static RAM = initialized + zeroed data (the arena). The test
+    inputs main.c runs (in flash) and its per-layer tick buffer are the harness's, not counted."""
     text = _check(["arm-none-eabi-size", "-A", str(elf)], "arm-none-eabi-size")
     sections = {m[1]: int(m[2]) for m in re.finditer(r"^(\.\S+)\s+(\d+)\s+\d+", text, re.M)}
     get = sections.get
-    flash = get(".text", 0) + get(".ARM.exidx", 0) + get(".data", 0)
-    static = get(".data", 0) + get(".bss", 0) - _symbol_bytes(elf, _PROFILING_SYMBOLS)
+    harness = _symbol_bytes(elf)
+    flash = get(".text", 0) + get(".ARM.exidx", 0) + get(".data", 0) - harness["eo_inputs"]
+    static = get(".data", 0) + get(".bss", 0) - harness["layer_ticks"]
     return {"flash_bytes": flash, "static_ram_bytes": static,
             "stack_reserved_bytes": get(".stack", 0)}
 
 
-def _symbol_bytes(elf: Path, names: tuple[str, ...]) -> int:
-    """Total size of the named symbols (main.c's per-layer tick buffer is not the model's RAM)."""
+def _symbol_bytes(elf: Path) -> dict[str, int]:
+    """Sizes of the harness's own symbols in the image (0 where absent)."""
     text = _check(["arm-none-eabi-nm", "-S", str(elf)], "arm-none-eabi-nm")
     sizes = {m[2]: int(m[1], 16) for m in re.finditer(r"^[0-9a-f]+ ([0-9a-f]+) \w (\S+)$",
                                                        text, re.M)}
-    return sum(sizes.get(name, 0) for name in names)
+    return {name: sizes.get(name, 0) for name in _HARNESS_SYMBOLS}
 
 
 def run_elf(elf: Path, target: Target, *, timeout_s: float = 120.0) -> BoardRun:
