@@ -27,7 +27,7 @@ import numpy as np
 
 from edgeopt.atomic import write_bytes
 from edgeopt.deploy.ir import Graph, Op, QParams
-from edgeopt.errors import ExportError
+from edgeopt.errors import ExportError, invalid
 
 SCHEMA_VERSION = 3
 _ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 3}  # tflite.ActivationFunctionType
@@ -97,8 +97,9 @@ def _spatial_padding(b: _Builder, op: Op, kernel: tuple[int, int], dilation: tup
     """The TFLite padding mode computing `op`'s explicit padding, and the (maybe padded) input.
 
     SAME when it puts the same rows and columns first and gives the output's size, VALID when
-    there is no padding; otherwise an explicit PAD (with the input's zero point, i.e. real 0,
-    what an int8 convolution pads with) feeds a VALID operator.
+    there is no padding; otherwise, for convolutions, an explicit PAD (with the input's zero
+    point, i.e. real 0, what an int8 convolution pads with) feeds a VALID operator. Pools leave
+    padding out of the window (the max, and the count of an average), which only SAME expresses.
     """
     x = b.graph.tensors[op.inputs[0]]
     out = b.graph.tensors[op.outputs[0]].shape
@@ -111,10 +112,10 @@ def _spatial_padding(b: _Builder, op: Op, kernel: tuple[int, int], dilation: tup
         return _SAME, b.tensor(op.inputs[0])
     if not any((top, left, bottom, right)):
         return _VALID, b.tensor(op.inputs[0])
-    if op.kind == "max_pool2d":  # padding with real 0 is not max pooling's padding
+    if op.kind in ("max_pool2d", "avg_pool2d"):  # pools skip padding; a PAD op would feed it in
         raise ExportError(
             f"export_tflite: {op.name or op.kind} pads (top, left, bottom, right) = "
-            f"{(top, left, bottom, right)}, which TFLite's MAX_POOL_2D cannot express; "
+            f"{(top, left, bottom, right)}, which TFLite's pooling cannot express; "
             "use padding that matches SAME or none."
         )
     shape = (x.shape[0], x.shape[1] + top + bottom, x.shape[2] + left + right, x.shape[3])
@@ -336,6 +337,31 @@ def export_tflite(model: Any, path: str | os.PathLike[str], example_input: Any) 
 
 # ---------------------------------------------------------------- running the file (checks, bench)
 
+def io_quantization(model: bytes | str | os.PathLike[str]) -> dict[str, tuple[tuple[int, ...], float, int]]:
+    """{"input": (shape, scale, zero_point), "output": ...} of a .tflite file (first input/output)."""
+    from tflite.Model import Model
+
+    graph = Model.GetRootAs(_model_bytes(model), 0).Subgraphs(0)
+    result = {}
+    for key, index in (("input", graph.Inputs(0)), ("output", graph.Outputs(0))):
+        t = graph.Tensors(index)
+        q = t.Quantization()
+        result[key] = (tuple(int(d) for d in t.ShapeAsNumpy()), float(q.Scale(0)), int(q.ZeroPoint(0)))
+    return result
+
+
+def quantize_inputs(model: bytes | str | os.PathLike[str], x: Any) -> np.ndarray:
+    """Float inputs in the PyTorch model's layout (N, C, H, W), (N, C, T) or (N, F) as int8 rows in
+    the file's input layout (channels last) and quantization, rounded as ONNX Runtime's
+    QuantizeLinear rounds (float32 quotient, half to even)."""
+    shape, scale, zero_point = io_quantization(model)["input"]
+    x = np.asarray(x, np.float32)
+    if x.ndim >= 3 and len(shape) > 2:  # channels first -> channels last; a flat input keeps torch's order
+        x = np.moveaxis(x, 1, -1)
+    x = x.reshape(len(x), *shape[1:])
+    return np.clip(np.rint(x / np.float32(scale)) + zero_point, -128, 127).astype(np.int8)
+
+
 _TFLM_ARENA = 8 << 20  # generous: the arena TFLite Micro really uses is measured, not this
 
 
@@ -344,17 +370,23 @@ def _model_bytes(model: bytes | str | os.PathLike[str]) -> bytes:
 
 
 def run_litert(model: bytes | str | os.PathLike[str], inputs: np.ndarray, *,
-               reference_kernels: bool = False) -> np.ndarray:
+               kernels: str = "reference") -> np.ndarray:
     """Run int8 `inputs` (a batch; each row one sample in the file's input shape) in LiteRT.
 
-    `reference_kernels` selects TFLite's reference kernels instead of the optimized ones.
-    Returns the int8 outputs stacked over the batch. Needs `ai-edge-litert`.
+    kernels: "reference" (TFLite's reference kernels: the rounding TFLite Micro and edgeopt's
+    integer reference follow), "builtin" (the optimized built-in kernels) or "xnnpack" (LiteRT's
+    default: built-ins with the XNNPACK delegate, which requantizes in float32 and may differ
+    by one step). Returns the int8 outputs stacked over the batch. Needs `ai-edge-litert`.
     """
     from ai_edge_litert import interpreter as litert
 
-    resolver = litert.OpResolverType.BUILTIN_REF if reference_kernels else litert.OpResolverType.BUILTIN
+    resolvers = {"reference": litert.OpResolverType.BUILTIN_REF,
+                 "builtin": litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                 "xnnpack": litert.OpResolverType.BUILTIN}
+    if kernels not in resolvers:
+        raise invalid("run_litert.kernels", f"one of {sorted(resolvers)}", kernels)
     interp = litert.Interpreter(model_content=_model_bytes(model), num_threads=1,
-                                experimental_op_resolver_type=resolver)
+                                experimental_op_resolver_type=resolvers[kernels])
     interp.allocate_tensors()
     (inp,), (out,) = interp.get_input_details(), interp.get_output_details()
     rows = []

@@ -1,0 +1,80 @@
+"""edgeopt's int8 .tflite files in LiteRT and TFLite Micro, against the ONNX int8 file and edgeopt's
+integer reference, on every zoo model (default PTQ on the bench's pretrained weights).
+
+Per model: .tflite and int8 ONNX sizes, top-1 agreement of LiteRT (reference kernels, optimized
+built-ins, XNNPACK) and TFLite Micro with ONNX Runtime on the int8 ONNX file over the test set,
+whether TFLite Micro's outputs equal edgeopt's integer reference bit for bit, and TFLite Micro's
+tensor arena. Prints a markdown table for the README.
+
+    .venv/bin/python bench/bench_tflite.py [--models lenet5,dscnn] [--samples 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from common import PAIRS, calibration_tensor
+
+import edgeopt as eo
+from edgeopt.deploy import reference
+from edgeopt.deploy.lower import lower_onnx
+from edgeopt.export import tflite
+
+HEADER = ("| model | data | .tflite KiB | int8 ONNX KiB | TFLM arena B | agreement with ONNX int8: "
+          "LiteRT ref / builtin / XNNPACK / TFLM | TFLM = reference (outputs) | max abs diff LiteRT "
+          "XNNPACK vs reference |\n|---|---|---|---|---|---|---|---|")
+
+
+def onnx_top1(path: Path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[i:i + 64]})[0].argmax(1)
+                           for i in range(0, len(x), 64)])
+
+
+def bench_one(model_name: str, data_name: str, folder: Path, samples: int) -> str:
+    splits = eo.datasets.load(data_name, seed=0)
+    model = eo.zoo.pretrained(model_name, data_name)
+    calib = calibration_tensor(splits, eo.QuantConfig().calibration_samples)
+    qmodel = eo.apply(model, eo.QuantConfig(), data=[calib])
+    example = calib[:1]
+    onnx_path = eo.export_onnx(qmodel, folder / f"{model_name}.onnx", example)
+    tfl = eo.export_tflite(qmodel, folder / f"{model_name}.tflite", example)
+    n = min(samples, len(splits.test))
+    x = np.stack([splits.test[i][0].numpy() for i in range(n)])
+    expected = onnx_top1(onnx_path, x)
+    xq = tflite.quantize_inputs(tfl, x)
+    outs = {k: tflite.run_litert(tfl, xq, kernels=k) for k in ("reference", "builtin", "xnnpack")}
+    outs["tflm"] = tflite.run_tflm(tfl, xq)
+    graph = lower_onnx(onnx_path)
+    ref = np.stack([np.asarray(reference.run(graph, row[None])[0]).reshape(-1) for row in xq])
+    agree = " / ".join(f"{100 * np.mean(o.argmax(1) == expected):.2f} %" for o in outs.values())
+    exact = f"{np.sum(np.all(outs['tflm'] == ref, axis=1))}/{n}"
+    diff = int(np.abs(outs["xnnpack"].astype(int) - ref).max())
+    onnx_kib = sum(p.stat().st_size for p in folder.glob(f"{model_name}.onnx*")) / 1024
+    return (f"| {model_name} | {data_name} | {tfl.stat().st_size / 1024:.1f} | {onnx_kib:.1f} | "
+            f"{tflite.tflm_arena_bytes(tfl)} | {agree} | {exact} | {diff} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", default=",".join(m for m, _ in PAIRS))
+    parser.add_argument("--samples", type=int, default=1000)
+    args = parser.parse_args()
+    wanted = args.models.split(",")
+    print(HEADER)
+    with tempfile.TemporaryDirectory() as tmp:
+        for model_name, data_name in PAIRS:
+            if model_name in wanted:
+                start = time.perf_counter()
+                row = bench_one(model_name, data_name, Path(tmp), args.samples)
+                print(row, f"<!-- {time.perf_counter() - start:.0f} s -->", flush=True)
+
+
+if __name__ == "__main__":
+    main()
