@@ -9,7 +9,7 @@ API for other back ends (TFLite, the Cortex-M build):
   `reference.quantize_input(graph, x_float)` maps float inputs in the model's layout to the IR's int8 NHWC.
 - `build_c(graph_or_model, out_dir, example_input=None, *, test_inputs=None, pow2=None) -> CExport`:
   writes target-neutral C99 to out_dir: `model.h`, `model.c` (weights as const arrays and
-  `edgeopt_model_invoke`; no stdio, no heap; `EDGEOPT_LAYER_HOOK(i)` after layer i if the build defines it),
+  `edgeopt_model_invoke`; no stdio, no heap; `EDGEOPT_LAYER_END(i)` after layer i if the build defines it),
   `edgeopt_kernels.h/.c`, `selftest.c` (host main: runs the inputs embedded in `selftest_data.h` and
   compares with the reference's outputs, prints "edgeopt selftest: N/N bit-exact"; `selftest_host R` also
   times R inferences) and a `Makefile` (`make host` builds with gcc and runs it). `test_inputs`: int8

@@ -347,9 +347,16 @@ def _finish_output(state: _State, name: str, value_range: tuple[float, float] | 
         value_range = _bound(state, pending)
     lo, hi = min(value_range[0], 0.0) * OUTPUT_MARGIN, max(value_range[1], 0.0) * OUTPUT_MARGIN
     scale = np.float32(max(hi - lo, 1e-8) / 255.0)
+    if _all_pow2(state.graph):  # keep a power-of-two graph shift-only: round the output scale up
+        scale = np.float32(2.0 ** np.ceil(np.log2(scale)))
     zp = int(np.clip(np.round(-128 - lo / scale), -128, 127))
     _emit(state, pending, "output", QParams(scale, np.asarray(zp, np.int32)))
     state.graph.outputs.append("output")
+
+
+def _all_pow2(graph: Graph) -> bool:
+    scales = [np.asarray(t.qparams.scale, np.float64) for t in graph.tensors.values() if t.dtype != "int32"]
+    return bool(scales) and all(np.all(np.frexp(s)[0] == 0.5) for s in scales)
 
 
 def _bound(state: _State, pending: _Pending) -> tuple[float, float]:

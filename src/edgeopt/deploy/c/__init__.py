@@ -6,7 +6,7 @@
 Files written: model.h / model.c (the model: `edgeopt_model_invoke`, no stdio, no heap), edgeopt_kernels.h /
 .c (the kernels), selftest.c + selftest_data.h (host main: the reference's outputs for embedded inputs) and
 a Makefile whose `host` target builds with gcc and runs the self-test. model.c calls
-`EDGEOPT_LAYER_HOOK(i)` after layer i (empty unless the build defines it) so a board can time layers.
+`EDGEOPT_LAYER_END(i)` after layer i (empty unless the build defines it) so a board can time layers.
 """
 
 from __future__ import annotations
