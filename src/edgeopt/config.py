@@ -68,7 +68,7 @@ def _to_plain(value: Any) -> Any:
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)  # YAML keys may be numbers too
     if unknown:
         raise ConfigError(
             f"{where}.{unknown[0]} is not a known field; valid: {', '.join(sorted(fields))}."
@@ -116,6 +116,30 @@ def _coerce_fields(obj: Any) -> None:
             object.__setattr__(obj, f.name, coerced)
 
 
+def _coerce_container(hint: Any, value: Any, where: str) -> Any:
+    """A tuple / list / dict field: the container type, then each item against its hint."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigTypeError(f"{where} must be a mapping; got {type(value).__name__} "
+                                  f"{value!r}.")
+        if len(args) != 2:
+            return value
+        return {k: _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if not isinstance(value, list | tuple):
+        raise ConfigTypeError(f"{where} must be a list; got {type(value).__name__} {value!r}.")
+    if len(args) == 2 and args[1] is Ellipsis:
+        items = [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif len(args) == 1 or (args and len(args) == len(value)):
+        hints = args * len(value) if len(args) == 1 else args
+        items = [_coerce(h, v, f"{where}[{i}]") for i, (h, v) in enumerate(zip(hints, value))]
+    elif args:
+        raise invalid(where, f"a list of {len(args)} items", value)
+    else:
+        items = list(value)
+    return type(value)(items) if origin is not tuple else tuple(items)
+
+
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     options = typing.get_args(hint) if _is_union(hint) else (hint,)
     if value is None and type(None) in options:
@@ -131,13 +155,21 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
                 raise invalid(where, f"one of {choices}", value) from None
     for option in options:
         if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            if isinstance(value, int) and abs(value) > 2**1023:  # float() would overflow
+                raise invalid(where, "a finite float", value)
             return float(value)
         if option in (int, str, bool) and isinstance(value, option):
             if option is int and isinstance(value, bool):
                 continue
             return value
-        if option is typing.Any or typing.get_origin(option) in (tuple, list, dict):
+        if option is typing.Any:
             return value
+        if typing.get_origin(option) in (tuple, list, dict):
+            try:
+                return _coerce_container(option, value, where)
+            except (ConfigError, ConfigTypeError):
+                if len(options) == 1:
+                    raise
         if isinstance(option, type) and dataclasses.is_dataclass(option) and isinstance(value, option):
             return value
     expected = " or ".join(getattr(o, "__name__", str(o)) for o in options)

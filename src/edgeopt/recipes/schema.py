@@ -81,7 +81,13 @@ def load_recipe(recipe: str | Path | dict[str, Any] | None) -> Recipe:
     if not path.is_file():
         raise ConfigError(f"recipe file {str(path)!r} does not exist.")
     try:
-        content = yaml.safe_load(path.read_text())
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"recipe {str(path)!r} must be UTF-8 text; byte {exc.start} is not "
+                          "(save the file as UTF-8).") from None
+    except OSError as exc:
+        raise ConfigError(f"recipe file {str(path)!r} cannot be read: "
+                          f"{exc.strerror or exc}.") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
