@@ -2,8 +2,10 @@
 beside TFLite Micro running edgeopt's .tflite of the same integer graph.
 
 Per model (default int8 PTQ): accuracy of the int8 ONNX file (trained models only), flash and RAM
-of the linked Cortex-M4 image (arm-none-eabi-size; RAM = static data + measured stack), the
-planner's arena, the .tflite file and TFLite Micro's arena for it, instructions per inference
+of the linked Cortex-M4 image (arm-none-eabi-size; flash without the harness's test inputs; RAM =
+static data with the C arena + measured stack high-water + the input buffer an application holds),
+the .tflite file and TFLite Micro's arena for it (TFLite Micro's interpreter code, some 100 KB,
+not counted), instructions per inference
 (qemu -icount, exact), top-1 agreement of the board's outputs with ONNX Runtime on the int8 ONNX
 file, and whether the board and TFLite Micro equal edgeopt's integer reference bit for bit.
 
@@ -14,6 +16,10 @@ mnist5k are the trained rows.
 
     .venv/bin/python bench/bench_mcu.py [--models ds_cnn_kws,resnet8] [--board-inputs 5]
         [--samples 200] [--target cortex-m4]
+
+`--host` instead times the generated C on this CPU beside ONNX Runtime (see bench_host):
+
+    .venv/bin/python bench/bench_mcu.py --host [--models lenet300,dscnn] [--rounds 5] [--repeats 300]
 """
 
 from __future__ import annotations
@@ -53,8 +59,8 @@ CASES = [
     Case("resnet8/mnist5k", "resnet8", (1, 28, 28), 10, "mnist5k"),
 ]
 
-HEADER = ("| model | weights | int8 accuracy | flash (M4 image) | .tflite | RAM (M4 image) | "
-          "edgeopt arena | TFLM arena | instructions / inference | top-1 = ONNX int8 | "
+HEADER = ("| model | weights | int8 accuracy | flash (image) | .tflite file | RAM (image) | "
+          "TFLM arena | RAM / TFLM arena | instructions / inference | top-1 = ONNX int8 | "
           "board = reference | TFLM = reference |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
@@ -95,9 +101,10 @@ def bench_one(case: Case, folder: Path, samples: int, board_inputs: int, target:
     accuracy = "n/a" if y is None else f"{100 * np.mean(onnx_out.argmax(1) == y):.2f} %"
     bit_exact = np.array_equal(board["outputs"], ref[:board_inputs])
     tflm_exact = int(np.all(tflm.reshape(len(xq), -1) == ref, axis=1).sum())
+    arena = tflite.tflm_arena_bytes(tfl)
     return (f"| {case.label} | {'trained' if case.data else 'random'} | {accuracy} | "
             f"{_kib(board['flash_bytes'])} | {_kib(len(tfl))} | {_kib(board['ram_bytes'])} | "
-            f"{_kib(board['arena_bytes'])} | {_kib(tflite.tflm_arena_bytes(tfl))} | "
+            f"{_kib(arena)} | {board['ram_bytes'] / arena:.2f} | "
             f"{board['instructions_per_inference'] / 1e6:.2f} M | "
             f"{100 * agreement(ref, onnx_out):.1f} % ({len(x)}) | "
             f"{'yes' if bit_exact else 'NO'} ({board_inputs}) | {tflm_exact}/{len(x)} |")
@@ -117,13 +124,88 @@ def _kib(value: int | None) -> str:
     return "n/a" if value is None else f"{value / 1024:.1f} KiB"
 
 
+HOST_CASES = [Case("lenet300", "lenet300", (1, 28, 28), 10), Case("lenet5", "lenet5", (1, 28, 28), 10),
+              Case("dscnn", "dscnn", (1, 49, 10), 12), Case("resnet8", "resnet8", (3, 32, 32), 10),
+              Case("tcn1d", "tcn1d", (3, 128), 4)]
+HOST_HEADER = ("| model | MACs | C gcc -O2 | C gcc -O3 -march=native | ONNX Runtime int8 (1 thread) | "
+               "C -O2 / ORT | RAM: arena + input + output | TFLM arena | C = reference |\n"
+               "|---|---|---|---|---|---|---|---|---|")
+
+
+def bench_host(case: Case, folder: Path, rounds: int, repeats: int) -> str:
+    """The generated C on this CPU (host gcc, batch 1, median of the self-test's timed inferences) beside
+    ONNX Runtime on the int8 ONNX file (1 thread, batch 1, median session.run), interleaved round by round;
+    RAM is edgeopt's planned arena plus the caller's input and output buffers."""
+    import subprocess
+
+    import onnxruntime as ort
+
+    from edgeopt.deploy import build_c, run_host
+
+    calib, x, _ = _data(case, 64)
+    qmodel = eo.apply(_model(case), eo.QuantConfig(), data=[calib])
+    onnx_path = eo.export_onnx(qmodel, folder / f"{case.label}.onnx", calib[:1])
+    graph = lower_onnx(onnx_path, calibration=calib[:64].numpy())
+    xq = reference.quantize_input(graph, x[:16]).reshape(16, -1)
+    info = build_c(graph, folder / f"c-{case.label}", test_inputs=xq)
+    exact = run_host(info.out_dir).strip().endswith("16/16 bit-exact")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    name, feed = session.get_inputs()[0].name, x[:1].astype(np.float32)
+    times: dict[str, list[float]] = {"O2": [], "O3": [], "ort": []}
+    for _ in range(rounds):
+        for flags in ("O2", "O3"):
+            cflags = "-O2 -std=c99" if flags == "O2" else "-O3 -march=native -std=c99"
+            subprocess.run(["make", "-s", "-C", str(info.out_dir), "clean"], check=True)
+            out = subprocess.run(["make", "-s", "-C", str(info.out_dir), "host", f"CFLAGS={cflags}",
+                                  f"REPEATS={repeats}"], capture_output=True, text=True, check=True).stdout
+            times[flags].append(float(out.split("median")[1].split()[0]))
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            session.run(None, {name: feed})
+            runs.append((time.perf_counter() - start) * 1e6)
+        times["ort"].append(float(np.median(runs)))
+    o2, o3, rt = (float(np.median(times[k])) for k in ("O2", "O3", "ort"))
+    tflm = _tflm_arena(graph)
+    return (f"| {case.label} | {info.macs / 1e6:.2f} M | {o2:.0f} µs | {o3:.0f} µs | {rt:.0f} µs | "
+            f"{o2 / rt:.2f}× | {_kib(info.ram_bytes + info.io_bytes)} | {_kib(tflm)} | "
+            f"{'yes' if exact else 'NO'} (16) |")
+
+
+def _tflm_arena(graph) -> int | None:
+    try:
+        from edgeopt.export import tflite
+
+        return tflite.tflm_arena_bytes(tflite.graph_to_tflite(graph))
+    except Exception:  # tflite-micro not installed (dev extra): the column says n/a
+        return None
+
+
+def main_host(args: argparse.Namespace) -> None:
+    wanted = args.models.split(",") if args.models else [c.label for c in HOST_CASES]
+    print(HOST_HEADER)
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in HOST_CASES:
+            if case.label in wanted:
+                print(bench_host(case, Path(tmp), args.rounds, args.repeats), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--models", default=",".join(c.label for c in CASES))
+    parser.add_argument("--host", action="store_true", help="C on this CPU vs ONNX Runtime (zoo models)")
+    parser.add_argument("--rounds", type=int, default=5, help="--host: interleaved timing rounds")
+    parser.add_argument("--repeats", type=int, default=300, help="--host: inferences per round")
+    parser.add_argument("--models", default=None)
     parser.add_argument("--samples", type=int, default=200, help="inputs for agreement")
     parser.add_argument("--board-inputs", type=int, default=5, help="inputs run in qemu")
     parser.add_argument("--target", default="cortex-m4")
     args = parser.parse_args()
+    if args.host:
+        main_host(args)
+        return
+    args.models = args.models or ",".join(c.label for c in CASES)
     missing = mcu.toolchain_missing()
     if missing:
         raise SystemExit(missing)
