@@ -207,5 +207,49 @@ def deploy(run_dir: Path, stage: str, target: str, out_dir: Path, max_inputs: in
     click.echo(f"deploy: {Path(out_dir) / 'deploy.json'}")
 
 
+
+@main.command()
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target", required=True, help="cortex-m4, cortex-m7 or x86-ort.")
+@click.option("--flash", default=None, help="Flash budget, e.g. 256KiB (default: the target's).")
+@click.option("--ram", default=None, help="RAM budget, e.g. 64KiB (default: the target's).")
+@click.option("--latency-ms", type=float, default=None, help="Latency budget (x86-ort).")
+@click.option("--trials", type=int, required=True,
+              help="Trials in the study (all workers together).")
+@click.option("--timeout", type=float, default=None, help="Stop starting trials after this many s.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for pareto.json, report.html and best/.")
+@click.option("--storage", default=None,
+              help="Optuna storage shared by workers: sqlite:///study.db or postgresql://...")
+@click.option("--study", "study_name", default="edgeopt-search", show_default=True,
+              help="Study name inside the storage.")
+@click.option("--sampler", default="tpe", show_default=True, help="tpe or nsga2.")
+@click.option("--finetune-samples", type=int, default=1024, show_default=True,
+              help="Training samples each trial calibrates and recovers on.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_user_errors
+def search(recipe: Path | None, target: str, flash: str | None, ram: str | None,
+           latency_ms: float | None, trials: int, timeout: float | None, out_dir: Path,
+           storage: str | None, study_name: str, sampler: str, finetune_samples: int,
+           quiet: bool) -> None:
+    """Search per-layer bit widths and channel widths of RECIPE's model under a target budget."""
+    from edgeopt.search import SearchSettings
+    from edgeopt.search import search as run_search
+
+    result = run_search(recipe, target=target, out_dir=out_dir, trials=trials, flash=flash,
+                        ram=ram, latency_ms=latency_ms, timeout=timeout, storage=storage,
+                        settings=SearchSettings(sampler=sampler, study_name=study_name,
+                                                finetune_samples=finetune_samples),
+                        progress=not quiet)
+    best = result["best"]
+    if best is None:
+        click.echo("no trial fits the budget", err=True)
+    else:
+        click.echo(f"best: trial {best['number']}, validation {100 * best['accuracy']:.2f}%, "
+                   f"test {100 * (best.get('test_accuracy') or 0):.2f}%, "
+                   f"flash {best['flash_bytes']} B, RAM {best['ram_bytes']} B")
+    click.echo(f"pareto: {out_dir / 'pareto.json'}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,107 @@
+"""Budget-aware compression search on Optuna.
+
+    result = edgeopt.search.search("recipe.yaml", target="cortex-m4", flash="64KiB",
+                                   trials=40, out_dir="runs/search")
+
+Each trial picks a weight bit width per layer and a channel keep ratio per group, predicts
+flash / RAM / latency (edgeopt.search.cost), and, when the policy fits, applies it (channel
+pruning, then quantization-aware recovery training on a training subset) and scores it on the
+validation split. `out_dir` gets pareto.json, report.html and best/ (the best fitting policy run
+as a normal recipe and measured on the test split).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeopt.errors import invalid
+from edgeopt.search.budget import Budget, check_storage, make_budget, parse_bytes
+from edgeopt.search.space import Policy, Space, policy_stages
+from edgeopt.search.study import SearchSettings
+
+__all__ = ["Budget", "Policy", "SearchSettings", "Space", "check_storage", "make_budget",
+           "parse_bytes", "policy_stages", "search"]
+
+
+def _check(trials: int, timeout: float | None, settings: SearchSettings) -> None:
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise invalid("--trials", "an int >= 1", trials)
+    if timeout is not None and not timeout > 0:
+        raise invalid("--timeout", "a positive number of seconds", timeout)
+    if settings.finetune_samples < 1:
+        raise invalid("--finetune-samples", "an int >= 1", settings.finetune_samples)
+    if settings.sampler not in ("tpe", "nsga2"):
+        raise invalid("--sampler", "'tpe' or 'nsga2'", settings.sampler)
+
+
+def search(recipe: str | Path | dict[str, Any] | None, *, target: str, out_dir: str | Path,
+           trials: int, flash: str | int | None = None, ram: str | int | None = None,
+           latency_ms: float | None = None, timeout: float | None = None,
+           storage: str | None = None, settings: SearchSettings | None = None,
+           progress: bool = True) -> dict[str, Any]:
+    """Run (or resume, or join) a search; returns what pareto.json holds."""
+    from edgeopt.atomic import atomic_dir, ensure_writable_dir
+    from edgeopt.recipes.schema import load_recipe
+    from edgeopt.search import output
+    from edgeopt.search.study import make_study, run_trials, seed_uniform
+
+    settings = settings or SearchSettings()
+    _check(trials, timeout, settings)
+    budget = make_budget(target, flash, ram, latency_ms)
+    storage = check_storage(storage)
+    parsed = load_recipe(recipe)
+    ensure_writable_dir(Path(out_dir).resolve().parent)
+    ctx = _context(parsed, budget, settings, progress)
+    study = make_study(settings, ctx.objectives, storage)
+    seed_uniform(study, ctx.space)
+    run_trials(study, ctx, trials, timeout, progress)
+    records = output.trial_records(study)
+    with atomic_dir(out_dir) as folder:
+        best = output.best_fitting_record(records)
+        best_run = _run_best(parsed, best, budget, settings, folder, progress) if best else None
+        content = output.summary(records, budget.to_dict(), best_run)
+        output.write_pareto(folder, content)
+        output.write_report(folder, content, f"edgeopt search: {parsed.model_label} on "
+                            f"{parsed.data_label}, {budget.target}")
+    return content
+
+
+def _context(parsed: Any, budget: Budget, settings: SearchSettings, progress: bool) -> Any:
+    import torch
+
+    from edgeopt.recipes.baseline import load_baseline, load_splits
+    from edgeopt.search.cost import FormulaCost
+    from edgeopt.search.latency import latency_model
+    from edgeopt.search.space import build_space
+    from edgeopt.search.study import OBJECTIVES, Context
+
+    splits = load_splits(parsed)
+    base = load_baseline(parsed, splits, progress).eval()
+    example = splits.test[0][0].unsqueeze(0)
+    generator = torch.Generator().manual_seed(settings.seed)
+    count = min(settings.finetune_samples, len(splits.train))
+    indices = torch.randperm(len(splits.train), generator=generator)[:count].tolist()
+    train = torch.utils.data.Subset(splits.train, indices)
+    latency = latency_model(example) if budget.kind == "host" else None
+    if budget.latency_ms is not None and latency is None:
+        raise invalid("--latency-ms", f"used with a host target (x86-ort); {budget.target} "
+                      "latency is not predicted", budget.latency_ms)
+    objectives = tuple(k for k in OBJECTIVES if k != "latency_ms" or latency is not None)
+    return Context(base=base, splits=splits, train=train, example=example,
+                   space=build_space(base, example, budget.kind), budget=budget,
+                   cost=FormulaCost(example, latency), settings=settings, objectives=objectives)
+
+
+def _run_best(parsed: Any, best: dict[str, Any], budget: Budget, settings: SearchSettings,
+              folder: Path, progress: bool) -> dict[str, Any]:
+    """The best policy as a recipe, run and measured on the test split in `folder/best`."""
+    from edgeopt.recipes.run import run_recipe
+
+    policy = Policy.from_dict(best["policy"])
+    recipe = {**parsed.source, "stages": policy_stages(policy, settings.epochs),
+              "target": budget.target}
+    result = run_recipe(recipe, folder / "best", progress=progress)
+    stage = result.stages[-1]
+    return {"run": "best", "test_accuracy": stage.accuracy, "onnx_size_bytes": stage.size_bytes,
+            "onnx_latency_ms": stage.latency_ms}

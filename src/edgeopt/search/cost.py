@@ -1,0 +1,168 @@
+"""Cost models: flash, RAM and latency of a policy applied to a model, predicted without a build.
+
+A cost model is a small protocol; `FormulaCost` is exact bookkeeping of what the integer C
+export stores (edgeopt.deploy.budget counts the same things):
+
+    flash = sum over Conv / Linear layers of  weights * bits / 8  (4-bit packed two per byte,
+            float layers 4 bytes a weight)  +  4 * out  (int32 bias, batch norm folded in)
+            +  8 * out  (int32 multiplier and shift per output channel, integer layers)
+    RAM   = the largest sum of activation bytes alive at one step of a topological schedule
+            (inputs and outputs of the step both held), int8 tensors 1 byte an element, outputs
+            of float layers 4; batch norm, activations and reshapes write in place.
+
+Latency on the host comes from a per-layer ONNX Runtime lookup table (edgeopt.search.latency).
+Pruning is simulated on shapes only (widths scaled by keep ratios, rounded as the pruner does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from edgeopt.search.space import FLOAT, Policy
+
+
+@dataclasses.dataclass(frozen=True)
+class Costs:
+    flash_bytes: int
+    ram_bytes: int
+    latency_ms: float | None
+    macs: int
+
+
+class CostModel(Protocol):
+    def flash_bytes(self, model: nn.Module, policy: Policy) -> int: ...
+    def ram_bytes(self, model: nn.Module, policy: Policy) -> int: ...
+    def latency_ms(self, model: nn.Module, policy: Policy) -> float | None: ...
+
+
+_IN_PLACE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Dropout, nn.Identity,
+             nn.Flatten, nn.Hardtanh, nn.LeakyReLU)
+_IN_PLACE_CALLS = {"relu", "relu6", "flatten", "view", "reshape", "squeeze", "unsqueeze",
+                   "dropout", "contiguous", "size"}
+
+
+def layer_bytes(weights: int, out: int, bits: int) -> int:
+    """Flash of one Conv / Linear layer (see the module docstring)."""
+    if bits == FLOAT:
+        return 4 * weights + 4 * out
+    return math.ceil(weights * bits / 8) + 4 * out + 8 * out
+
+
+@dataclasses.dataclass
+class _Step:
+    name: str
+    inputs: list[str]
+    output: str
+    numel: int
+    in_place: bool
+    float_out: bool
+
+
+def schedule(model: nn.Module, example: torch.Tensor, bits: dict[str, int]) -> list[_Step]:
+    """The model's fx graph in topological order with each tensor's element count (batch 1)."""
+    from torch.fx import symbolic_trace
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    traced = symbolic_trace(model)
+    ShapeProp(traced).propagate(example[:1])
+    modules = dict(traced.named_modules())
+    steps = []
+    for node in traced.graph.nodes:
+        if node.op == "output":
+            continue
+        meta = node.meta.get("tensor_meta")
+        numel = math.prod(meta.shape) if meta is not None and hasattr(meta, "shape") else 0
+        target = modules.get(node.target) if node.op == "call_module" else None
+        name = str(node.target) if node.op == "call_module" else node.name
+        in_place = isinstance(target, _IN_PLACE) or (
+            node.op in ("call_function", "call_method")
+            and getattr(node.target, "__name__", str(node.target)) in _IN_PLACE_CALLS)
+        inputs = [a.name for a in node.all_input_nodes]
+        steps.append(_Step(node.name, inputs, node.name, numel, in_place and bool(inputs),
+                           bits.get(name) == FLOAT))
+    return steps
+
+
+def peak_bytes(steps: list[_Step]) -> int:
+    """Liveness over `steps`: in-place steps alias their first input's buffer."""
+    root: dict[str, str] = {}
+    size: dict[str, int] = {}
+    for step in steps:
+        if step.in_place:
+            root[step.output] = root.get(step.inputs[0], step.inputs[0])
+        else:
+            root[step.output] = step.output
+            size[step.output] = step.numel * (4 if step.float_out else 1)
+    last: dict[str, int] = {}
+    for index, step in enumerate(steps):
+        for name in [*step.inputs, step.output]:
+            last[root.get(name, name)] = index
+    if steps:
+        last[root[steps[-1].output]] = len(steps)
+    live: set[str] = set()
+    peak = 0
+    for index, step in enumerate(steps):
+        live.add(root[step.output])
+        peak = max(peak, sum(size.get(b, 0) for b in live))
+        live = {b for b in live if last.get(b, index) > index}
+    return peak
+
+
+def pruned_copy(model: nn.Module, example: torch.Tensor, keep: dict[str, float]) -> nn.Module:
+    """A copy with the channels `keep` asks for removed (magnitude order; shapes are what
+    count), through the same pruner a trial uses."""
+    sparsity = {k: round(1.0 - v, 4) for k, v in keep.items() if v < 1.0}
+    if not sparsity:
+        return model
+    from edgeopt.pruning.apply import prune
+    from edgeopt.pruning.config import PruneConfig
+
+    config = PruneConfig(structure="channel", sparsity=0.0, layer_sparsity=sparsity)
+    return prune(model, config, data=[(example, None)]).model
+
+
+class FormulaCost:
+    """The formulas above; latency from `latency` (a callable on the pruned model) when given."""
+
+    def __init__(self, example: torch.Tensor, latency: Any = None) -> None:
+        self.example, self.latency = example, latency
+
+    def costs(self, model: nn.Module, policy: Policy) -> Costs:
+        pruned = pruned_copy(model, self.example, policy.keep)
+        return Costs(flash_bytes=self._flash(pruned, policy), ram_bytes=self._ram(pruned, policy),
+                     latency_ms=self.latency(pruned, policy) if self.latency else None,
+                     macs=_macs(pruned, self.example))
+
+    def flash_bytes(self, model: nn.Module, policy: Policy) -> int:
+        return self._flash(pruned_copy(model, self.example, policy.keep), policy)
+
+    def ram_bytes(self, model: nn.Module, policy: Policy) -> int:
+        return self._ram(pruned_copy(model, self.example, policy.keep), policy)
+
+    def latency_ms(self, model: nn.Module, policy: Policy) -> float | None:
+        if self.latency is None:
+            return None
+        return self.latency(pruned_copy(model, self.example, policy.keep), policy)
+
+    @staticmethod
+    def _flash(pruned: nn.Module, policy: Policy) -> int:
+        total = 0
+        for name, module in pruned.named_modules():
+            if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear):
+                out = module.weight.shape[0]
+                total += layer_bytes(module.weight.numel(), out, policy.bits.get(name, 8))
+        return total
+
+    def _ram(self, pruned: nn.Module, policy: Policy) -> int:
+        return peak_bytes(schedule(pruned, self.example, policy.bits))
+
+
+def _macs(model: nn.Module, example: torch.Tensor) -> int:
+    from edgeopt.profile import profile
+
+    return int(profile(model, example[:1]).macs)

@@ -1,0 +1,148 @@
+"""Latency on x86-ort from a per-layer lookup table of ONNX Runtime timings.
+
+Each Conv / Linear layer is keyed by its shapes and number format; a key not yet in the table
+is measured once (a one-operator ONNX graph: Conv or QLinearConv, Gemm or QLinearMatMul,
+median of timed runs on one thread) and cached in the user cache folder. A model's predicted
+latency is the sum over its layers: elementwise work and the runtime's per-op overhead are left
+out, so the figure ranks models more than it matches a whole-model timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeopt.search.space import FLOAT, Policy
+
+
+def _cache_file() -> Path:
+    import onnxruntime
+    from platformdirs import user_cache_dir
+
+    tag = f"{onnxruntime.__version__}-{platform.machine()}-{os.cpu_count()}"
+    return Path(user_cache_dir("edgeopt")) / "latency" / f"lut-{tag}.json"
+
+
+def layer_keys(model: nn.Module, example: torch.Tensor, bits: dict[str, int]) -> list[str]:
+    """One key per Conv / Linear layer: kind, input shape, weight shape, stride/pad/groups, format."""
+    keys: list[str] = []
+
+    def hook(name: str) -> Any:
+        def record(module: nn.Module, inputs: Any, _: Any) -> None:
+            fmt = "f32" if bits.get(name, 8) == FLOAT else "i8"
+            shape = tuple(inputs[0].shape[1:])
+            if isinstance(module, nn.Linear):
+                entry: list[Any] = ["gemm", module.in_features, module.out_features, fmt]
+            else:
+                entry = ["conv", list(shape), list(module.weight.shape), list(module.stride),
+                         list(module.padding), module.groups, list(module.dilation), fmt]
+            keys.append(json.dumps(entry))
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
+               if isinstance(m, nn.Conv2d | nn.Conv1d | nn.Linear)]
+    try:
+        with torch.no_grad():
+            model.eval()(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return keys
+
+
+def _graph(key: str) -> tuple[Any, dict[str, np.ndarray]]:
+    """A one-operator ONNX model for `key` and its input feed."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    parts = json.loads(key)
+    rng = np.random.default_rng(0)
+    fmt = parts[-1]
+    if parts[0] == "gemm":
+        cin, cout = parts[1], parts[2]
+        x_shape, w = [1, cin], rng.standard_normal((cin, cout)).astype(np.float32)
+        attrs: dict[str, Any] = {}
+        op = "MatMul"
+    else:
+        _, shape, weight_shape, stride, pad, groups, dil, _ = parts
+        x_shape = [1, *shape]
+        w = rng.standard_normal(weight_shape).astype(np.float32)
+        attrs = {"strides": stride, "pads": pad * 2, "group": groups, "dilations": dil}
+        op = "Conv"
+    if fmt == "f32":
+        inits = [numpy_helper.from_array(w, "w")]
+        node = helper.make_node(op, ["x", "w"], ["y"], **attrs)
+        x_type, x = TensorProto.FLOAT, rng.standard_normal(x_shape).astype(np.float32)
+    else:
+        q = {"xs": np.float32(0.02), "xz": np.uint8(128), "ws": np.float32(0.01),
+             "wz": np.int8(0), "ys": np.float32(0.05), "yz": np.uint8(128)}
+        inits = [numpy_helper.from_array(np.array(v), k) for k, v in q.items()]
+        inits.append(numpy_helper.from_array(rng.integers(-127, 127, w.shape).astype(np.int8), "w"))
+        qop = "QLinearMatMul" if op == "MatMul" else "QLinearConv"
+        node = helper.make_node(qop, ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], **attrs)
+        x_type, x = TensorProto.UINT8, rng.integers(0, 255, x_shape).astype(np.uint8)
+    y_type = TensorProto.FLOAT if fmt == "f32" else TensorProto.UINT8
+    graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("x", x_type, x_shape)],
+                              [helper.make_tensor_value_info("y", y_type, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return model, {"x": x}
+
+
+def measure_key(key: str, runs: int = 60) -> float:
+    """Median milliseconds of one layer in ONNX Runtime (1 thread)."""
+    import onnxruntime as ort
+
+    model, feed = _graph(key)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    for _ in range(5):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times))
+
+
+class LatencyTable:
+    """key -> ms, measured on first use and kept in a JSON file shared by later searches."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or _cache_file()
+        try:
+            self.table: dict[str, float] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.table = {}
+
+    def __call__(self, model: nn.Module, policy: Policy, example: torch.Tensor) -> float:
+        keys = layer_keys(model, example, policy.bits)
+        missing = [k for k in dict.fromkeys(keys) if k not in self.table]
+        for key in missing:
+            self.table[key] = measure_key(key)
+        if missing:
+            self._save()
+        return float(sum(self.table[k] for k in keys))
+
+    def _save(self) -> None:
+        from edgeopt.atomic import write_text
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(self.path, json.dumps(self.table, indent=0, sort_keys=True))
+        except OSError:
+            pass  # a read-only cache only costs re-measuring
+
+
+def latency_model(example: torch.Tensor) -> Any:
+    table = LatencyTable()
+    return lambda model, policy: table(model, policy, example)

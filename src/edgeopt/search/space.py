@@ -1,0 +1,93 @@
+"""The compression-policy space: a weight bit width per layer and a channel keep ratio per
+channel group, and how a policy becomes recipe stages (PruneConfig.layer_sparsity, then
+QuantConfig weight_overrides / exclude with short quantization-aware recovery training).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+FLOAT = 32  # a "bit width" meaning: left in float (host targets only)
+KEEP_CHOICES = (0.25, 0.5, 0.75, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """bits: layer name -> 4 / 8 / 32 (float); keep: channel group (producing layer) -> ratio."""
+
+    bits: dict[str, int]
+    keep: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bits": dict(self.bits), "keep": dict(self.keep)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Policy:
+        return cls(bits={k: int(v) for k, v in data["bits"].items()},
+                   keep={k: float(v) for k, v in data["keep"].items()})
+
+    def label(self) -> str:
+        bits = sorted(set(self.bits.values()))
+        keep = sum(self.keep.values()) / max(1, len(self.keep))
+        return f"W{'/'.join('f' if b == FLOAT else str(b) for b in bits)} keep {keep:.2f}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Space:
+    layers: tuple[str, ...]  # Conv / Linear layers whose weight width is chosen
+    groups: tuple[str, ...]  # channel groups whose keep ratio is chosen
+    bit_choices: tuple[int, ...]
+    keep_choices: tuple[float, ...] = KEEP_CHOICES
+
+    def suggest(self, trial: Any) -> Policy:
+        bits = {name: trial.suggest_categorical(f"bits:{name}", self.bit_choices)
+                for name in self.layers}
+        keep = {name: trial.suggest_categorical(f"keep:{name}", self.keep_choices)
+                for name in self.groups}
+        return Policy(bits=bits, keep=keep)
+
+    def params(self, policy: Policy) -> dict[str, Any]:
+        """The trial parameters of `policy` (to enqueue it)."""
+        return {**{f"bits:{k}": v for k, v in policy.bits.items()},
+                **{f"keep:{k}": v for k, v in policy.keep.items()}}
+
+    def uniform(self, bits: int, keep: float = 1.0) -> Policy:
+        return Policy(bits=dict.fromkeys(self.layers, bits), keep=dict.fromkeys(self.groups, keep))
+
+
+def build_space(model: nn.Module, example: torch.Tensor, kind: str) -> Space:
+    """Every Conv / Linear layer gets a width; every prunable channel group a keep ratio.
+    MCU targets run integer-only C: no float layers there."""
+    from edgeopt.pruning.graph import build_graph
+
+    layers = tuple(name for name, m in model.named_modules()
+                   if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear))
+    graph = build_graph(model.eval(), example)
+    groups = tuple(g.name for g in graph.groups if len(g.prunable) >= 4)
+    bits = (4, 8) if kind == "mcu" else (4, 8, FLOAT)
+    return Space(layers=layers, groups=groups, bit_choices=bits)
+
+
+def policy_stages(policy: Policy, epochs: int = 1) -> list[dict[str, Any]]:
+    """Recipe stages applying `policy`: channel pruning by layer, then mixed-precision QAT
+    (`epochs` of recovery training), activations int8."""
+    stages: list[dict[str, Any]] = []
+    sparsity = {name: round(1.0 - keep, 4) for name, keep in policy.keep.items() if keep < 1.0}
+    if sparsity:
+        stages.append({"name": "prune", "technique": "prune",
+                       "config": {"structure": "channel", "sparsity": 0.0,
+                                  "layer_sparsity": sparsity}})
+    overrides = {name: {"bits": b} for name, b in policy.bits.items() if b not in (8, FLOAT)}
+    floats = [name for name, b in policy.bits.items() if b == FLOAT]
+    config: dict[str, Any] = {"method": "qat", "epochs": epochs}
+    if overrides:
+        config["weight_overrides"] = overrides
+    if floats:
+        config["exclude"] = floats
+    stages.append({"name": "search", "technique": "quantize", "config": config,
+                   "speed_guard": False})
+    return stages

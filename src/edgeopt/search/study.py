@@ -1,0 +1,172 @@
+"""One Optuna study: each trial picks a policy, predicts its costs, and (if it fits) applies it
+with short recovery training and scores it on the validation split. Workers share the study
+through an RDB storage; an interrupted search resumes from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeopt.search.budget import Budget
+from edgeopt.search.cost import FormulaCost
+from edgeopt.search.space import Policy, Space, policy_stages
+
+OBJECTIVES = ("accuracy", "flash_bytes", "ram_bytes", "latency_ms")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SearchSettings:
+    """How each trial trains and scores (small on purpose: many trials on 2 cores)."""
+
+    finetune_samples: int = 1024  # training samples for calibration and recovery (QAT)
+    epochs: int = 1  # recovery epochs of quantization-aware training
+    sampler: str = "tpe"  # "tpe" (multi-objective TPE with constraints) or "nsga2"
+    seed: int = 0
+    study_name: str = "edgeopt-search"
+
+
+@dataclasses.dataclass
+class Context:
+    """What every trial of one worker shares."""
+
+    base: nn.Module
+    splits: Any
+    train: Any  # the training subset trials calibrate and fine-tune on
+    example: torch.Tensor
+    space: Space
+    budget: Budget
+    cost: FormulaCost
+    settings: SearchSettings
+    objectives: tuple[str, ...]
+
+
+def apply_policy(ctx: Context, policy: Policy) -> nn.Module:
+    """The recipe stages of `policy`, applied as a run would (same configs, same order)."""
+    from edgeopt.api import apply
+    from edgeopt.config import config_type
+
+    model = ctx.base
+    # the techniques' own bars would bury the search's (they write to stderr as it is now)
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+        for stage in policy_stages(policy, ctx.settings.epochs):
+            config = config_type(stage["technique"]).from_dict(stage["config"])
+            model = apply(model, config, data=ctx.train)
+    return model
+
+
+def evaluate_policy(ctx: Context, policy: Policy) -> dict[str, Any]:
+    """Costs always; accuracy on the validation split only for policies that fit."""
+    from edgeopt.training import evaluate
+
+    start = time.perf_counter()
+    costs = ctx.cost.costs(ctx.base, policy)
+    fits = ctx.budget.fits(costs.flash_bytes, costs.ram_bytes, costs.latency_ms)
+    accuracy = None
+    if fits:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(ctx.settings.seed)
+            accuracy = float(evaluate(apply_policy(ctx, policy).eval(), ctx.splits.val))
+    return {"accuracy": accuracy, "flash_bytes": costs.flash_bytes, "ram_bytes": costs.ram_bytes,
+            "latency_ms": costs.latency_ms, "macs": costs.macs, "fits": fits,
+            "policy": policy.to_dict(), "seconds": time.perf_counter() - start}
+
+
+def objective(ctx: Context, trial: Any) -> tuple[float, ...]:
+    policy = ctx.space.suggest(trial)
+    record = evaluate_policy(ctx, policy)
+    for key, value in record.items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    trial.set_user_attr("constraints", ctx.budget.violations(
+        record["flash_bytes"], record["ram_bytes"], record["latency_ms"]))
+    # over-budget policies are not trained: the sampler sees accuracy 0 (and the violation)
+    values = {**record, "accuracy": record["accuracy"] or 0.0}
+    return tuple(float(values[k]) for k in ctx.objectives)
+
+
+def _constraints(trial: Any) -> list[float]:
+    return list(trial.user_attrs.get("constraints", [1.0]))
+
+
+def make_study(settings: SearchSettings, objectives: tuple[str, ...], storage: str | None) -> Any:
+    """A new study, or the one in `storage` under the same name (resume / another worker)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if settings.sampler == "nsga2":
+        sampler: Any = optuna.samplers.NSGAIISampler(seed=settings.seed, population_size=8,
+                                                     constraints_func=_constraints)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=settings.seed, constraints_func=_constraints,
+                                             n_startup_trials=6, multivariate=True)
+    rdb: Any = None
+    if storage is not None:
+        from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+        # a worker that dies leaves its trial RUNNING: heartbeats let others fail and retry it
+        rdb = RDBStorage(storage, heartbeat_interval=10, grace_period=30,
+                         failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+                         engine_kwargs={"connect_args": {"timeout": 60}}
+                         if storage.startswith("sqlite") else {})
+    directions = ["maximize" if k == "accuracy" else "minimize" for k in objectives]
+    return optuna.create_study(storage=rdb, sampler=sampler, study_name=settings.study_name,
+                               directions=directions, load_if_exists=True)
+
+
+def seed_uniform(study: Any, space: Space) -> None:
+    """A new study starts from the uniform policies (the baselines any search must beat)."""
+    if study.trials:
+        return
+    for keep in (1.0, 0.75, 0.5):
+        for bits in (8, 4):
+            study.enqueue_trial(space.params(space.uniform(bits, keep)))
+
+
+def finished(study: Any) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False,
+                                states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+
+
+def run_trials(study: Any, ctx: Context, trials: int, timeout: float | None,
+               progress: bool) -> None:
+    """Trials until the study holds `trials` finished ones (all workers together) or `timeout`."""
+    from tqdm.auto import tqdm
+
+    done = finished(study)
+    if done >= trials:
+        return
+    bar = tqdm(total=trials, initial=done, desc="search", unit="trial", disable=not progress)
+
+    def after(study: Any, trial: Any) -> None:
+        bar.n = finished(study)
+        best = best_fitting([t.user_attrs for t in study.get_trials(deepcopy=False)])
+        if best is not None:
+            bar.set_postfix_str(f"best {100 * best['accuracy']:.2f}% at "
+                                f"{best['flash_bytes'] / 1024:.1f} KiB")
+        bar.refresh()
+        if finished(study) >= trials:
+            study.stop()
+
+    try:
+        study.optimize(lambda t: objective(ctx, t), timeout=timeout, callbacks=[after],
+                       catch=(ValueError, RuntimeError))
+    finally:
+        bar.close()
+
+
+def best_fitting(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The most accurate measured policy within budget (less flash breaks ties)."""
+    fitting = [r for r in records if r.get("fits") and r.get("accuracy") is not None]
+    if not fitting:
+        return None
+    return max(fitting, key=lambda r: (r["accuracy"], -r["flash_bytes"]))

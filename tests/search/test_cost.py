@@ -1,0 +1,56 @@
+"""Cost formulas against hand counts, and policies as recipe stages."""
+
+import torch
+from torch import nn
+
+from edgeopt.search.cost import FormulaCost, layer_bytes, peak_bytes, schedule
+from edgeopt.search.space import Policy, build_space, policy_stages
+
+
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 6 * 6, 4)).eval()
+
+
+def test_flash_counts_packed_weights_int32_bias_and_requantization():
+    assert layer_bytes(72, 8, 8) == 72 + 32 + 64
+    assert layer_bytes(72, 8, 4) == 36 + 32 + 64
+    assert layer_bytes(72, 8, 32) == 288 + 32
+
+
+def test_formula_cost_of_a_mixed_policy():
+    model, example = _cnn(), torch.randn(1, 1, 6, 6)
+    cost = FormulaCost(example)
+    policy = Policy(bits={"0": 8, "3": 4, "6": 32}, keep={})
+    expected = layer_bytes(72, 8, 8) + layer_bytes(576, 8, 4) + layer_bytes(1152, 4, 32)
+    assert cost.flash_bytes(model, policy) == expected
+    # input 36, conv0 out 288 (bn, relu in place), conv3 out 288: peak at conv3 = 576
+    assert cost.ram_bytes(model, policy) == 576
+
+
+def test_keep_ratio_shrinks_the_predicted_costs():
+    model, example = _cnn(), torch.randn(1, 1, 6, 6)
+    cost = FormulaCost(example)
+    full = cost.costs(model, Policy(bits={"0": 8, "3": 8, "6": 8}, keep={}))
+    half = cost.costs(model, Policy(bits={"0": 8, "3": 8, "6": 8}, keep={"0": 0.5, "3": 0.5}))
+    assert half.flash_bytes < full.flash_bytes and half.ram_bytes == full.ram_bytes // 2
+    assert half.macs < full.macs
+
+
+def test_peak_holds_inputs_and_outputs_of_a_step():
+    steps = schedule(_cnn(), torch.randn(1, 1, 6, 6), {})
+    assert peak_bytes(steps) == 576
+
+
+def test_space_and_stages():
+    model = _cnn()
+    space = build_space(model, torch.randn(1, 1, 6, 6), "mcu")
+    assert space.layers == ("0", "3", "6") and space.bit_choices == (4, 8)
+    assert set(space.groups) == {"0", "3"}
+    stages = policy_stages(Policy(bits={"0": 8, "3": 4, "6": 32}, keep={"0": 0.5, "3": 1.0}))
+    assert stages[0]["config"]["layer_sparsity"] == {"0": 0.5}
+    quant = stages[1]["config"]
+    assert quant["weight_overrides"] == {"3": {"bits": 4}} and quant["exclude"] == ["6"]
+    assert quant["method"] == "qat" and stages[1]["speed_guard"] is False
