@@ -108,3 +108,21 @@ def test_relu6_to_relu_keeps_a_plain_relu_for_the_integer_kernels():
     equalize(gm, qgraph.weight_layer_names(gm, ()), 20, stats, relu6_to_relu=True)
     assert not any(isinstance(m, (ChannelClamp, nn.ReLU6)) for m in gm.modules())
     assert sum(qgraph.is_relu(gm, n) for n in gm.graph.nodes) == 3
+
+
+def test_relu6_with_calibration_inputs_stays_one_clip_the_runtime_fuses(tmp_path):
+    import edgeopt as eo
+    from edgeopt.runtime.inspect import census
+
+    gm, stats = folded(ds_cnn(relu6=True))
+    x = images(64, seed=4) * 3  # large inputs: some channels reach the clip at 6
+    before = gm(x)
+    equalize(gm, qgraph.weight_layer_names(gm, ()), 20, stats, batches=[x])
+    clips = [m for m in gm.modules() if isinstance(m, nn.Hardtanh)]
+    assert not any(isinstance(m, ChannelClamp) for m in gm.modules()) and len(clips) == 1
+    assert clips[0].min_val == 0.0 and clips[0].max_val != 6.0
+    assert torch.allclose(gm(x), before, atol=1e-4, rtol=1e-4)  # exact on the measured inputs
+    # quantized and exported, every convolution runs on the integer kernels
+    q = eo.apply(ds_cnn(relu6=True), eo.QuantConfig(equalization=True), data=[x])
+    path = eo.export_onnx(q, tmp_path / "cle.onnx", x[:1])
+    assert census(path)["all_ops"].get("QLinearConv", 0) == 3

@@ -138,7 +138,7 @@ def prepare_float(gm: nn.Module, names: list[str], config: QuantConfig,
                          f"{type(gm).__name__} could not be traced; pass data=... so it can be "
                          "captured with torch.export.")
     if config.equalization:
-        _equalize(gm, names, config, bn_stats, stats)
+        _equalize(gm, names, config, bn_stats, stats, batches)
     if config.awq:
         notes = apply_awq(gm, names, lambda name: capture(gm, name, batches),
                           lambda name, layer: spec_for(name, layer, config))
@@ -168,10 +168,10 @@ def _note(stats: QuantStats, notes: dict[str, dict[str, Any]]) -> None:
 
 
 def _equalize(gm: fx.GraphModule, names: list[str], config: QuantConfig, bn_stats: dict,
-              stats: QuantStats) -> None:
+              stats: QuantStats, batches: list[torch.Tensor]) -> None:
     adv = config.advanced
     pairs, scales, sweeps = equalize(gm, names, adv.equalization_iterations, bn_stats,
-                                     adv.relu6_to_relu)
+                                     adv.relu6_to_relu, batches)
     absorbed = absorb_biases(gm, pairs, bn_stats) if adv.bias_absorption else {}
     for name, s in scales.items():
         stats.notes.setdefault(name, {}).update(

@@ -85,8 +85,9 @@ def input_means(gm: fx.GraphModule, names: list[str],
         if isinstance(source, fx.Node) and (qgraph.is_relu(gm, source)
                                             or qgraph.is_relu6(gm, source)):
             module = qgraph._module(gm, source)
+            upper = qgraph.clip_upper(gm, source)
             clip = (module.upper if isinstance(module, ChannelClamp)
-                    else 6.0 if qgraph.is_relu6(gm, source) else "relu")
+                    else "relu" if upper == float("inf") else upper)
             source = source.args[0]
         if not isinstance(source, fx.Node) or source.op != "call_module":
             continue

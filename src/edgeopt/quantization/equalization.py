@@ -4,10 +4,14 @@ Two consecutive layers joined by a positively homogeneous op (ReLU, max-pool, id
 the same function when output channel c of the first is divided by s_c and input channel c of
 the second multiplied by it. Choosing s_c = sqrt(r1_c * r2_c) / r2_c gives both layers the same
 per-channel weight range sqrt(r1_c * r2_c), which per-tensor (and low-bit) quantization needs.
-ReLU6 is not homogeneous: it becomes a per-channel clamp at 6 / s_c, so the function is exact
-(ONNX Runtime then runs the clamp as Relu + Min in float, which keeps the first layer of the pair
-off the integer kernels); `relu6_to_relu` instead makes it a ReLU, as the DFQ paper does: the
-function changes where activations exceeded 6, and every layer stays on integer kernels.
+ReLU6 is not homogeneous: it becomes a per-channel clamp at 6 / s_c, which is exact but which
+ONNX Runtime runs as Relu + Min in float, keeping the first layer of the pair off the integer
+kernels. With calibration inputs the clamp stays uniform instead: each channel's scale is bounded
+by the largest value its ReLU6 output reached (m_c), s_c >= m_c * max(s) / 6, so on those inputs
+no channel exceeds 6 / max(s), and the clamp becomes one Clip(0, 6 / max(s)) that the runtime
+folds into the integer kernel (channels that saturate at 6 keep the largest scale). A value
+above that clip on other inputs would also be saturated by the activation quantizer after it,
+whose range the clip bounds. `relu6_to_relu` instead makes it a ReLU, as the DFQ paper does.
 Depthwise-separable blocks (depthwise -> pointwise -> depthwise) chain through the same rule.
 
 Bias absorption then moves c = max(0, beta - 3 gamma) (what the ReLU almost never cuts, from the
@@ -146,14 +150,55 @@ def _rescale(gm: fx.GraphModule, pair: Pair, s: torch.Tensor) -> None:
 
 
 @torch.no_grad()
+def clamp_maxima(gm: fx.GraphModule, pairs: list[Pair], batches: list[torch.Tensor],
+                 samples: int = 32) -> dict[str, torch.Tensor]:
+    """Per pair with clamps: each channel's largest clamp output on up to `samples` inputs."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = []
+    for pair in pairs:
+        for name in pair.clamps:
+            clamp = gm.get_submodule(name)
+
+            def hook(module: nn.Module, args: tuple, out: torch.Tensor, first: str = pair.first
+                     ) -> None:
+                dims = [d for d in range(out.dim()) if d != module.channel_dim % out.dim()]
+                peak = out.detach().float().amax(dim=dims)
+                seen[first] = peak if first not in seen else torch.maximum(seen[first], peak)
+
+            hooks.append(clamp.register_forward_hook(hook))
+    try:
+        taken = 0
+        for batch in batches:
+            if taken >= samples or not hooks:
+                break
+            gm(batch[: samples - taken])
+            taken += min(len(batch), samples - taken)
+    finally:
+        for handle in hooks:
+            handle.remove()
+    return seen
+
+
+def bounded_scales(total: torch.Tensor, s: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
+    """The step s, raised where needed so the total scale t = total * s keeps
+    t_c >= peak_c * max(t) / 6: no channel then exceeds the smallest clip 6 / max(t)."""
+    t = total * s
+    bounded = torch.maximum(t, peak.clamp(min=0.0, max=6.0) * t.max() / 6.0)
+    return bounded / total
+
+
+@torch.no_grad()
 def equalize(gm: fx.GraphModule, names: list[str], iterations: int, bn_stats: BnStats,
-             relu6_to_relu: bool = False) -> tuple[list[Pair], dict[str, torch.Tensor], int]:
+             relu6_to_relu: bool = False, batches: list[torch.Tensor] | None = None
+             ) -> tuple[list[Pair], dict[str, torch.Tensor], int]:
     """Equalize every pair, sweeping until the scales settle; returns the pairs, each first
-    layer's total scale and the sweeps done. Updates `bn_stats` of rescaled layers."""
+    layer's total scale and the sweeps done. Updates `bn_stats` of rescaled layers. With
+    `batches`, ReLU6 between a pair stays one uniform clip the runtime fuses (module doc)."""
     pairs = find_pairs(gm, names, relu6_to_relu)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
+    peaks = clamp_maxima(gm, pairs, batches) if batches else {}
     total = {p.first: torch.ones(gm.get_submodule(p.first).weight.shape[0]) for p in pairs}
     sweeps = 0
     for sweeps in range(1, iterations + 1):  # noqa: B007  (the count is returned)
@@ -161,16 +206,30 @@ def equalize(gm: fx.GraphModule, names: list[str], iterations: int, bn_stats: Bn
         for pair in pairs:
             s = equalization_scales(output_ranges(gm.get_submodule(pair.first)),
                                     input_ranges(gm.get_submodule(pair.second)))
+            if pair.first in peaks:
+                s = bounded_scales(total[pair.first], s, peaks[pair.first])
             _rescale(gm, pair, s)
             total[pair.first] *= s
             change = max(change, float(torch.log(s).abs().max()) if s.numel() else 0.0)
         if change < 1e-4:
             break
+    for pair in pairs:
+        if pair.first in peaks:
+            _uniform_clamps(gm, pair)
     for name, s in total.items():
         if name in bn_stats:
             beta, gamma = bn_stats[name]
             bn_stats[name] = (beta / s, gamma / s)
     return pairs, total, sweeps
+
+
+def _uniform_clamps(gm: fx.GraphModule, pair: Pair) -> None:
+    """Each per-channel clamp of the pair becomes one Clip at its smallest bound."""
+    for name in pair.clamps:
+        upper = float(gm.get_submodule(name).upper.min())
+        qgraph._replace_submodule(gm, name, nn.Hardtanh(0.0, upper))
+    pair.clamps = []
+    gm.recompile()
 
 
 def _no_padding(layer: nn.Module) -> bool:
