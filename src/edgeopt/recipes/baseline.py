@@ -58,6 +58,12 @@ def _train_zoo_model(recipe: Recipe, splits: Splits, progress: bool) -> nn.Modul
 
 def check_runs(model: nn.Module, splits: Splits) -> torch.Tensor:
     """Run one test sample through the model: it must accept the data and return a tensor."""
+    bad = next((name for name, value in model.state_dict().items()
+                if isinstance(value, torch.Tensor) and value.is_floating_point()
+                and not torch.isfinite(value).all()), None)
+    if bad is not None:  # inf weights can still give finite outputs, and break every stage
+        raise ConfigError(f"recipe.model weight {bad!r} holds NaN or inf values; check "
+                          "recipe.model.weights.")
     example = splits.test[0][0].unsqueeze(0)
     try:
         with torch.no_grad():
