@@ -85,7 +85,8 @@ def _model(case: Case) -> torch.nn.Module:
     return eo.zoo.create(case.model, case.shape, case.classes).eval()
 
 
-def bench_one(case: Case, folder: Path, samples: int, board_inputs: int, target: str) -> str:
+def bench_one(case: Case, folder: Path, samples: int, board_inputs: int,
+              target: str) -> tuple[str, list[dict]]:
     from edgeopt.export import tflite
 
     calib, x, y = _data(case, samples)
@@ -107,7 +108,19 @@ def bench_one(case: Case, folder: Path, samples: int, board_inputs: int, target:
             f"{_kib(arena)} | {board['ram_bytes'] / arena:.2f} | "
             f"{board['instructions_per_inference'] / 1e6:.2f} M | "
             f"{100 * agreement(ref, onnx_out):.1f} % ({len(x)}) | "
-            f"{'yes' if bit_exact else 'NO'} ({board_inputs}) | {tflm_exact}/{len(x)} |")
+            f"{'yes' if bit_exact else 'NO'} ({board_inputs}) | {tflm_exact}/{len(x)} |",
+            board["layers"])
+
+
+def layer_table(label: str, layers: list[dict]) -> str:
+    """Instructions per layer on the board, with MACs and instructions per MAC."""
+    rows = [f"\n{label}: instructions per layer\n", "| layer | kind | MACs | instructions | per MAC |",
+            "|---|---|---|---|---|"]
+    for layer in layers:
+        n, macs = layer.get("instructions"), layer.get("macs") or 0
+        per = f"{n / macs:.1f}" if n and macs else ""
+        rows.append(f"| {layer['name']} | {layer['kind']} | {macs:,} | {n or 0:,} | {per} |")
+    return "\n".join(rows)
 
 
 def _onnx(path: Path, x: np.ndarray) -> np.ndarray:
@@ -201,6 +214,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200, help="inputs for agreement")
     parser.add_argument("--board-inputs", type=int, default=5, help="inputs run in qemu")
     parser.add_argument("--target", default="cortex-m4")
+    parser.add_argument("--per-layer", action="store_true", help="print per-layer tables too")
     args = parser.parse_args()
     if args.host:
         main_host(args)
@@ -211,12 +225,17 @@ def main() -> None:
         raise SystemExit(missing)
     wanted = args.models.split(",")
     print(HEADER)
+    tables = []
     with tempfile.TemporaryDirectory() as tmp:
         for case in CASES:
             if case.label in wanted:
                 start = time.perf_counter()
-                row = bench_one(case, Path(tmp), args.samples, args.board_inputs, args.target)
+                row, layers = bench_one(case, Path(tmp), args.samples, args.board_inputs,
+                                        args.target)
                 print(row, f"<!-- {time.perf_counter() - start:.0f} s -->", flush=True)
+                tables.append(layer_table(case.label, layers))
+    if args.per_layer:
+        print("\n".join(tables))
 
 
 if __name__ == "__main__":
