@@ -78,11 +78,11 @@ class Case:
         path = eo.export_onnx(model, self.folder / f"{self.name}_{tag}.onnx", self.example)
         return 100 * measure(path, self.splits.test, threads=1, runs=2, warmup=1).accuracy
 
-    def quantize(self, config: eo.QuantConfig, real_data: bool) -> tuple[Any, float]:
+    def quantize(self, config: eo.QuantConfig, real_data: bool) -> tuple[Any, Any, float]:
         data = self.train if config.method.value == "qat" else [self.calib]
         start = time.perf_counter()
-        q = eo.apply(self.model, config, data=data if real_data else None)
-        return q, time.perf_counter() - start
+        q, stats = eo.apply_with_stats(self.model, config, data=data if real_data else None)
+        return q, stats["quant"], time.perf_counter() - start
 
 
 def bench_methods(case: Case, adaround_iterations: int) -> list[str]:
@@ -91,7 +91,7 @@ def bench_methods(case: Case, adaround_iterations: int) -> list[str]:
         configs = conv_configs(bits, tuple(case.calib.shape[1:]), adaround_iterations)
         for label, (config, real) in configs.items():
             try:
-                q, seconds = case.quantize(config, real)
+                q, _, seconds = case.quantize(config, real)
             except ModelError as exc:  # data-free on a model without batch norm
                 rows.append(f"| {case.name} | W{bits}A8 | {label} | n/a: {str(exc)[:48]}... | "
                             "| |")
@@ -103,8 +103,7 @@ def bench_methods(case: Case, adaround_iterations: int) -> list[str]:
     return rows
 
 
-def packed_size(model: torch.nn.Module) -> int:
-    stats = eo.quantization.apply.quant_stats(model)
+def packed_size(stats: Any) -> int:
     plan = stats.methods.get("mixed_precision")
     return plan["size_bytes"] if plan else -1
 
@@ -112,9 +111,10 @@ def packed_size(model: torch.nn.Module) -> int:
 def bench_mixed(case: Case) -> list[str]:
     base = eo.QuantConfig(equalization=True, bias_correction=True,
                           calibration_samples=CALIBRATION)
-    probe = eo.apply(case.model, dataclasses.replace(base, mixed_precision=MixedPrecision(
-        size_budget_bytes=10**12, candidates=(2, 4, 8))), data=[case.calib])
-    sizes = eo.quantization.apply.quant_stats(probe).methods["mixed_precision"][
+    _, probe_stats = eo.apply_with_stats(case.model, dataclasses.replace(
+        base, mixed_precision=MixedPrecision(size_budget_bytes=10**12, candidates=(2, 4, 8))),
+        data=[case.calib])
+    sizes = probe_stats["quant"].methods["mixed_precision"][
         "uniform_size_bytes"]
     middle = (sizes["4"] + sizes["8"]) // 2
     runs = {
@@ -127,11 +127,11 @@ def bench_mixed(case: Case) -> list[str]:
     }
     rows = []
     for label, (config, size) in runs.items():
-        q, seconds = case.quantize(config, True)
+        q, q_stats, seconds = case.quantize(config, True)
         acc = case.accuracy(q, f"mp_{label.split()[0]}_{len(rows)}")
-        size = size if size is not None else packed_size(q)
+        size = size if size is not None else packed_size(q_stats)
         bits = ""
-        plan = eo.quantization.apply.quant_stats(q).methods.get("mixed_precision")
+        plan = q_stats.methods.get("mixed_precision")
         if plan:
             bits = " ".join(str(b) for b in plan["assignment"].values())
         rows.append(f"| {case.name} | {label} | {acc:.2f} | {size / 1024:.1f} | {bits} | "
@@ -147,8 +147,8 @@ def bench_formats(case: Case) -> list[str]:
     configs["k-means 4-bit (LUT)"] = eo.QuantConfig(weights=eo.QuantSpec(bits=4, levels="kmeans"))
     row = [f"| {case.name} | {case.fp32:.2f}"]
     for label, config in configs.items():
-        q, _ = case.quantize(config, True)
-        stored = sum(r.get("stored_bytes", 0) for r in eo.quantization.apply.quant_stats(q).layers)
+        q, q_stats, _ = case.quantize(config, True)
+        stored = sum(r.get("stored_bytes", 0) for r in q_stats.layers)
         acc = case.accuracy(q, label.split()[0])
         nonuniform = label.startswith(("log2", "k-means"))
         row.append(f"{acc:.2f}" + (f" ({stored / 1024:.1f} KiB)" if nonuniform else ""))

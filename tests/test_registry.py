@@ -52,9 +52,12 @@ def test_apply_leaves_the_input_alone_and_the_result_exports_and_measures(kind, 
     model = _cnn()
     before = copy.deepcopy(model.state_dict())
     kwargs = {"teacher": _cnn()} if kind == "distill" else {}
-    result = eo.apply(model, CASES[kind][0](), data=data, **kwargs)
+    result, stats = eo.apply_with_stats(model, CASES[kind][0](), data=data, **kwargs)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert result is not model
+    # statistics come back beside the model, never on it
+    assert stats and all(hasattr(s, "to_dict") for s in stats.values())
+    assert not any(str(k).startswith("edgeopt") for k in (getattr(result, "meta", None) or {}))
     path = export_onnx(result, tmp_path / f"{kind}.onnx", data[0][0][None])
     m = measure(path, data, runs=2, warmup=0)
     assert m.accuracy is not None and m.size_bytes > 0

@@ -45,12 +45,7 @@ def apply_with_stats(
     kwargs: dict[str, Any] = {"data": data}
     if teacher is not None:
         kwargs["teacher"] = teacher
-    result = handler(model, config, **kwargs)
-    if isinstance(result, nn.Module):  # TRANSITION: quantization still records on model.meta
-        meta = getattr(result, "meta", None) or {}
-        return Applied(result, {k.removeprefix("edgeopt_"): v for k, v in meta.items()
-                                if k.startswith("edgeopt_") and hasattr(v, "to_dict")})
-    return result
+    return handler(model, config, **kwargs)
 
 
 __all__ = ["Applied", "apply", "apply_with_stats", "load_techniques"]

@@ -36,13 +36,19 @@ class Technique:
     kind: str  # the recipe's `technique:` tag, e.g. "quantize"
     config: type
     handler: Handler
+    # refuses, before any work, configs this version cannot honour (combinations of valid values)
+    check: Callable[[Any], None] | None = None
 
 
 _TECHNIQUES: dict[str, Technique] = {}
 
 
-def register(config_type: type) -> Callable[[H], H]:
-    """Decorator: make `handler` the way to apply configs of `config_type` (its `kind`)."""
+def register(config_type: type, *, check: Callable[[Any], None] | None = None
+             ) -> Callable[[H], H]:
+    """Decorator: make `handler` the way to apply configs of `config_type` (its `kind`).
+
+    `check(config)` raises for configs the handler cannot honour; recipes call it when they are
+    parsed, so such a stage fails before the baseline is trained."""
 
     def decorate(handler: H) -> H:
         kind = getattr(config_type, "kind", "")
@@ -55,7 +61,7 @@ def register(config_type: type) -> Callable[[H], H]:
             raise RegistryError(f"technique {kind!r} ({config_type.__name__}) is already "
                                 f"registered to {taken.handler.__module__}."
                                 f"{taken.handler.__qualname__}.")
-        _TECHNIQUES[kind] = Technique(kind, config_type, handler)
+        _TECHNIQUES[kind] = Technique(kind, config_type, handler, check)
         return handler
 
     return decorate
@@ -80,6 +86,14 @@ def technique(kind: str) -> Technique:
     if kind not in _TECHNIQUES:
         raise ConfigError(f"unknown technique {kind!r}; valid: {', '.join(sorted(_TECHNIQUES))}.")
     return _TECHNIQUES[kind]
+
+
+def check_supported(config: object) -> None:
+    """Run the technique's own refusal of unsupported configs (a no-op where it has none)."""
+    load_techniques()
+    entry = next((t for t in _TECHNIQUES.values() if type(config) is t.config), None)
+    if entry is not None and entry.check is not None:
+        entry.check(config)
 
 
 def handler_for(config: object) -> Handler:

@@ -8,7 +8,7 @@ from qhelpers import agreement, ds_cnn, images, run_onnx
 import edgeopt as eo
 from edgeopt.errors import ConfigError
 from edgeopt.quantization import AdvancedQuantConfig, MixedPrecision
-from edgeopt.quantization.apply import check_supported, quant_stats
+from edgeopt.quantization.apply import check_supported
 from edgeopt.quantization.modules import QuantizedWeightLayer
 from edgeopt.quantization.primitives import sqnr_db
 from edgeopt.runtime.inspect import census
@@ -33,7 +33,7 @@ def test_w4a8_cle_bias_correction_adaround_deploys_on_integer_kernels(tmp_path):
                             rounding="adaround",
                             advanced=AdvancedQuantConfig(adaround_iterations=150,
                                                          relu6_to_relu=True))
-    q = eo.apply(model, config, data=[calib])
+    q, q_stats = eo.apply_with_stats(model, config, data=[calib])
     with torch.no_grad():
         reference = model(x)
         assert sqnr_db(reference, q(x)) > sqnr_db(reference, plain(x)) + 3
@@ -41,7 +41,7 @@ def test_w4a8_cle_bias_correction_adaround_deploys_on_integer_kernels(tmp_path):
     assert agreement(run_onnx(path, x), q(x)) >= 0.995
     assert census(path)["all_ops"].get("QLinearConv", 0) == 3
     assert all(isinstance(q.get_submodule(n), QuantizedWeightLayer) for n in ("0", "3", "6"))
-    stats = quant_stats(q)
+    stats = q_stats["quant"]
     rows = {r["name"]: r for r in stats.layers}
     assert "equalization_scale_max" in rows["3"] and stats.methods["equalization"]["pairs"]
     assert all(r["adaround_loss"] <= r["adaround_loss_nearest"] for r in rows.values())
@@ -56,14 +56,14 @@ def test_gptq_int4_weight_only_beats_rtn_and_packs_matmulnbits(tmp_path):
     group = eo.QuantSpec(bits=4, granularity="per_group", group_size=32)
     rtn = eo.apply(model, eo.QuantConfig(method="weight_only", activations=None,
                                          weights=group), data=[calib])
-    q = eo.apply(model, eo.QuantConfig(method="weight_only", activations=None, weights=group,
+    q, q_stats = eo.apply_with_stats(model, eo.QuantConfig(method="weight_only", activations=None, weights=group,
                                        rounding="gptq"), data=[calib])
     with torch.no_grad():
         assert sqnr_db(model(x), q(x)) > sqnr_db(model(x), rtn(x)) + 1
     path = eo.export_onnx(q, tmp_path / "g.onnx", x[:1])
     assert census(path)["all_ops"].get("MatMulNBits", 0) == 2
     assert agreement(run_onnx(path, x), q(x)) >= 0.97
-    rows = quant_stats(q).layers
+    rows = q_stats["quant"].layers
     assert all(r["gptq_loss"] <= r["gptq_loss_nearest"] for r in rows)
 
 

@@ -57,7 +57,7 @@ def test_simulated_equals_deployed(make, tmp_path):
     model = _init(make())
     torch.manual_seed(1)
     calib = [torch.randn(16, 1, 8, 8) for _ in range(4)]
-    qmodel = eo.apply(model, eo.QuantConfig(), data=calib)
+    qmodel, qmodel_stats = eo.apply_with_stats(model, eo.QuantConfig(), data=calib)
     x = torch.randn(256, 1, 8, 8)
     path = eo.export_onnx(qmodel, tmp_path / "q.onnx", x[:1])
     deployed = _ort(path, x)
@@ -72,7 +72,7 @@ def test_simulated_equals_deployed(make, tmp_path):
 
 
 def test_runtime_runs_integer_kernels(tmp_path):
-    qmodel = eo.apply(_init(TinyResNet()), eo.QuantConfig(), data=[torch.randn(8, 1, 8, 8)])
+    qmodel, qmodel_stats = eo.apply_with_stats(_init(TinyResNet()), eo.QuantConfig(), data=[torch.randn(8, 1, 8, 8)])
     counts = census(eo.export_onnx(qmodel, tmp_path / "q.onnx", torch.randn(1, 1, 8, 8)))["all_ops"]
     assert counts.get("QLinearConv", 0) == 3
     assert counts.get("QLinearAdd", 0) == 1
@@ -82,7 +82,7 @@ def test_runtime_runs_integer_kernels(tmp_path):
 def test_weights_are_stored_as_int8_and_model_is_not_mutated():
     model = _init(TinyResNet())
     before = copy.deepcopy(model.state_dict())
-    qmodel = eo.apply(model, eo.QuantConfig(), data=[torch.randn(8, 1, 8, 8)])
+    qmodel, qmodel_stats = eo.apply_with_stats(model, eo.QuantConfig(), data=[torch.randn(8, 1, 8, 8)])
     layers = [m for m in qmodel.modules() if isinstance(m, QuantizedWeightLayer)]
     assert len(layers) == 4
     assert all(layer.weight_q.dtype == torch.int8 for layer in layers)
@@ -92,10 +92,10 @@ def test_weights_are_stored_as_int8_and_model_is_not_mutated():
 
 
 def test_exclude_keeps_layers_in_float():
-    qmodel = eo.apply(_init(mlp()), eo.QuantConfig(exclude=("3",)), data=[torch.randn(8, 1, 8, 8)])
+    qmodel, qmodel_stats = eo.apply_with_stats(_init(mlp()), eo.QuantConfig(exclude=("3",)), data=[torch.randn(8, 1, 8, 8)])
     assert isinstance(qmodel.get_submodule("1"), QuantizedWeightLayer)
     assert isinstance(qmodel.get_submodule("3"), nn.Linear)
-    assert eo.quantization.apply.quant_stats(qmodel).float_layers == ["3"]
+    assert qmodel_stats["quant"].float_layers == ["3"]
 
 
 def test_bad_calibration_data_is_refused():

@@ -54,11 +54,11 @@ def test_awq_int4_weight_only_beats_rtn_and_deploys(tmp_path):
     spec = eo.QuantSpec(bits=4, granularity="per_group", group_size=16)
     base = eo.QuantConfig(method="weight_only", activations=None, weights=spec)
     rtn = eo.apply(model, base, data=[calib])
-    awq = eo.apply(model, eo.QuantConfig(method="weight_only", activations=None, weights=spec,
+    awq, awq_stats = eo.apply_with_stats(model, eo.QuantConfig(method="weight_only", activations=None, weights=spec,
                                          awq=True), data=[calib])
     with torch.no_grad():
         assert sqnr_db(model(x), awq(x)) > sqnr_db(model(x), rtn(x)) + 1
-    stats = eo.quantization.apply.quant_stats(awq)
+    stats = awq_stats["quant"]
     # layer "1" reads the LayerNorm (folded there); layer "3" reads GELU's output (a Mul)
     assert stats.methods["awq"] == {"layers": 2, "folded": 1}
     path = eo.export_onnx(awq, tmp_path / "awq.onnx", x[:1])

@@ -68,10 +68,10 @@ def test_empirical_bias_correction_reduces_the_output_mean_error():
     model, x = ds_cnn(relu6=False), images(256, seed=5)
     w3 = eo.QuantSpec(bits=3, granularity="per_tensor")
     plain = eo.apply(model, eo.QuantConfig(weights=w3), data=[x])
-    corrected = eo.apply(model, eo.QuantConfig(weights=w3, bias_correction=True), data=[x])
+    corrected, corrected_stats = eo.apply_with_stats(model, eo.QuantConfig(weights=w3, bias_correction=True), data=[x])
     test = images(256, seed=6)
     assert _channel_bias(model, corrected, test) < 0.5 * _channel_bias(model, plain, test)
-    stats = eo.quantization.apply.quant_stats(corrected)
+    stats = corrected_stats["quant"]
     assert stats.methods["refinement"]["bias_corrected"] == 4
     assert all("bias_correction_max" in row for row in stats.layers)
 
@@ -81,8 +81,8 @@ def test_analytical_bias_correction_needs_no_data_and_centres_the_layer_output()
     w3 = eo.QuantSpec(bits=3, granularity="per_tensor")
     config = eo.QuantConfig(method="weight_only", activations=None, weights=w3)
     plain = eo.apply(model, config)
-    corrected = eo.apply(model, dataclasses.replace(config, bias_correction=True))  # no data
-    assert eo.quantization.apply.quant_stats(corrected).methods["refinement"][
+    corrected, corrected_stats = eo.apply_with_stats(model, dataclasses.replace(config, bias_correction=True))  # no data
+    assert corrected_stats["quant"].methods["refinement"][
         "bias_correction"] == "analytical"
     float_gm = qgraph.trace(copy.deepcopy(model))
     qgraph.fold_batch_norm(float_gm)

@@ -24,8 +24,8 @@ def test_synthetic_inputs_match_batch_norm_statistics_better_than_noise():
 
 def test_data_free_ptq_needs_no_data_and_keeps_accuracy():
     model, x = ds_cnn(), images(256, seed=8)
-    q = eo.apply(model, eo.QuantConfig(data_free=True, advanced=FAST))
-    stats = eo.quantization.apply.quant_stats(q)
+    q, q_stats = eo.apply_with_stats(model, eo.QuantConfig(data_free=True, advanced=FAST))
+    stats = q_stats["quant"]
     assert stats.methods["data_free"]["samples"] == 64
     assert stats.calibration_samples == 64
     with torch.no_grad():
@@ -48,8 +48,8 @@ def test_data_free_without_data_or_input_shape_asks_for_the_shape():
 def test_data_free_takes_the_shape_from_an_example_input():
     adv = AdvancedQuantConfig(data_free_samples=64, data_free_steps=60)
     model, x = ds_cnn(), images(256, seed=8)
-    q = eo.apply(model, eo.QuantConfig(data_free=True, advanced=adv), data=torch.randn(1, 1, 8, 8))
-    info = eo.quantization.apply.quant_stats(q).methods["data_free"]
+    q, q_stats = eo.apply_with_stats(model, eo.QuantConfig(data_free=True, advanced=adv), data=torch.randn(1, 1, 8, 8))
+    info = q_stats["quant"].methods["data_free"]
     assert info["input_shape"] == [1, 8, 8] and info["input_shape_from"] == "data"
     assert info["samples"] == 64  # synthesized: the example only gave the shape
     with torch.no_grad():
@@ -70,9 +70,9 @@ def test_data_free_sensitivity_runs_on_synthesized_inputs_not_the_example(monkey
                         lambda model, config, data: seen.append(data) or measure(model, config,
                                                                                  data))
     adv = AdvancedQuantConfig(data_free_samples=32, data_free_steps=20)
-    q = eo.apply(ds_cnn(), eo.QuantConfig(data_free=True, sensitivity=True, advanced=adv),
+    q, q_stats = eo.apply_with_stats(ds_cnn(), eo.QuantConfig(data_free=True, sensitivity=True, advanced=adv),
                  data=torch.randn(1, 1, 8, 8))
-    assert len(eo.quantization.apply.quant_stats(q).sensitivity) == 4
+    assert len(q_stats["quant"].sensitivity) == 4
     assert sum(batch.shape[0] for batch in seen[0]) == 32  # the synthesized samples
 
 

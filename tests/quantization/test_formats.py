@@ -69,13 +69,13 @@ def test_float_formats_simulated_equals_deployed(fmt, tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 5)).eval()
     x = torch.randn(200, 1, 8, 8)
-    q = eo.apply(model, eo.QuantConfig(weights=eo.QuantSpec(dtype=fmt)), data=[x[:64]])
+    q, q_stats = eo.apply_with_stats(model, eo.QuantConfig(weights=eo.QuantSpec(dtype=fmt)), data=[x[:64]])
     assert isinstance(q.get_submodule("1"), FloatFormatLayer)
     deployed = run_onnx(eo.export_onnx(q, tmp_path / "f.onnx", x[:1]), x)
     simulated = q(x).detach().numpy()
     assert agreement(deployed, simulated) >= 0.995
     assert np.abs(deployed - simulated).max() < 1e-4 * np.abs(simulated).max() + 1e-5
-    rows = eo.quantization.apply.quant_stats(q).layers
+    rows = q_stats["quant"].layers
     assert [r["format"] for r in rows] == [fmt, fmt] and "artifact" in rows[0]
     if fmt == "fp8_e4m3":  # 8-bit weights: coarser than bf16, still close
         assert eo.quantization.primitives.sqnr_db(model(x), q(x)) > 20

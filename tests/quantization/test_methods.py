@@ -34,7 +34,7 @@ def _agree(model, path, x) -> float:
 
 
 def test_dynamic_quantization_runs_integer_gemm(tmp_path):
-    q = eo.apply(mlp(), eo.QuantConfig(method="dynamic"))
+    q, q_stats = eo.apply_with_stats(mlp(), eo.QuantConfig(method="dynamic"))
     x = torch.randn(200, 1, 8, 8)
     path = eo.export_onnx(q, tmp_path / "d.onnx", x[:1])
     assert _agree(q, path, x) >= 0.995
@@ -52,7 +52,7 @@ def test_dynamic_refuses_models_without_linear():
 
 def test_weight_only_int8_needs_no_data_and_shrinks_file(tmp_path):
     model = mlp(256)
-    q = eo.apply(model, eo.QuantConfig(method="weight_only", activations=None))
+    q, q_stats = eo.apply_with_stats(model, eo.QuantConfig(method="weight_only", activations=None))
     assert all(isinstance(q.get_submodule(n), QuantizedWeightLayer) for n in ("1", "3"))
     x = torch.randn(100, 1, 8, 8)
     fp32 = eo.export_onnx(model, tmp_path / "f.onnx", x[:1])
@@ -65,7 +65,7 @@ def test_int4_grouped_weight_only_packs_nibbles_and_fuses_matmulnbits(tmp_path):
     model = mlp(256)
     config = eo.QuantConfig(method="weight_only", activations=None,
                             weights=eo.QuantSpec(bits=4, granularity="per_group", group_size=32))
-    q = eo.apply(model, config)
+    q, q_stats = eo.apply_with_stats(model, config)
     assert isinstance(q.get_submodule("1"), GroupedLinear)
     assert int(q.get_submodule("1").weight_q.abs().max()) <= 7
     x = torch.randn(100, 1, 8, 8)
@@ -99,8 +99,8 @@ def test_qat_trains_exports_and_matches_runtime(tmp_path):
     model = small_cnn()
     config = eo.QuantConfig(method="qat", epochs=2, lr=1e-3,
                             weights=eo.QuantSpec(bits=4), checkpoint_dir=str(tmp_path / "ck"))
-    q = eo.apply(model, config, data=data)
-    stats = eo.quantization.apply.quant_stats(q)
+    q, q_stats = eo.apply_with_stats(model, config, data=data)
+    stats = q_stats["quant"]
     assert len(stats.curves["train_loss"]) == 2 and len(stats.curves["weight_quant_mse"]) == 2
     x = data.tensors[0][:200]
     path = eo.export_onnx(q, tmp_path / "q.onnx", x[:1])
@@ -114,8 +114,8 @@ def test_qat_resumes_from_checkpoint(tmp_path):
     config = eo.QuantConfig(method="qat", epochs=2, checkpoint_dir=str(tmp_path / "ck"))
     eo.apply(small_cnn(), config, data=data)
     # a second run with the same folder finds both epochs done and trains no more
-    q = eo.apply(small_cnn(), config, data=data)
-    assert eo.quantization.apply.quant_stats(q).curves["train_loss"] != []
+    q, q_stats = eo.apply_with_stats(small_cnn(), config, data=data)
+    assert q_stats["quant"].curves["train_loss"] != []
     info = (tmp_path / "ck" / "qat.json").read_text()
     assert '"epochs_done": 2' in info
 
@@ -124,7 +124,7 @@ def test_qat_keeps_pruned_weights_at_zero():
     model = small_cnn()
     with torch.no_grad():
         model[4].weight[:, ::2] = 0.0
-    q = eo.apply(model, eo.QuantConfig(method="qat", epochs=1, lr=1e-2), data=_digits_like())
+    q, q_stats = eo.apply_with_stats(model, eo.QuantConfig(method="qat", epochs=1, lr=1e-2), data=_digits_like())
     weight_q = q.get_submodule("4").weight_q
     assert (weight_q[:, ::2] == 0).all()
 
@@ -137,7 +137,7 @@ def test_qat_without_data_is_refused():
 def test_simulated_int8_matches_runtime_numerically(tmp_path):
     # stricter than top-1: outputs within a couple of quantization steps on every sample
     model = small_cnn()
-    q = eo.apply(model, eo.QuantConfig(), data=[torch.randn(64, 1, 8, 8)])
+    q, q_stats = eo.apply_with_stats(model, eo.QuantConfig(), data=[torch.randn(64, 1, 8, 8)])
     x = torch.randn(100, 1, 8, 8)
     path = eo.export_onnx(q, tmp_path / "q.onnx", x[:1])
     diff = np.abs(_run(path, x) - q(x).detach().numpy())
@@ -162,7 +162,7 @@ def test_layer_sensitivity_ranks_the_damaged_layer_first():
 def test_weight_overrides_by_type_and_name():
     config = eo.QuantConfig(method="weight_only", activations=None,
                             weight_overrides={"Linear": eo.QuantSpec(bits=4), "3": eo.QuantSpec()})
-    q = eo.apply(mlp(), config)
+    q, q_stats = eo.apply_with_stats(mlp(), config)
     assert q.get_submodule("1").spec.bits == 4
     assert q.get_submodule("3").spec.bits == 4  # first match wins: "Linear" comes first
     again = eo.QuantConfig.from_dict(config.to_dict())
@@ -170,6 +170,6 @@ def test_weight_overrides_by_type_and_name():
 
 
 def test_sensitivity_is_recorded_in_the_stats():
-    q = eo.apply(mlp(), eo.QuantConfig(sensitivity=True), data=_digits_like(128))
-    rows = eo.quantization.apply.quant_stats(q).sensitivity
+    q, q_stats = eo.apply_with_stats(mlp(), eo.QuantConfig(sensitivity=True), data=_digits_like(128))
+    rows = q_stats["quant"].sensitivity
     assert {r["name"] for r in rows} == {"1", "3"} and all("sqnr_db" in r for r in rows)

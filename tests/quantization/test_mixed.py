@@ -31,17 +31,17 @@ def test_downgrade_path_lowers_the_least_sensitive_bytes_first():
 
 def test_size_budget_is_respected_and_protects_the_sensitive_layer():
     model, x = sensitive_mlp(), images(128)
-    probe = eo.apply(model, eo.QuantConfig(weights=W, mixed_precision=MixedPrecision(
+    probe, probe_stats = eo.apply_with_stats(model, eo.QuantConfig(weights=W, mixed_precision=MixedPrecision(
         size_budget_bytes=10**9, candidates=(2, 8))), data=[x])
-    sizes = eo.quantization.apply.quant_stats(probe).methods["mixed_precision"][
+    sizes = probe_stats["quant"].methods["mixed_precision"][
         "uniform_size_bytes"]
     budget = (sizes["2"] + sizes["8"]) // 2
-    q = eo.apply(model, eo.QuantConfig(weights=W, mixed_precision=MixedPrecision(
+    q, q_stats = eo.apply_with_stats(model, eo.QuantConfig(weights=W, mixed_precision=MixedPrecision(
         size_budget_bytes=budget, candidates=(2, 8))), data=[x])
-    plan = eo.quantization.apply.quant_stats(q).methods["mixed_precision"]
+    plan = q_stats["quant"].methods["mixed_precision"]
     assert plan["size_bytes"] <= budget
     assert plan["assignment"]["1"] == 8 and plan["assignment"]["3"] == 2
-    rows = {r["name"]: r for r in eo.quantization.apply.quant_stats(q).layers}
+    rows = {r["name"]: r for r in q_stats["quant"].layers}
     assert rows["1"]["weight_bits"] == 8 and rows["3"]["mixed_precision_bits"] == 2
 
 
@@ -53,9 +53,9 @@ def test_size_budget_below_the_minimum_reports_the_minimum():
 
 def test_accuracy_budget_keeps_the_measured_drop_within_it():
     model, x = sensitive_mlp(), images(128)
-    q = eo.apply(model, eo.QuantConfig(weights=W, mixed_precision=MixedPrecision(
+    q, q_stats = eo.apply_with_stats(model, eo.QuantConfig(weights=W, mixed_precision=MixedPrecision(
         accuracy_budget=1.0, candidates=(2, 8, 32))), data=[x])
-    plan = eo.quantization.apply.quant_stats(q).methods["mixed_precision"]
+    plan = q_stats["quant"].methods["mixed_precision"]
     chosen = [e for e in plan["evaluated"] if e["size_bytes"] == plan["size_bytes"]]
     assert plan["evaluated"] and (not chosen or chosen[0]["drop"] <= 1.0)
     assert plan["size_bytes"] < plan["uniform_size_bytes"]["32"]

@@ -47,10 +47,10 @@ def test_log2_weights_run_on_integer_kernels_and_kmeans_stores_a_codebook(tmp_pa
     assert census(path)["all_ops"].get("QLinearConv", 0) == 1
     assert agreement(run_onnx(path, x), q(x)) >= 0.995
 
-    k = eo.apply(model, eo.QuantConfig(method="weight_only", activations=None,
+    k, k_stats = eo.apply_with_stats(model, eo.QuantConfig(method="weight_only", activations=None,
                                        weights=eo.QuantSpec(bits=4, levels="kmeans")))
     assert isinstance(k.get_submodule("3"), CodebookLayer)
-    rows = {r["name"]: r for r in eo.quantization.apply.quant_stats(k).layers}
+    rows = {r["name"]: r for r in k_stats["quant"].layers}
     assert rows["3"]["stored_bytes"] < 4 * 8 * 64 * 5 / 7  # 4-bit codes + 16 floats
     assert rows["3"]["levels"] == "kmeans" and rows["3"]["weight_sqnr_db"] > 15
     assert agreement(run_onnx(eo.export_onnx(k, tmp_path / "k.onnx", x[:1]), x), k(x)) >= 0.995

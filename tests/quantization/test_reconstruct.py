@@ -9,7 +9,6 @@ from qhelpers import ds_cnn, images
 
 import edgeopt as eo
 from edgeopt.quantization import AdvancedQuantConfig
-from edgeopt.quantization.apply import quant_stats
 from edgeopt.quantization.modules import GroupedLinear, QuantizedWeightLayer
 from edgeopt.quantization.rows import channel_dim, input_rows, probe, rows_forward, visit_layers
 
@@ -52,14 +51,14 @@ def test_a_spent_budget_keeps_nearest_rounding_and_says_so():
     model, calib = ds_cnn(), images(128, seed=1)
     plain = eo.apply(model, eo.QuantConfig(weights=W4), data=[calib])
     start = time.monotonic()
-    q = eo.apply(model, _adaround(1e-3, 100_000), data=[calib])
+    q, q_stats = eo.apply_with_stats(model, _adaround(1e-3, 100_000), data=[calib])
     assert time.monotonic() - start < 30
-    refinement = quant_stats(q).methods["refinement"]
+    refinement = q_stats["quant"].methods["refinement"]
     assert refinement["fell_back"] == LAYERS and refinement["rounding_refined"] == 0
     assert refinement["iterations"] == {}
     for name in LAYERS:
         assert torch.equal(q.get_submodule(name).weight_q, plain.get_submodule(name).weight_q)
-    rows = {r["name"]: r for r in quant_stats(q).layers}
+    rows = {r["name"]: r for r in q_stats["quant"].layers}
     assert rows["3"]["rounding_fallback"] == "nearest: time budget spent"
     x = images(64, seed=2)
     with torch.no_grad():
@@ -68,13 +67,13 @@ def test_a_spent_budget_keeps_nearest_rounding_and_says_so():
 
 def test_a_small_budget_sets_iterations_per_layer_and_is_kept():
     model, calib = ds_cnn(), images(128, seed=1)
-    q = eo.apply(model, _adaround(3.0, 100_000), data=[calib])
-    refinement = quant_stats(q).methods["refinement"]
+    q, q_stats = eo.apply_with_stats(model, _adaround(3.0, 100_000), data=[calib])
+    refinement = q_stats["quant"].methods["refinement"]
     assert refinement["elapsed_s"] < 3.0 + 2.0  # the last layer's final evaluation may overrun
     done = refinement["iterations"]
     assert set(done) | set(refinement["fell_back"]) == set(LAYERS) and done
     assert all(10 <= n < 100_000 for n in done.values())
-    for row in quant_stats(q).layers:
+    for row in q_stats["quant"].layers:
         if row["name"] in done:
             assert row["adaround_loss"] <= row["adaround_loss_nearest"]
             assert row["adaround_iterations"] == done[row["name"]]
@@ -82,18 +81,18 @@ def test_a_small_budget_sets_iterations_per_layer_and_is_kept():
 
 def test_no_budget_runs_every_iteration_on_every_row():
     model, calib = ds_cnn(), images(96, seed=1)
-    q = eo.apply(model, _adaround(None, 25, reconstruction_rows=None), data=[calib])
-    refinement = quant_stats(q).methods["refinement"]
+    q, q_stats = eo.apply_with_stats(model, _adaround(None, 25, reconstruction_rows=None), data=[calib])
+    refinement = q_stats["quant"].methods["refinement"]
     assert refinement["iterations"] == dict.fromkeys(LAYERS, 25)
     assert refinement["fell_back"] == [] and refinement["samples"] == 96
-    rows = {r["name"]: r["reconstruction_rows"] for r in quant_stats(q).layers}
+    rows = {r["name"]: r["reconstruction_rows"] for r in q_stats["quant"].layers}
     assert rows == {"0": 96 * 64, "3": 96 * 64, "6": 96 * 64, "11": 96}  # 8x8 positions
 
 
 def test_reconstruction_rows_cap_the_positions_kept_per_sample():
     model, calib = ds_cnn(), images(64, seed=1)
-    q = eo.apply(model, _adaround(None, 12, reconstruction_rows=256), data=[calib])
-    rows = {r["name"]: r["reconstruction_rows"] for r in quant_stats(q).layers}
+    q, q_stats = eo.apply_with_stats(model, _adaround(None, 12, reconstruction_rows=256), data=[calib])
+    rows = {r["name"]: r["reconstruction_rows"] for r in q_stats["quant"].layers}
     assert rows == {"0": 256, "3": 256, "6": 256, "11": 64}  # 4 of 64 positions per sample
 
 
@@ -103,14 +102,14 @@ def test_gptq_out_of_budget_falls_back_to_nearest():
     calib = torch.randn(256, 64)
     config = eo.QuantConfig(method="weight_only", activations=None, weights=W4)
     plain = eo.apply(model, config, data=[calib])
-    q = eo.apply(model, eo.QuantConfig(
+    q, q_stats = eo.apply_with_stats(model, eo.QuantConfig(
         method="weight_only", activations=None, weights=W4, rounding="gptq",
         advanced=AdvancedQuantConfig(time_budget_s=1e-3)), data=[calib])
-    assert quant_stats(q).methods["refinement"]["fell_back"] == ["0", "2"]
+    assert q_stats["quant"].methods["refinement"]["fell_back"] == ["0", "2"]
     assert torch.equal(q.get_submodule("0").weight_q, plain.get_submodule("0").weight_q)
-    full = eo.apply(model, eo.QuantConfig(
+    full, full_stats = eo.apply_with_stats(model, eo.QuantConfig(
         method="weight_only", activations=None, weights=W4, rounding="gptq"), data=[calib])
-    refinement = quant_stats(full).methods["refinement"]
+    refinement = full_stats["quant"].methods["refinement"]
     assert refinement["fell_back"] == [] and refinement["iterations"] == {"0": 1, "2": 1}
 
 

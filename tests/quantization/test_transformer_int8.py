@@ -16,7 +16,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import edgeopt as eo
-from edgeopt.quantization.apply import quant_stats
 from edgeopt.quantization.config import QuantSpec
 from edgeopt.quantization.embedding import QuantizedEmbedding, embedding_spec
 from edgeopt.runtime.inspect import census
@@ -126,12 +125,12 @@ def test_static_quantizes_linear_inputs_and_keeps_the_residual_stream_float(stat
 @pytest.mark.slow
 def test_embedding_tables_are_stored_as_int8(float_model, tmp_path):
     example = token_ids(1, 12, seed=3)
-    q = eo.apply(float_model, eo.QuantConfig(method="dynamic"))
+    q, q_stats = eo.apply_with_stats(float_model, eo.QuantConfig(method="dynamic"))
     tables = {n: m for n, m in q.named_modules() if isinstance(m, QuantizedEmbedding)}
     assert len(tables) == 3  # word, position, token type
     word = next(m for n, m in tables.items() if n.endswith("word_embeddings"))
     assert word.weight_q.dtype == torch.int8 and word.weight_scale.shape == (VOCAB, 1)
-    rows = [r for r in quant_stats(q).layers if r["type"] == "Embedding"]
+    rows = [r for r in q_stats["quant"].layers if r["type"] == "Embedding"]
     assert len(rows) == 3 and min(r["weight_sqnr_db"] for r in rows) > 35
     fp32 = eo.export_onnx(float_model, tmp_path / "fp32.onnx", example)
     int8 = eo.export_onnx(q, tmp_path / "int8.onnx", example)
@@ -172,19 +171,19 @@ def test_default_smooths_token_outliers_and_leaves_other_models_alone():
     model = encoder(outliers=True)
     calibration = [token_ids(16, 16, seed) for seed in range(4)]
     test = token_ids(32, 16, seed=99)
-    smoothed = eo.apply(model, eo.QuantConfig(), data=calibration)
-    plain = eo.apply(model, eo.QuantConfig(smoothquant=False), data=calibration)
-    info = quant_stats(smoothed).methods["smoothquant"]
+    smoothed, smoothed_stats = eo.apply_with_stats(model, eo.QuantConfig(), data=calibration)
+    plain, plain_stats = eo.apply_with_stats(model, eo.QuantConfig(smoothquant=False), data=calibration)
+    info = smoothed_stats["quant"].methods["smoothquant"]
     assert info["alpha"] == "auto" and info["layers"] >= 2
-    assert "smoothquant" not in quant_stats(plain).methods
+    assert "smoothquant" not in plain_stats["quant"].methods
     layer = "bert.encoder.layer.0.intermediate.dense"  # reads the LayerNorm with outliers
     reference = _output(model, layer, test)
     error = [float((_output(m, layer, test) - reference).pow(2).sum() / reference.pow(2).sum())
              for m in (smoothed, plain)]
     assert error[0] < 0.6 * error[1]
     mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
-    q = eo.apply(mlp, eo.QuantConfig(), data=[torch.randn(32, 8)])
-    assert "smoothquant" not in quant_stats(q).methods  # no token sequences: nothing to smooth
+    q, q_stats = eo.apply_with_stats(mlp, eo.QuantConfig(), data=[torch.randn(32, 8)])
+    assert "smoothquant" not in q_stats["quant"].methods  # no token sequences: nothing to smooth
 
 
 def test_embedding_tables_get_8_bits_per_row_unless_an_override_names_them():

@@ -43,7 +43,7 @@ def test_ptq_exports_runs_int8_and_agrees(name, tmp_path):
     model, shape = _models()[name]
     model = Logits(model.eval())
     x = torch.randint(0, 100, (64, 8)) if shape is None else torch.randn(64, *shape)
-    q = eo.apply(model, eo.QuantConfig(), data=[x[:32]])
+    q, q_stats = eo.apply_with_stats(model, eo.QuantConfig(), data=[x[:32]])
     path = eo.export_onnx(q, tmp_path / f"{name}.onnx", x[:1])
     counts = census(path)
     assert sum(counts["int8_ops"].values()) >= 3
@@ -61,8 +61,8 @@ def test_dynamic_and_weight_only_need_no_graph():
     x = torch.randint(0, 100, (4, 8))
     for config in (eo.QuantConfig(method="dynamic"),
                    eo.QuantConfig(method="weight_only", activations=None)):
-        q = eo.apply(model, config)
-        stats = eo.quantization.apply.quant_stats(q)
+        q, q_stats = eo.apply_with_stats(model, config)
+        stats = q_stats["quant"]
         assert len(stats.quantized_layers) == 14 + 3  # Linear layers and embedding tables
         assert q(x).shape == model(x).shape
 
@@ -78,9 +78,9 @@ def test_smoothquant_folds_into_exported_layer_norms_and_gptq_runs_without_a_gra
             if isinstance(module, torch.nn.LayerNorm):
                 module.weight[:2] *= 10.0  # outlier channels
     x = torch.randn(96, *shape)
-    smoothed = eo.apply(model, eo.QuantConfig(smoothquant=True), data=[x[:48]])
+    smoothed, smoothed_stats = eo.apply_with_stats(model, eo.QuantConfig(smoothquant=True), data=[x[:48]])
     test = x[48:]
-    stats = eo.quantization.apply.quant_stats(smoothed).methods["smoothquant"]
+    stats = smoothed_stats["quant"].methods["smoothquant"]
     assert stats["folded"] >= 4  # q/k/v and the MLP input read a LayerNorm in every block
     path = eo.export_onnx(smoothed, tmp_path / "vit_sq.onnx", test[:1])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -90,7 +90,7 @@ def test_smoothquant_folds_into_exported_layer_norms_and_gptq_runs_without_a_gra
     bert, _ = _models()["bert"]
     ids = torch.randint(0, 100, (32, 8))
     group = eo.QuantSpec(bits=4, granularity="per_group", group_size=16)
-    q = eo.apply(Logits(bert.eval()), eo.QuantConfig(method="weight_only", activations=None,
+    q, q_stats = eo.apply_with_stats(Logits(bert.eval()), eo.QuantConfig(method="weight_only", activations=None,
                                                      weights=group, rounding="gptq"), data=[ids])
-    rows = [r for r in eo.quantization.apply.quant_stats(q).layers if r["type"] == "Linear"]
+    rows = [r for r in q_stats["quant"].layers if r["type"] == "Linear"]
     assert len(rows) == 14 and all(r["gptq_loss"] <= r["gptq_loss_nearest"] for r in rows)

@@ -43,6 +43,9 @@ def test_yaml_file_maps_onto_configs(tmp_path):
     ({"measure": {"speed_threads": []}}, r"speed_threads must be a non-empty list", ConfigError),
     ({"model": "tcn1d", "data": "mnist5k"}, r"tcn1d", Exception),
     ({"stages": {"technique": "quantize"}}, r"recipe.stages must be a list", ConfigTypeError),
+    # unsupported combinations of valid values fail at parse time, before any training
+    ({"stages": [{"technique": "quantize", "config": {"method": "qat", "rounding": "adaround"}}]},
+     r"recipe.stages\[0\].config: QuantConfig.rounding='adaround' is not supported", ConfigError),
 ])
 def test_bad_recipes_name_the_field(raw, match, error):
     with pytest.raises(error, match=match):

@@ -30,8 +30,8 @@ Advanced post-training options, all fields of the same QuantConfig (rare knobs i
   stays on the int8 grid and the integer kernels.
 
 Methods that change weights store integers in QuantizedWeightLayer, so export and the
-simulated == deployed guarantee are unchanged. What each method did is recorded in
-``model.meta["edgeopt_quant"]`` (QuantStats: per-layer rows and ``methods``).
+simulated == deployed guarantee are unchanged. What each method did is returned beside the model
+by ``eo.apply_with_stats(...).stats["quant"]`` (QuantStats: per-layer rows and ``methods``).
 """
 
 from edgeopt.quantization.config import AdvancedQuantConfig, MixedPrecision, QuantConfig, QuantSpec

@@ -42,7 +42,7 @@ from edgeopt.quantization.reconstruct import refine_weights
 from edgeopt.quantization.simulated import CodebookLayer, FloatFormatLayer
 from edgeopt.quantization.stats import QuantStats, layer_stats, simulated_layer_stats
 from edgeopt.quantization.weights import LayerBuilder, runs_on_integers, spec_for
-from edgeopt.registry import register
+from edgeopt.registry import Applied, register
 
 _STATIC = (Method.PTQ, Method.QAT)
 _LEARNED = (Rounding.ADAROUND, Rounding.GPTQ)
@@ -109,8 +109,8 @@ def check_finite_weights(model: nn.Module) -> None:
             raise ModelError(f"model weight {name!r} contains NaN or inf; fix the model first.")
 
 
-@register(QuantConfig)
-def quantize_model(model: nn.Module, config: QuantConfig, *, data: Any = None) -> nn.Module:
+@register(QuantConfig, check=check_supported)
+def quantize_model(model: nn.Module, config: QuantConfig, *, data: Any = None) -> Applied:
     check_supported(config)
     config = advanced.resolve_auto(config, data)
     advanced.check_data(config, data)
@@ -120,7 +120,6 @@ def quantize_model(model: nn.Module, config: QuantConfig, *, data: Any = None) -
     bn_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     folded = qgraph.fold_batch_norm(gm, bn_stats) if isinstance(gm, fx.GraphModule) else 0
     stats = QuantStats(method=config.method.value, folded_batch_norms=folded)
-    _meta(gm)["edgeopt_quant"] = stats
     if synthesis is not None:
         stats.methods["data_free"] = synthesis
     if config.mixed_precision is not None:
@@ -132,14 +131,15 @@ def quantize_model(model: nn.Module, config: QuantConfig, *, data: Any = None) -
     means = input_means(gm, names, bn_stats) if isinstance(gm, fx.GraphModule) else {}
     reference = copy.deepcopy(gm) if config.rounding in _LEARNED or config.bias_correction \
         else None
+    inputs_of: dict[str, str] = {}  # weight layer -> the quantizer that feeds it
     if config.method in _STATIC:
-        _quantize_static(gm, names, config, batches, data)
+        inputs_of = _quantize_static(gm, names, config, batches, data, stats)
     else:
         _swap_weight_layers(gm, names, config)
     if reference is not None:
         stats.methods["refinement"] = refine_weights(gm, reference, names, config, batches,
                                                      means, stats.notes)
-    _finish_layers(gm, names)
+    _finish_layers(gm, names, inputs_of, stats)
     quantize_embeddings(gm, config, stats)
     stats.finish(gm)
     if config.sensitivity:
@@ -149,7 +149,7 @@ def quantize_model(model: nn.Module, config: QuantConfig, *, data: Any = None) -
         real = data is not None and not config.data_free  # else data only gave the shape
         rows = layer_sensitivity(model, single, data if real else batches)
         stats.sensitivity = [row.to_dict() for row in rows]
-    return gm
+    return Applied(gm, {"quant": stats})
 
 
 def _graph(model: nn.Module, config: QuantConfig, batches: list[torch.Tensor]) -> nn.Module:
@@ -173,12 +173,6 @@ def _graph_if_traceable(model: nn.Module, example: torch.Tensor | None = None) -
         if example is not None:
             raise
         return copied
-
-
-def _meta(model: nn.Module) -> dict[str, Any]:
-    if not isinstance(getattr(model, "meta", None), dict):
-        model.meta = {}
-    return model.meta
 
 
 def weight_layers(model: nn.Module, exclude: tuple[str, ...]) -> list[str]:
@@ -207,7 +201,8 @@ def _replace(gm: fx.GraphModule, name: str, new: nn.Module) -> None:
 
 
 def _quantize_static(gm: fx.GraphModule, names: list[str], config: QuantConfig,
-                     batches: list[torch.Tensor], data: Any) -> None:
+                     batches: list[torch.Tensor], data: Any, stats: QuantStats
+                     ) -> dict[str, str]:
     spec = config.activations
     assert spec is not None  # QuantConfig.validate requires it for static methods
     qmin, qmax = spec_range(spec, is_weight=False)
@@ -219,18 +214,18 @@ def _quantize_static(gm: fx.GraphModule, names: list[str], config: QuantConfig,
 
     integer = {n for n in names if runs_on_integers(spec_for(n, gm.get_submodule(n), config))}
     inputs_of = qgraph.insert_act_quantizers(gm, make_quantizer, integer) if integer else {}
-    gm.meta["edgeopt_input_quantizers"] = inputs_of
     _swap_weight_layers(gm, names, config)
-    calibrate(gm, batches, config.calibration_samples)
+    stats.calibration_samples = calibrate(gm, batches, config.calibration_samples)
     freeze_activations(gm)
     if config.method is Method.QAT:
         from edgeopt.quantization.qat import train_qat
 
-        train_qat(gm, config, data)
+        train_qat(gm, config, data, stats)
         for name in names:
             layer = gm.get_submodule(name)
             if isinstance(layer, QATWeightLayer):
                 _replace(gm, name, layer.to_quantized())
+    return inputs_of
 
 
 def _swap_weight_layers(model: nn.Module, names: list[str], config: QuantConfig) -> None:
@@ -252,22 +247,21 @@ def _swap_weight_layers(model: nn.Module, names: list[str], config: QuantConfig)
         model.recompile()
 
 
-def _finish_layers(model: nn.Module, names: list[str]) -> None:
+def _finish_layers(model: nn.Module, names: list[str], inputs_of: dict[str, str],
+                   stats: QuantStats) -> None:
     """Store biases as int32 in the accumulator's scale and record each layer's statistics."""
-    meta = _meta(model)
-    inputs_of = meta.pop("edgeopt_input_quantizers", {})
     quantizers = {n: m for n, m in model.named_modules() if isinstance(m, ActQuant)}
     for name in names:
         layer = model.get_submodule(name)
         if isinstance(layer, FloatFormatLayer | CodebookLayer):
-            meta["edgeopt_quant"].layers.append(simulated_layer_stats(name, layer))
+            stats.layers.append(simulated_layer_stats(name, layer))
             continue
         if not isinstance(layer, QuantizedWeightLayer | GroupedLinear):
             continue
         quantizer = quantizers.get(inputs_of.get(name, ""))
         if quantizer is not None and isinstance(layer, QuantizedWeightLayer):
             layer.quantize_bias(quantizer.scale)
-        meta["edgeopt_quant"].layers.append(layer_stats(name, layer, quantizer))
+        stats.layers.append(layer_stats(name, layer, quantizer))
     if isinstance(model, fx.GraphModule):  # simulate the runtime's fused kernels exactly
         qgraph.attach_fused_kernels(model)
 
@@ -286,7 +280,6 @@ def calibrate(gm: fx.GraphModule, batches: list[torch.Tensor], limit: int) -> in
                 f"{str(exc).splitlines()[0]}"
             ) from exc
         seen += inputs.shape[0]
-    gm.meta["edgeopt_quant"].calibration_samples = seen
     return seen
 
 
@@ -300,8 +293,3 @@ def freeze_activations(gm: fx.GraphModule) -> dict[str, ActQuant]:
     for quantizer in quantizers.values():
         quantizer.freeze()
     return quantizers
-
-
-def quant_stats(model: nn.Module) -> QuantStats | None:
-    meta = getattr(model, "meta", None)
-    return meta.get("edgeopt_quant") if isinstance(meta, dict) else None

@@ -17,16 +17,16 @@ from safetensors.torch import load_file, save
 from edgeopt.atomic import write_bytes, write_text
 from edgeopt.quantization.config import QuantConfig
 from edgeopt.quantization.modules import ActQuant, QATWeightLayer
+from edgeopt.quantization.stats import QuantStats
 
 
-def train_qat(gm: fx.GraphModule, config: QuantConfig, data: Any) -> None:
+def train_qat(gm: fx.GraphModule, config: QuantConfig, data: Any, stats: QuantStats) -> None:
     """Train `gm` in place for config.epochs; quantizer scales learn alongside the weights."""
     from edgeopt.training import fit
 
     for quantizer in gm.modules():
         if isinstance(quantizer, ActQuant):
             quantizer.start_learning()
-    stats = gm.meta["edgeopt_quant"]
     stats.curves = {"train_loss": [], "weight_quant_mse": []}
     start = _resume(gm, config, stats.curves)
     for epoch in range(start, config.epochs):

@@ -206,6 +206,7 @@ def _parse_stages(raw: Any) -> tuple[Stage, ...]:
         config = config_type(technique).from_dict(_mapping(item.get("config", {}),
                                                            f"{where}.config"),
                                                   where=f"{where}.config")
+        _check_supported(config, f"{where}.config")
         guard = item.get("speed_guard", True)
         if not isinstance(guard, bool):
             raise ConfigTypeError(f"{where}.speed_guard must be true or false; got {guard!r}.")
@@ -213,6 +214,16 @@ def _parse_stages(raw: Any) -> tuple[Stage, ...]:
                             speed_guard=guard))
         names.add(name)
     return tuple(stages)
+
+
+def _check_supported(config: Config, where: str) -> None:
+    """Unsupported combinations fail here, before the baseline is trained."""
+    from edgeopt.registry import check_supported
+
+    try:
+        check_supported(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _parse_measure(raw: Any) -> MeasureSettings:

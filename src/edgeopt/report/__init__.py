@@ -16,8 +16,8 @@ Files written beside each other (``write_report`` / ``rebuild_report``), each at
 
 Statistics each technique records
 ---------------------------------
-Techniques put a dataclass with ``to_dict()`` in ``model.meta["edgeopt_<key>"]``; the runner
-copies it to ``stage["technique_stats"][key]`` (keys: ``quant``, ``prune``, ``distill``,
+Each technique's handler returns ``Applied(model, {key: stats})``, stats a dataclass with
+``to_dict()``; the runner stores it as ``stage["technique_stats"][key]`` (keys: ``quant``, ``prune``, ``distill``,
 ``lowrank``, ``cluster``; unknown keys render too). Every field is optional: a section or plot
 appears only when its fields are present and well-formed, malformed entries are skipped with a
 note. Fields are read by meaning, not by technique, so any technique may record any of them::
