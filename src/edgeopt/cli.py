@@ -226,12 +226,13 @@ def deploy(run_dir: Path, stage: str, target: str, out_dir: Path, max_inputs: in
 @click.option("--sampler", default="tpe", show_default=True, help="tpe or nsga2.")
 @click.option("--finetune-samples", type=int, default=1024, show_default=True,
               help="Training samples each trial calibrates and recovers on.")
+@click.option("--no-best", is_flag=True, help="Skip running the best policy into DIR/best.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def search(recipe: Path | None, target: str, flash: str | None, ram: str | None,
            latency_ms: float | None, trials: int, timeout: float | None, out_dir: Path,
            storage: str | None, study_name: str, sampler: str, finetune_samples: int,
-           quiet: bool) -> None:
+           no_best: bool, quiet: bool) -> None:
     """Search per-layer bit widths and channel widths of RECIPE's model under a target budget."""
     from edgeopt.search import SearchSettings
     from edgeopt.search import search as run_search
@@ -239,7 +240,8 @@ def search(recipe: Path | None, target: str, flash: str | None, ram: str | None,
     result = run_search(recipe, target=target, out_dir=out_dir, trials=trials, flash=flash,
                         ram=ram, latency_ms=latency_ms, timeout=timeout, storage=storage,
                         settings=SearchSettings(sampler=sampler, study_name=study_name,
-                                                finetune_samples=finetune_samples),
+                                                finetune_samples=finetune_samples,
+                                                run_best=not no_best),
                         progress=not quiet)
     best = result["best"]
     if best is None:

@@ -59,7 +59,9 @@ def search(recipe: str | Path | dict[str, Any] | None, *, target: str, out_dir: 
     records = output.trial_records(study)
     with atomic_dir(out_dir) as folder:
         best = output.best_fitting_record(records)
-        best_run = _run_best(parsed, best, budget, settings, folder, progress) if best else None
+        best_run = None
+        if best is not None and settings.run_best:
+            best_run = _run_best(parsed, best, budget, settings, folder, progress)
         content = output.summary(records, budget.to_dict(), best_run)
         output.write_pareto(folder, content)
         output.write_report(folder, content, f"edgeopt search: {parsed.model_label} on "

@@ -10,6 +10,7 @@ import dataclasses
 import os
 import socket
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ class SearchSettings:
     sampler: str = "tpe"  # "tpe" (multi-objective TPE with constraints) or "nsga2"
     seed: int = 0
     study_name: str = "edgeopt-search"
+    run_best: bool = True  # run the best policy as a recipe into DIR/best (one worker is enough)
 
 
 @dataclasses.dataclass
@@ -112,10 +114,12 @@ def make_study(settings: SearchSettings, objectives: tuple[str, ...], storage: s
         from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
         # a worker that dies leaves its trial RUNNING: heartbeats let others fail and retry it
-        rdb = RDBStorage(storage, heartbeat_interval=10, grace_period=30,
-                         failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
-                         engine_kwargs={"connect_args": {"timeout": 60}}
-                         if storage.startswith("sqlite") else {})
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 4-5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            rdb = RDBStorage(storage, heartbeat_interval=10, grace_period=30,
+                             failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+                             engine_kwargs={"connect_args": {"timeout": 60}}
+                             if storage.startswith("sqlite") else {})
     directions = ["maximize" if k == "accuracy" else "minimize" for k in objectives]
     return optuna.create_study(storage=rdb, sampler=sampler, study_name=settings.study_name,
                                directions=directions, load_if_exists=True)

@@ -1,0 +1,97 @@
+"""Tiny searches end to end: the pareto.json contract, best/, resume, two workers on SQLite."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from edgeopt.search import SearchSettings, search
+
+RECIPE = {"model": "lenet300", "data": "digits", "epochs": 1,
+          "measure": {"runs": 3, "warmup": 1}}
+FAST = {"finetune_samples": 96}
+
+
+def test_search_writes_the_pareto_contract_and_a_best_run_folder(tmp_path):
+    out = tmp_path / "search"
+    result = search(RECIPE, target="x86-ort", out_dir=out, trials=2, progress=False,
+                    settings=SearchSettings(**FAST))
+    content = json.loads((out / "pareto.json").read_text())
+    assert content == json.loads(json.dumps(result))
+    assert len(content["trials"]) == 2 and content["pareto"]
+    for point in content["pareto"]:
+        assert {"accuracy", "flash_bytes", "ram_bytes", "latency_ms", "fits", "policy"} <= set(point)
+        assert 0 <= point["accuracy"] <= 1 and point["latency_ms"] > 0
+    int8, int4 = content["trials"]  # a new study starts from the uniform policies
+    assert set(int8["policy"]["bits"].values()) == {8} and set(int4["policy"]["bits"].values()) == {4}
+    assert int4["flash_bytes"] < int8["flash_bytes"]
+    best = content["best"]
+    assert best["fits"] and best["run"] == "best" and 0 <= best["test_accuracy"] <= 1
+    metrics = json.loads((out / "best" / "metrics.json").read_text())
+    assert [s["name"] for s in metrics["stages"]] == ["baseline", "search"]
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+
+
+def test_a_budget_nothing_fits_trains_nothing(tmp_path):
+    result = search(RECIPE, target="cortex-m4", flash="1KiB", out_dir=tmp_path / "s", trials=1,
+                    progress=False, settings=SearchSettings(**FAST))
+    assert result["best"] is None and result["trials"][0]["accuracy"] is None
+    assert not result["trials"][0]["fits"] and not (tmp_path / "s" / "best").exists()
+
+
+def test_an_interrupted_search_resumes_from_its_storage(tmp_path):
+    storage = f"sqlite:///{tmp_path}/study.db"
+    settings = SearchSettings(**FAST, run_best=False)
+    first = search(RECIPE, target="cortex-m4", out_dir=tmp_path / "a", trials=1,
+                   storage=storage, settings=settings, progress=False)
+    second = search(RECIPE, target="cortex-m4", out_dir=tmp_path / "a", trials=2,
+                    storage=storage, settings=settings, progress=False)
+    assert [t["number"] for t in second["trials"]] == [0, 1]
+    assert second["trials"][0] == first["trials"][0]  # finished trials are not redone
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    storage = f"sqlite:///{tmp_path}/study.db"
+    (tmp_path / "recipe.yaml").write_text(json.dumps(RECIPE))
+    command = [sys.executable, "-m", "edgeopt.cli", "search", str(tmp_path / "recipe.yaml"),
+               "--target", "cortex-m4", "--trials", "3", "--storage", storage, "--quiet",
+               "--no-best", "--finetune-samples", "96"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen([*command, "--out", str(tmp_path / f"w{i}")], env=env,
+                                stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for worker in workers:
+        assert worker.wait(timeout=600) == 0, worker.stderr.read()
+    study = optuna.load_study(study_name="edgeopt-search", storage=storage)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert 3 <= len(done) <= 4  # each worker stops once the study holds 3
+    assert len({t.user_attrs["worker"] for t in done}) == 2
+    last = max((json.loads((tmp_path / f"w{i}" / "pareto.json").read_text()) for i in range(2)),
+               key=lambda c: len(c["trials"]))
+    assert len(last["trials"]) == len(done)
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--target", "esp32"], "--target"),
+    (["--target", "cortex-m4", "--flash", "256 kilobytes"], "--flash"),
+    (["--target", "cortex-m4", "--ram", "-1KiB"], "--ram"),
+    (["--target", "cortex-m4", "--trials", "0"], "--trials"),
+    (["--target", "cortex-m4", "--storage", "mongodb://x/y"], "--storage"),
+])
+def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tmp_path, args, option):
+    from click.testing import CliRunner
+
+    from edgeopt.cli import main
+
+    out = tmp_path / "out"
+    argv = ["search", "--out", str(out), *args]
+    if "--trials" not in args:
+        argv += ["--trials", "3"]
+    result = CliRunner().invoke(main, argv)
+    lines = [line for line in result.stderr.splitlines() if line]
+    assert result.exit_code == 2 and len(lines) == 1
+    assert lines[0].startswith("error:") and option in lines[0]
+    assert not out.exists() and list(Path(tmp_path).iterdir()) == []
