@@ -26,8 +26,6 @@ from edgeopt.errors import ConfigTypeError, DataError, ModelError
 from edgeopt.pruning.common import example_batch, prunable_weights
 from edgeopt.pruning.config import (
     CHANNEL_STRUCTURES,
-    DATA_CRITERIA,
-    GRADIENT_CRITERIA,
     Criterion,
     PruneConfig,
     Regularization,
@@ -35,6 +33,7 @@ from edgeopt.pruning.config import (
     Schedule,
     Structure,
 )
+from edgeopt.pruning.importance import LABELED_NEEDS, NEEDS
 from edgeopt.pruning.pruners import Pruner, make_pruner
 from edgeopt.pruning.regularization import group_lasso_penalty, l1_penalty, penalized
 from edgeopt.pruning.schedules import finetune, polynomial_sparsity, round_sparsities
@@ -69,9 +68,9 @@ def check_inputs(model: Any, config: Any, data: Any) -> None:
     needs = []
     if config.structure in CHANNEL_STRUCTURES or config.structure is Structure.LAYER:
         needs.append(f"structure={config.structure.value!r} traces the model on one batch")
-    if config.criterion in DATA_CRITERIA:
-        what = "gradients" if config.criterion in GRADIENT_CRITERIA else "activations / accuracy"
-        needs.append(f"criterion={config.criterion.value!r} reads {what}")
+    need = NEEDS.get(config.criterion.value)
+    if need is not None:
+        needs.append(f"criterion={config.criterion.value!r} reads {need.replace('_', ' ')}")
     if config.finetune_epochs or config.reg_epochs:
         needs.append("fine-tuning / regularized training needs labeled batches")
     if needs:
@@ -81,8 +80,8 @@ def check_inputs(model: Any, config: Any, data: Any) -> None:
 
 def _check_labels(config: PruneConfig, data: Any) -> None:
     """Training and gradient criteria need targets: look at the first batch before any work."""
-    wanted = (config.finetune_epochs or config.reg_epochs or config.criterion in GRADIENT_CRITERIA
-              or config.criterion is Criterion.SENSITIVITY)
+    wanted = (config.finetune_epochs or config.reg_epochs
+              or NEEDS.get(config.criterion.value) in LABELED_NEEDS)
     if not wanted or isinstance(data, Iterator):
         return
     for _, targets in iter_batches(data, what="data"):

@@ -57,10 +57,6 @@ class ActivationStat(str, enum.Enum):
     APOZ = "apoz"  # 1 - average percentage of zeros per channel
 
 
-# Criteria that read data (and, except activation, gradients) before any pruning.
-DATA_CRITERIA = {Criterion.GRADIENT, Criterion.TAYLOR, Criterion.ACTIVATION, Criterion.MOVEMENT,
-                 Criterion.SENSITIVITY}
-GRADIENT_CRITERIA = {Criterion.GRADIENT, Criterion.TAYLOR, Criterion.MOVEMENT}
 CHANNEL_STRUCTURES = {Structure.CHANNEL, Structure.NEURON, Structure.HEAD}
 
 

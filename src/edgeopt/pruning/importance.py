@@ -3,7 +3,8 @@
 Every criterion has the same small protocol, `Criterion(weight, signals, generator) -> scores`,
 scores having the weight's shape (higher = more important). Channel groups reduce these scores
 with `position_scores` (an L1 or L2 norm over each slice). The table `CRITERIA` maps the names
-in PruneConfig.criterion to these functions; a user can add entries.
+in PruneConfig.criterion to these functions, and `NEEDS` says what each reads from data
+(`signals.gather` collects it); a user can add entries to both.
 """
 
 from __future__ import annotations
@@ -102,6 +103,19 @@ CRITERIA: dict[str, Criterion] = {
     CriterionName.MOVEMENT.value: movement,
     CriterionName.SENSITIVITY.value: magnitude,  # within a layer; the plan sets its sparsity
 }
+
+# What a criterion reads from data before scoring (absent: nothing). "gradients" and
+# "input_norms" are gathered per weight by signals.gather; "activations" (channel statistics)
+# and "loss" (the accuracy change when a layer is removed) are measured by structure-specific
+# scorers in structured.py and layers.py.
+NEEDS: dict[str, str] = {
+    CriterionName.GRADIENT.value: "gradients",
+    CriterionName.TAYLOR.value: "gradients",
+    CriterionName.MOVEMENT.value: "gradients",
+    CriterionName.ACTIVATION.value: "input_norms",
+    CriterionName.SENSITIVITY.value: "loss",
+}
+LABELED_NEEDS = {"gradients", "loss"}  # these need targets, not only inputs
 
 # Power of the slice norm used for channel groups (2: L2 norm; 1: sum of scores).
 NORM_POWER: dict[str, int] = {CriterionName.MAGNITUDE.value: 2,

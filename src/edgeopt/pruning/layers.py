@@ -21,7 +21,7 @@ from edgeopt.pruning.common import excluded, labeled_batches, loss_fn
 from edgeopt.pruning.config import Criterion, PruneConfig
 from edgeopt.pruning.graph import export_program
 from edgeopt.pruning.importance import CRITERIA
-from edgeopt.pruning.signals import collect_gradients
+from edgeopt.pruning.signals import gather
 from edgeopt.surgery import set_submodule
 
 aten = torch.ops.aten
@@ -167,10 +167,8 @@ def block_scores(model: nn.Module, blocks: list[Block], config: PruneConfig, dat
         return _loss_scores(model, blocks, data, adv.importance_batches, adv.batch_size)
     params = {f"{b.name}.{n}": p for b in blocks
               for n, p in model.get_submodule(b.name).named_parameters()}
-    signals = {}
-    if config.criterion in (Criterion.GRADIENT, Criterion.TAYLOR, Criterion.MOVEMENT):
-        signals = collect_gradients(model, data, params, batches=adv.importance_batches,
-                                    batch_size=adv.batch_size)
+    signals = gather(config.criterion.value, model, params, data,
+                     batches=adv.importance_batches, batch_size=adv.batch_size)
     generator = torch.Generator().manual_seed(adv.seed)
     fn = CRITERIA[config.criterion.value]
     out = []

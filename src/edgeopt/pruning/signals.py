@@ -13,7 +13,22 @@ from torch import nn
 
 from edgeopt.data import iter_batches
 from edgeopt.pruning.common import labeled_batches, loss_fn
-from edgeopt.pruning.importance import Signals
+from edgeopt.pruning.importance import NEEDS, Signals
+
+
+def gather(criterion: str, model: nn.Module, weights: dict[str, nn.Parameter], data: Any, *,
+           batches: int, batch_size: int) -> dict[str, Signals]:
+    """What `criterion` reads per weight tensor, as its NEEDS entry says (nothing for
+    magnitude / random, or for needs a structure-specific scorer measures)."""
+    need = NEEDS.get(criterion)
+    if need == "gradients":
+        return collect_gradients(model, data, weights, batches=batches, batch_size=batch_size)
+    if need == "input_norms":
+        layers = {name.rpartition(".")[0]: model.get_submodule(name.rpartition(".")[0])
+                  for name in weights}
+        norms = collect_input_norms(model, data, layers, batches=batches, batch_size=batch_size)
+        return {name: Signals(input_norm=norms.get(name.rpartition(".")[0])) for name in weights}
+    return {}
 
 
 def collect_gradients(

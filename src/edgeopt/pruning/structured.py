@@ -15,8 +15,8 @@ from edgeopt.errors import ModelError
 from edgeopt.pruning.common import excluded, output_shapes
 from edgeopt.pruning.config import ActivationStat, Criterion, PruneConfig, Structure
 from edgeopt.pruning.graph import DependencyGraph, Group
-from edgeopt.pruning.importance import CRITERIA, NORM_POWER, Signals, position_scores
-from edgeopt.pruning.signals import collect_gradients
+from edgeopt.pruning.importance import CRITERIA, NEEDS, NORM_POWER, Signals, position_scores
+from edgeopt.pruning.signals import gather
 from edgeopt.pruning.surgery import shrink
 
 aten = torch.ops.aten
@@ -42,11 +42,10 @@ def channel_scores(
     if config.criterion is Criterion.ACTIVATION:
         return activation_scores(graph, data, config)
     params = graph_params(model, graph)
-    if signals is None and config.criterion in (Criterion.GRADIENT, Criterion.TAYLOR,
-                                                Criterion.MOVEMENT):
+    if signals is None and NEEDS.get(criterion) == "gradients":
         adv = config.advanced
-        signals = collect_gradients(model, data, params, batches=adv.importance_batches,
-                                    batch_size=adv.batch_size)
+        signals = gather(criterion, model, params, data, batches=adv.importance_batches,
+                         batch_size=adv.batch_size)
     power = NORM_POWER.get(criterion, 1)
     total = np.zeros(graph.num_channels)
     generator = torch.Generator().manual_seed(config.advanced.seed)

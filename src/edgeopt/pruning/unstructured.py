@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import ConfigError
-from edgeopt.pruning.config import Criterion, PruneConfig, Scope, Structure
+from edgeopt.pruning.config import PruneConfig, Scope, Structure
 from edgeopt.pruning.importance import (
     CRITERIA,
     Signals,
@@ -16,7 +16,7 @@ from edgeopt.pruning.importance import (
     layer_masks,
     nm_mask,
 )
-from edgeopt.pruning.signals import collect_gradients, collect_input_norms
+from edgeopt.pruning.signals import gather
 
 Masks = dict[str, torch.Tensor]
 
@@ -47,17 +47,8 @@ def gather_signals(
 ) -> dict[str, Signals]:
     """What the criterion reads from data (nothing for magnitude / random / sensitivity)."""
     adv = config.advanced
-    if config.criterion in (Criterion.GRADIENT, Criterion.TAYLOR, Criterion.MOVEMENT):
-        return collect_gradients(model, data, weights, batches=adv.importance_batches,
-                                 batch_size=adv.batch_size)
-    if config.criterion is Criterion.ACTIVATION:
-        layers = {name.rpartition(".")[0]: model.get_submodule(name.rpartition(".")[0])
-                  for name in weights}
-        norms = collect_input_norms(model, data, layers, batches=adv.importance_batches,
-                                    batch_size=adv.batch_size)
-        return {name: Signals(input_norm=norms.get(name.rpartition(".")[0]))
-                for name in weights}
-    return {}
+    return gather(config.criterion.value, model, weights, data, batches=adv.importance_batches,
+                  batch_size=adv.batch_size)
 
 
 @torch.no_grad()

@@ -179,20 +179,22 @@ def _kl_for_threshold(magnitude: torch.Tensor, i: int, levels: int) -> float:
     return float((p[mask] * torch.log(p[mask] / q[mask])).sum())
 
 
+# QuantConfig.calibration -> observer factory (percentile, qmin, qmax); extend to add one.
+CALIBRATORS: dict[str, Callable[[float, int, int], Observer]] = {
+    "minmax": lambda pct, qmin, qmax: MinMaxObserver(),
+    "moving_average": lambda pct, qmin, qmax: MovingAverageObserver(),
+    "percentile": lambda pct, qmin, qmax: HistogramObserver(
+        lambda h, e: percentile_range(h, e, pct)),
+    "entropy": lambda pct, qmin, qmax: HistogramObserver(
+        lambda h, e: entropy_range(h, e, qmax - qmin + 1)),
+    "mse": lambda pct, qmin, qmax: HistogramObserver(lambda h, e: mse_range(h, e, qmin, qmax)),
+}
+OBSERVERS = tuple(CALIBRATORS)
+
+
 def make_observer(calibration: str, *, percentile: float = 99.99, qmin: int = 0, qmax: int = 255
                   ) -> Observer:
     """The observer for a QuantConfig.calibration value."""
-    if calibration == "minmax":
-        return MinMaxObserver()
-    if calibration == "moving_average":
-        return MovingAverageObserver()
-    if calibration == "percentile":
-        return HistogramObserver(lambda h, e: percentile_range(h, e, percentile))
-    if calibration == "entropy":
-        return HistogramObserver(lambda h, e: entropy_range(h, e, qmax - qmin + 1))
-    if calibration == "mse":
-        return HistogramObserver(lambda h, e: mse_range(h, e, qmin, qmax))
-    raise ValueError(f"unknown calibration {calibration!r}")
-
-
-OBSERVERS = ("minmax", "moving_average", "percentile", "entropy", "mse")
+    if calibration not in CALIBRATORS:
+        raise ValueError(f"unknown calibration {calibration!r}; valid: {', '.join(CALIBRATORS)}")
+    return CALIBRATORS[calibration](percentile, qmin, qmax)
