@@ -84,7 +84,10 @@ def _linear(graph: Graph, op: Op, index: int, plan: Plan, pow2: bool) -> Emitted
                                                int(out.qparams.zero_point), lo, hi])
     decls.append(f"static const eo_linear_t {tag} = {{{fields}, {tag}_w, {tag}_b, {mult}, {tag}_s}};")
     scratch = f"(arena + {plan.offsets[plan.scratch[index]]})" if index in plan.scratch else "0"
-    call = f"eo_{op.kind}(&{tag}, {_pointer(plan, op.inputs[0])}, {_pointer(plan, op.outputs[0])}, {scratch});"
+    src, dst = _pointer(plan, op.inputs[0]), _pointer(plan, op.outputs[0])
+    call = f"eo_{op.kind}(&{tag}, {src}, {dst}, {scratch});"
+    if op.kind == "depthwise_conv2d" and src == dst:
+        call = f"eo_depthwise_conv2d_inplace(&{tag}, {dst}, {scratch});"
     requant = (1 if pow2 else 2) * 4 * out.shape[-1]
     return Emitted(decls, call, macs, data.nbytes + b.data.size * 4 + requant + LINEAR_STRUCT_BYTES, data.nbytes)
 

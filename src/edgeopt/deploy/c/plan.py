@@ -2,7 +2,10 @@
 
 The graph input and output live in the caller's buffers (edgeopt_model_invoke's arguments), not in the
 arena. A reshape shares its input's storage; an add writes over an input that dies at that add
-(elementwise: each value is read before it is written). Kernels that unpack 4-bit weights get a scratch
+(elementwise: each value is read before it is written); a stride-1 depthwise convolution with 8-bit
+weights writes over its dying input channel by channel, keeping one input plane in scratch (TinyEngine's
+in-place depthwise); so does a stride-1 pointwise conv with no more output than input channels, one
+pixel at a time through a scratch of out_c bytes. Kernels that unpack 4-bit weights get a scratch
 buffer that lives for that op only.
 """
 
@@ -32,13 +35,30 @@ class Plan:
                     for t in steps), default=0)
 
 
-def scratch_bytes(graph: Graph, op: Op) -> int:
+def in_place_ok(graph: Graph, op: Op) -> bool:
+    """A conv that may write over its input: a depthwise conv keeping the shape (one channel per channel),
+    or a pointwise conv at stride 1 with out_c <= in_c; 8-bit weights."""
+    if op.kind not in ("depthwise_conv2d", "conv2d") or op.attrs.get("depth_multiplier", 1) != 1:
+        return False
+    x, w, out = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]], graph.tensors[op.outputs[0]]
+    same_grid = x.shape[:3] == out.shape[:3] and tuple(op.attrs["stride"]) == (1, 1) and w.dtype == "int8"
+    if op.kind == "conv2d":
+        pointwise = op.attrs["kernel"] == (1, 1) and not any(op.attrs["padding"])
+        return same_grid and pointwise and out.shape[3] <= x.shape[3]
+    return same_grid and x.shape == out.shape
+
+
+def scratch_bytes(graph: Graph, op: Op, in_place: bool = False) -> int:
     """Scratch a kernel needs: a conv's input window (or its unpacked 4-bit weight row), a depthwise
     conv's int32 accumulators (and unpacked 4-bit weights), a fully connected layer's 4-bit row."""
     if op.kind not in ("conv2d", "depthwise_conv2d", "fully_connected"):
         return 0
     w = graph.tensors[op.inputs[1]]
     packed = w.dtype == "int4"
+    if op.kind == "conv2d" and in_place:
+        return graph.tensors[op.outputs[0]].shape[3]
+    if op.kind == "depthwise_conv2d" and in_place:
+        return graph.tensors[op.inputs[0]].shape[1] * graph.tensors[op.inputs[0]].shape[2]
     if op.kind == "depthwise_conv2d":
         return 4 * w.shape[-1] + (w.size if packed else 0)
     if op.kind == "fully_connected":
@@ -61,7 +81,7 @@ def plan_memory(graph: Graph) -> Plan:
             lifetimes[buf] = (min(lo, index), max(hi, index))
     plan = Plan(storage, {}, sizes, lifetimes)
     for index, op in enumerate(graph.ops):
-        need = scratch_bytes(graph, op)
+        need = scratch_bytes(graph, op, storage[op.outputs[0]] == storage[op.inputs[0]])
         if need:
             name = f"scratch{index}"
             plan.scratch[index], sizes[name], lifetimes[name] = name, need, (index, index)
@@ -82,11 +102,11 @@ def _storages(graph: Graph) -> dict[str, str]:
 
 
 def _dying_input(graph: Graph, op: Op, storage: dict[str, str], last_use: dict[str, int]) -> str | None:
-    """An input of an add whose storage is used for the last time here, and may be overwritten."""
-    if op.kind != "add":
+    """An input of an add (or in-place conv) whose storage is used for the last time here."""
+    if op.kind != "add" and not in_place_ok(graph, op):
         return None
     index = graph.ops.index(op)
-    for name in op.inputs:
+    for name in op.inputs[:2 if op.kind == "add" else 1]:
         buf = storage[name]
         users = [n for n, s in storage.items() if s == buf]
         if buf != INPUT and all(last_use.get(n, -1) <= index for n in users):

@@ -110,16 +110,20 @@ void eo_conv2d(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scra
     }
     const int32_t ic = p->in_c, oc_n = p->out_c, k = p->k_h * p->k_w * ic, in_off = -p->in_zp;
     const int pointwise = p->k_h == 1 && p->k_w == 1 && p->pad_t == 0 && p->pad_l == 0;
+    /* in place (a pointwise conv, stride 1, out_c <= in_c): each pixel's outputs go to scratch first, then
+       over bytes whose inputs are already consumed */
+    const int in_place = (const int8_t *)out == in;
     const int8_t *weights = (const int8_t *)p->weights;
     for (int32_t oy = 0; oy < p->out_h; oy++) {
         for (int32_t ox = 0; ox < p->out_w; ox++) {
             const int8_t *x = pointwise ? in + (oy * p->stride_h * p->in_w + ox * p->stride_w) * ic
                                         : gather_patch(p, in, oy, ox, scratch);
-            int8_t *o = out + (oy * p->out_w + ox) * oc_n;
+            int8_t *o = in_place ? scratch : out + (oy * p->out_w + ox) * oc_n;
             for (int32_t oc = 0; oc < oc_n; oc++) {
                 int32_t acc = (p->bias ? p->bias[oc] : 0) + dot(x, weights + oc * k, k, in_off);
                 o[oc] = (int8_t)requant_ch(p, acc, oc);
             }
+            if (in_place) memcpy(out + (oy * p->out_w + ox) * oc_n, scratch, (size_t)oc_n);
         }
     }
 }
@@ -153,12 +157,36 @@ void eo_depthwise_conv2d(const eo_linear_t *p, const int8_t *in, int8_t *out, in
     }
 }
 
+/* In place (out == in, same shape, stride 1, multiplier 1, 8-bit weights): channel by channel, the input
+   plane is copied to scratch (H*W bytes) and the output channel written over it. */
+void eo_depthwise_conv2d_inplace(const eo_linear_t *p, int8_t *data, int8_t *scratch) {
+    const int32_t c_n = p->out_c, hw = p->in_h * p->in_w, in_off = -p->in_zp;
+    const int8_t *w = (const int8_t *)p->weights;
+    for (int32_t c = 0; c < c_n; c++) {
+        for (int32_t i = 0; i < hw; i++) scratch[i] = data[i * c_n + c];
+        for (int32_t oy = 0; oy < p->out_h; oy++) {
+            for (int32_t ox = 0; ox < p->out_w; ox++) {
+                int32_t acc = p->bias ? p->bias[c] : 0;
+                for (int32_t ky = 0; ky < p->k_h; ky++) {
+                    int32_t iy = oy - p->pad_t + ky * p->dil_h;
+                    if (iy < 0 || iy >= p->in_h) continue;
+                    for (int32_t kx = 0; kx < p->k_w; kx++) {
+                        int32_t ix = ox - p->pad_l + kx * p->dil_w;
+                        if (ix < 0 || ix >= p->in_w) continue;
+                        acc += (scratch[iy * p->in_w + ix] + in_off) * w[(ky * p->k_w + kx) * c_n + c];
+                    }
+                }
+                data[(oy * p->out_w + ox) * c_n + c] = (int8_t)requant_ch(p, acc, c);
+            }
+        }
+    }
+}
+
 void eo_fully_connected(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scratch) {
     const int32_t n = p->in_c, in_off = -p->in_zp;
     for (int32_t o = 0; o < p->out_c; o++) {
         const int8_t *w = weight_row(p, o, n, scratch);
-        int32_t acc = p->bias ? p->bias[o] : 0;
-        for (int32_t i = 0; i < n; i++) acc += (in[i] + in_off) * w[i];
+        int32_t acc = (p->bias ? p->bias[o] : 0) + dot(in, w, n, in_off);
         out[o] = (int8_t)requant_ch(p, acc, o);
     }
 }
