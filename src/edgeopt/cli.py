@@ -64,7 +64,13 @@ def optimize(recipe: Path | None, out_dir: Path, quiet: bool, resume: bool) -> N
     """Run RECIPE (YAML); with none, the built-in default (ResNet-8 on MNIST, fp32 vs int8)."""
     from edgeopt.recipes import run_recipe
 
-    result = run_recipe(recipe, out_dir, progress=not quiet, resume=resume)
+    try:
+        result = run_recipe(recipe, out_dir, progress=not quiet, resume=resume)
+    except KeyboardInterrupt:
+        again = " ".join(str(a) for a in (recipe or "", "--out", out_dir) if a)
+        click.echo(f"error: interrupted; `edgeopt optimize {again} --resume` continues from the "
+                   "last finished stage or epoch.", err=True)
+        sys.exit(130)
     if not quiet:
         _print_stages(result.to_dict(), out_dir)
 

@@ -33,7 +33,8 @@ from edgeopt.errors import ConfigError, OutputError
 
 SUFFIX = ".edgeopt.partial"
 _PRIVATE = (".resume", ".publish", ".previous")  # never published
-_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM)
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+_DENIED = (errno.EACCES, errno.EPERM)  # only for files of the run itself
 
 
 def scratch_path(out: Path) -> Path:
@@ -214,7 +215,8 @@ def _link_file(src: str | Path, dst: str | Path) -> None:
 
 def disk_error(exc: OSError, folder: Path) -> OutputError | None:
     """An OutputError for a full, read-only or forbidden disk; None for other OSErrors."""
-    if exc.errno not in _DISK_ERRORS:
+    ours = str(exc.filename or "").startswith(str(folder.parent))
+    if exc.errno not in _DISK_ERRORS and not (exc.errno in _DENIED and ours):
         return None
     return OutputError(f"the run could not be written to {str(folder.parent)!r}: "
                        f"{exc.strerror or os.strerror(exc.errno)}; free space or choose another "
