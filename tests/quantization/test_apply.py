@@ -116,3 +116,21 @@ def test_nan_weights_are_refused():
         model[1].weight[0, 0] = float("inf")
     with pytest.raises(ModelError, match="NaN or inf"):
         eo.apply(model, eo.QuantConfig(), data=[torch.randn(2, 1, 8, 8)])
+
+
+def test_static_stages_record_activation_error_and_saturation_per_layer():
+    """The report's activation sections come from real quantize stages, not samples."""
+    torch.manual_seed(0)
+    model, calib = TinyResNet().eval(), torch.randn(64, 1, 8, 8)
+    rows = {}
+    for calibration in ("minmax", "percentile"):
+        _, stats = eo.apply_with_stats(model, eo.QuantConfig(calibration=calibration,
+                                                             percentile=90.0), data=[calib])
+        rows[calibration] = {r["name"]: r for r in stats["quant"].layers}
+    stem = rows["minmax"]["stem.0"]
+    assert sum(stem["act_error_hist"]["counts"]) == 8 * 1 * 8 * 8  # 8 samples of the input
+    assert len(stem["channel_saturation"]) == 1
+    # min-max covers every calibration value; a 90th-percentile range clips some
+    assert all(r["saturation"] == 0.0 for r in rows["minmax"].values() if "saturation" in r)
+    assert max(r["saturation"] for r in rows["percentile"].values() if "saturation" in r) > 0.01
+    assert rows["percentile"]["fc"]["clip_ratio"] > 0

@@ -40,7 +40,12 @@ from edgeopt.quantization.observers import make_observer
 from edgeopt.quantization.primitives import spec_range
 from edgeopt.quantization.reconstruct import refine_weights
 from edgeopt.quantization.simulated import CodebookLayer, FloatFormatLayer
-from edgeopt.quantization.stats import QuantStats, layer_stats, simulated_layer_stats
+from edgeopt.quantization.stats import (
+    QuantStats,
+    activation_stats,
+    layer_stats,
+    simulated_layer_stats,
+)
 from edgeopt.quantization.weights import LayerBuilder, runs_on_integers, spec_for
 from edgeopt.registry import Applied, register
 
@@ -139,7 +144,9 @@ def quantize_model(model: nn.Module, config: QuantConfig, *, data: Any = None) -
     if reference is not None:
         stats.methods["refinement"] = refine_weights(gm, reference, names, config, batches,
                                                      means, stats.notes)
-    _finish_layers(gm, names, inputs_of, stats)
+    # measured on a few calibration samples: the simulated forward can be slow on big inputs
+    act_rows = activation_stats(gm, batches[0][:8]) if inputs_of else {}
+    _finish_layers(gm, names, inputs_of, stats, act_rows)
     quantize_embeddings(gm, config, stats)
     stats.finish(gm)
     if config.sensitivity:
@@ -248,7 +255,7 @@ def _swap_weight_layers(model: nn.Module, names: list[str], config: QuantConfig)
 
 
 def _finish_layers(model: nn.Module, names: list[str], inputs_of: dict[str, str],
-                   stats: QuantStats) -> None:
+                   stats: QuantStats, act_rows: dict[str, dict[str, Any]]) -> None:
     """Store biases as int32 in the accumulator's scale and record each layer's statistics."""
     quantizers = {n: m for n, m in model.named_modules() if isinstance(m, ActQuant)}
     for name in names:
@@ -261,7 +268,8 @@ def _finish_layers(model: nn.Module, names: list[str], inputs_of: dict[str, str]
         quantizer = quantizers.get(inputs_of.get(name, ""))
         if quantizer is not None and isinstance(layer, QuantizedWeightLayer):
             layer.quantize_bias(quantizer.scale)
-        stats.layers.append(layer_stats(name, layer, quantizer))
+        stats.layers.append({**layer_stats(name, layer, quantizer),
+                             **act_rows.get(inputs_of.get(name, ""), {})})
     if isinstance(model, fx.GraphModule):  # simulate the runtime's fused kernels exactly
         qgraph.attach_fused_kernels(model)
 

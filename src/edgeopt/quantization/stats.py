@@ -76,6 +76,42 @@ def layer_stats(name: str, layer: nn.Module, quantizer: nn.Module | None) -> dic
 
 
 @torch.no_grad()
+def activation_stats(model: nn.Module, inputs: torch.Tensor) -> dict[str, dict[str, Any]]:
+    """Per frozen activation quantizer, on `inputs`: the rounding error a_q - a as a histogram,
+    the share of values the integer range clips (saturation) and that share per channel."""
+    from edgeopt.quantization.modules import ActQuant
+
+    rows: dict[str, dict[str, Any]] = {}
+
+    def record(name: str) -> Any:
+        def hook(module: ActQuant, args: tuple[Any, ...], out: torch.Tensor) -> None:
+            rows[name] = _activation_row(module, args[0], out)
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules()
+               if isinstance(m, ActQuant) and m.frozen]
+    try:
+        model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return rows
+
+
+def _activation_row(quantizer: nn.Module, x: torch.Tensor, out: torch.Tensor) -> dict[str, Any]:
+    scale, zero_point, qmin, qmax = quantizer.qparams()
+    levels = torch.round(x.double() / scale) + zero_point
+    clipped = (levels < qmin) | (levels > qmax)
+    counts, edges = torch.histogram((out - x).flatten().float(), bins=30)
+    row = {"act_error_hist": {"edges": edges.tolist(), "counts": counts.tolist()},
+           "saturation": float(clipped.double().mean())}
+    if x.dim() >= 2:  # channels on dim 1 (conv maps, or features of a flat batch)
+        per_channel = clipped.transpose(0, 1).reshape(x.shape[1], -1).double().mean(dim=1)
+        row["channel_saturation"] = per_channel.tolist()
+    return row
+
+
+@torch.no_grad()
 def simulated_layer_stats(name: str, layer: nn.Module) -> dict[str, Any]:
     """Float-format and codebook layers: their format or levels, stored size and weight error."""
     weight = layer.weight()
