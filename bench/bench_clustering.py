@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import ort_accuracy
 
 
 def main() -> None:
@@ -33,7 +34,6 @@ def main() -> None:
     from edgeopt.storage import stored_size
 
     splits = eo.datasets.load("mnist5k", seed=0)
-    example = splits.test[0][0][None]
     start = time.perf_counter()
     print(f"per-layer codebooks, linear init; FT = {args.finetune} epochs of centroid "
           "training at lr 5e-4; accuracy in ORT\n")
@@ -43,8 +43,7 @@ def main() -> None:
         folder = Path(tmp)
 
         def accuracy(model: torch.nn.Module, label: str) -> float:
-            path = eo.export_onnx(model, folder / f"{label}.onnx", example)
-            return eo.measure(path, splits.test, runs=1, warmup=0).accuracy
+            return ort_accuracy(model, splits.test, folder / f"{label}.onnx")
 
         for name in args.models:
             base = eo.zoo.pretrained(name, "mnist5k", progress=False)

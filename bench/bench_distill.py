@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import ort_accuracy
 from torch import nn
 
 
@@ -41,13 +42,6 @@ TEACHER = "resnet8"
 TEMPERATURE, ALPHA, LR = 4.0, 0.9, 3e-3
 
 
-def ort_accuracy(model: nn.Module, test, folder: Path, name: str) -> float:
-    import edgeopt as eo
-
-    path = eo.export_onnx(model, folder / f"{name}.onnx", test[0][0][None])
-    return eo.measure(path, test, runs=1, warmup=0).accuracy
-
-
 def params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -66,10 +60,10 @@ def run_pair(teacher_name: str, make_student, splits, seeds: list[int], epochs: 
             config = eo.DistillConfig(temperature=TEMPERATURE, alpha=alpha, epochs=epochs, lr=LR,
                                       seed=seed)
             trained = eo.apply(student, config, data=splits.train, teacher=teacher)
-            results[label].append(ort_accuracy(trained, splits.test, folder,
-                                               f"{name}-{label}-{seed}"))
+            results[label].append(ort_accuracy(trained, splits.test,
+                                               folder / f"{name}-{label}-{seed}.onnx"))
     return {
-        "teacher_acc": ort_accuracy(teacher, splits.test, folder, teacher_name),
+        "teacher_acc": ort_accuracy(teacher, splits.test, folder / f"{teacher_name}.onnx"),
         "teacher_params": params(teacher), "student_params": params(make_student()),
         **{k: statistics.mean(v) for k, v in results.items()},
         **{f"{k}_runs": v for k, v in results.items()},

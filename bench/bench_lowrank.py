@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import ort_accuracy
 
 METHODS = ("svd", "tucker", "cp")
 SETTINGS = {"energy 0.9": {"energy": 0.9}, "budget 0.5": {"param_budget": 0.5}}
@@ -50,8 +51,8 @@ def main() -> None:
         for name in args.models:
             base = eo.zoo.pretrained(name, "mnist5k", progress=False)
             prof = eo.profile(base, example)
-            rows, paths = [], [eo.export_onnx(base, folder / f"{name}.onnx", example)]
-            base_acc = eo.measure(paths[0], splits.test, runs=1, warmup=0).accuracy
+            paths = [folder / f"{name}.onnx"]
+            rows, base_acc = [], ort_accuracy(base, splits.test, paths[0])
             exclude = (CLASSIFIER.get(name, ""),)
             for method in METHODS:
                 for index, (setting, kwargs) in enumerate(SETTINGS.items()):
@@ -62,9 +63,8 @@ def main() -> None:
                         fit(tuned, splits.train, epochs=args.finetune, lr=5e-4, progress=False)
                     accs = []
                     for label, model in (("raw", raw), ("ft", tuned)):
-                        path = eo.export_onnx(model, folder / f"{name}-{method}-{index}-"
-                                              f"{label}.onnx", example)
-                        accs.append(eo.measure(path, splits.test, runs=1, warmup=0).accuracy)
+                        path = folder / f"{name}-{method}-{index}-{label}.onnx"
+                        accs.append(ort_accuracy(model, splits.test, path))
                     paths.append(path)
                     rows.append((method, setting, tuned, accs, raw_stats["lowrank"]))
             medians = compare_latency(paths, splits.test, threads=1, rounds=40)

@@ -2,7 +2,7 @@
 criteria side by side, a lottery ticket on LeNet-300-100, and Torch-Pruning where installed.
 
 Every pruned model is fine-tuned on the train split with early stopping on the val split;
-accuracies are top-1 on the test split. Latency ratios come from `compare_latency` (interleaved
+accuracies are top-1 on the test split in ONNX Runtime. Latency ratios come from `compare_latency` (interleaved
 medians, batch 1, 1 thread). PyTorch runs on one thread (steady timings on a shared machine).
 
     .venv/bin/python bench/bench_pruning.py [--sections unstructured,structured,criteria,lottery]
@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import torch
+from common import ort_accuracy
 
 import edgeopt as eo
 from edgeopt.pruning import AdvancedPrune, prune
-from edgeopt.pruning.common import accuracy
 from edgeopt.pruning.lottery import lottery_ticket
 from edgeopt.pruning.schedules import finetune
 from edgeopt.pruning.stats import layer_counts
@@ -30,6 +30,14 @@ from edgeopt.storage import stored_size
 
 QUIET = AdvancedPrune(progress=False)
 STRUCTURED_LR = 3e-4  # fine-tuning a pretrained net: below its training rate
+
+
+_ONNX_DIR = Path(tempfile.mkdtemp(prefix="bench_pruning_"))
+
+
+def accuracy(model: torch.nn.Module, test) -> float:
+    """Test top-1 in ONNX Runtime (the exported file), like every number in the README."""
+    return ort_accuracy(model, test, _ONNX_DIR / f"m{len(list(_ONNX_DIR.iterdir()))}.onnx")
 
 
 def _splits() -> eo.datasets.Splits:

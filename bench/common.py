@@ -13,6 +13,13 @@ PAIRS = [("lenet300", "mnist5k"), ("lenet5", "mnist5k"), ("dscnn", "mnist5k"),
          ("resnet8", "mnist5k"), ("tcn1d", "basic-motions")]
 
 
+def ort_accuracy(model: torch.nn.Module, test, path: Path) -> float:
+    """Top-1 of `model` on `test` from its ONNX file run in ONNX Runtime: every accuracy in the
+    README's tables comes from the runtime, never from PyTorch."""
+    exported = eo.export_onnx(model, path, test[0][0][None])
+    return eo.measure(exported, test, runs=1, warmup=0).accuracy
+
+
 def calibration_tensor(splits: eo.datasets.Splits, samples: int = 512) -> torch.Tensor:
     """The first `samples` training inputs: the same calibration set for every quantizer."""
     n = min(samples, len(splits.train))
