@@ -94,3 +94,15 @@ def test_export_c_writes_a_buildable_folder(tmp_path):
     assert "4/4 bit-exact" in run_host(info.out_dir)
     with pytest.raises(eo.errors.ConfigError, match="export_c.target"):
         eo.export_c(q, tmp_path / "bad", inputs("lenet300", 1), target="z80")
+
+
+def test_export_c_for_cortex_m4_takes_flash_and_ram_from_the_image(tmp_path):
+    from edgeopt.deploy import mcu
+
+    if mcu.toolchain_missing():
+        pytest.skip(mcu.toolchain_missing())
+    q, _ = quantized("lenet300")
+    info = eo.export_c(q, tmp_path / "m4", inputs("lenet300", 2), target="cortex-m4")
+    assert info.image is not None and info.flash_bytes == info.image["flash_bytes"]
+    assert info.flash_bytes > info.weight_bytes  # code and tables on top of the weights
+    assert info.ram_bytes >= info.arena_bytes > 0

@@ -32,7 +32,9 @@ HOST_TARGETS = ("host",)
 
 @dataclass
 class CExport:
-    """What export_c wrote and what it costs: constant bytes (flash, without code), the arena (RAM)."""
+    """What export_c wrote and what it costs. Built for an MCU target (its toolchain found): flash_bytes and
+    ram_bytes are the linked image's (code + constants; static data with the arena). Otherwise flash_bytes
+    counts the model's constants (no code) and ram_bytes is the arena."""
 
     out_dir: Path
     files: list[str]
@@ -46,6 +48,8 @@ class CExport:
     pow2: bool = False
     target: str = "host"
     test_inputs: int = 0
+    arena_bytes: int = 0
+    image: dict[str, int] | None = None  # arm-none-eabi-size of the target build (MCU targets, toolchain found)
 
     @property
     def macs(self) -> int:
@@ -70,9 +74,28 @@ def export_c(model: Any, out_dir: str | Path, example_input: Any, target: str = 
     graph = lower_model(model, example_input, calibration)
     samples = calibration if test_inputs is None else test_inputs
     data = samples.detach().cpu().numpy() if hasattr(samples, "detach") else np.asarray(samples)
-    info = build_c(graph, out_dir, test_inputs=reference.quantize_input(graph, data), pow2=pow2)
+    x_int8 = reference.quantize_input(graph, data)
+    info = build_c(graph, out_dir, test_inputs=x_int8, pow2=pow2)
     info.target = target
+    if target != "host":
+        _measure_image(info, target, x_int8[:1])
     return info
+
+
+def _measure_image(info: CExport, target: str, x_int8: np.ndarray) -> None:
+    """Link the sources for an MCU target and take flash and RAM from the image, where the toolchain exists."""
+    import tempfile
+
+    from edgeopt.deploy import mcu
+    from edgeopt.deploy.targets import get_target
+
+    spec = get_target(target)
+    if not spec.is_mcu or mcu.toolchain_missing() is not None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        elf = mcu.build_elf(info.out_dir, spec, x_int8.reshape(len(x_int8), -1), Path(tmp) / "model.elf")
+        info.image = mcu.image_size(elf)
+    info.flash_bytes, info.ram_bytes = info.image["flash_bytes"], info.image["static_ram_bytes"]
 
 
 def build_c(graph: Graph, out_dir: str | Path, example_input: Any = None, *, test_inputs: Any = None,
@@ -107,7 +130,7 @@ def build_c(graph: Graph, out_dir: str | Path, example_input: Any = None, *, tes
     return CExport(out, files, sum(e.const_bytes for e in emitted), plan.arena_bytes, in_t.size + out_t.size,
                    sum(e.weight_bytes for e in emitted),
                    {b: (plan.offsets[b], plan.sizes[b]) for b in plan.offsets}, plan.peak_live_bytes(),
-                   layers, pow2, "host", len(tests[0]))
+                   layers, pow2, "host", len(tests[0]), plan.arena_bytes)
 
 
 def _test_vectors(graph: Graph, test_inputs: Any, pow2: bool) -> tuple[np.ndarray, np.ndarray]:
