@@ -36,3 +36,24 @@ def test_target_rows_and_report():
     assert target_rows({"stages": []}) == ("", [])
     page = render_report(_metrics())
     assert "<section id=target>" in page and "float model" in page
+
+
+def test_run_folder_keeps_test_inputs_and_target_profile(tmp_path):
+    import numpy as np
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from edgeopt.recipes import run
+
+    test = TensorDataset(torch.randn(300, 1, 8, 8), torch.arange(300) % 10)
+    run._save_test_inputs(test, tmp_path)
+    with np.load(tmp_path / "test_inputs.npz") as saved:
+        assert saved["x"].shape == (100, 1, 8, 8) and saved["y"].tolist()[:3] == [0, 1, 2]
+        np.testing.assert_array_equal(saved["x"], test.tensors[0][:100].numpy())
+    big = TensorDataset(torch.randn(20, 3, 256, 256))  # 786 kB per sample: capped at ~4 MB
+    run._save_test_inputs(big, tmp_path)
+    with np.load(tmp_path / "test_inputs.npz") as saved:
+        assert len(saved["x"]) == 5 and "y" not in saved
+    recipe = parse_recipe({**RECIPE, "target": "cortex-m7"})
+    assert run._target_profile(recipe)["target"]["qemu_machine"] == "mps2-an500"
+    assert run._target_profile(parse_recipe(RECIPE)) == {}
