@@ -137,3 +137,9 @@ def test_mlperf_tiny_shapes(name, shape, classes, params):
     weights = sum(p.numel() for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear)
                   for p in m.parameters())
     assert weights == params
+
+
+def test_reconstruction_models_are_not_trained_as_classifiers(tmp_path):
+    with pytest.raises(ModelError, match="fc_autoencoder.*reconstruction"):
+        zoo.pretrained("fc_autoencoder", "digits", cache_dir=tmp_path)
+    assert not any(tmp_path.iterdir())

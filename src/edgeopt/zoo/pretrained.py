@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from edgeopt import datasets
-from edgeopt.errors import ConfigTypeError, OutputError, invalid
-from edgeopt.zoo.catalog import check_input_shape, create
+from edgeopt.errors import ConfigTypeError, ModelError, OutputError, invalid
+from edgeopt.zoo.catalog import RECONSTRUCTION_MODELS, check_input_shape, create
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,9 @@ def _resolve(
     """Validate everything before any training; an info template with the cache path."""
     input_shape, num_classes = datasets.spec(dataset)
     check_input_shape(name, input_shape)
+    if name in RECONSTRUCTION_MODELS:
+        raise ModelError(f"zoo model {name!r} outputs a reconstruction, and the zoo trains "
+                         "classifiers only: use it untrained (zoo.create) or train it yourself.")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigTypeError(f"seed must be an int; got {type(seed).__name__}.")
     if epochs is None:
