@@ -3,8 +3,8 @@
 The graph input and output live in the caller's buffers (edgeopt_model_invoke's arguments), not in the
 arena. A reshape shares its input's storage; an add writes over an input that dies at that add
 (elementwise: each value is read before it is written); a stride-1 depthwise convolution with 8-bit
-weights writes over its dying input channel by channel, keeping one input plane in scratch (TinyEngine's
-in-place depthwise); so does a stride-1 pointwise conv with no more output than input channels, one
+weights writes over its dying input row by row, keeping the rows above that later outputs read in scratch
+(in-place depthwise as in TinyEngine); so does a stride-1 pointwise conv with no more output than input channels, one
 pixel at a time through a scratch of out_c bytes. Kernels that unpack 4-bit weights get a scratch
 buffer that lives for that op only.
 """
@@ -57,8 +57,9 @@ def scratch_bytes(graph: Graph, op: Op, in_place: bool = False) -> int:
     packed = w.dtype == "int4"
     if op.kind == "conv2d" and in_place:
         return graph.tensors[op.outputs[0]].shape[3]
-    if op.kind == "depthwise_conv2d" and in_place:
-        return graph.tensors[op.inputs[0]].shape[1] * graph.tensors[op.inputs[0]].shape[2]
+    if op.kind == "depthwise_conv2d" and in_place:  # accumulators, one output row, a ring of pad_t input rows
+        _, _, width, channels = graph.tensors[op.inputs[0]].shape
+        return 4 * channels + (1 + op.attrs["padding"][0]) * width * channels
     if op.kind == "depthwise_conv2d":
         return 4 * w.shape[-1] + (w.size if packed else 0)
     if op.kind == "fully_connected":
