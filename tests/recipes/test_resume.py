@@ -4,6 +4,7 @@ metrics of an uninterrupted run; DIR is never half-written (API.md, "Resuming").
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,7 +45,9 @@ def _key(metrics):
 def reference(tmp_path_factory):
     """The metrics of the uninterrupted run (also warms the baseline cache)."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    run_recipe(CHAIN, out, progress=False)
+    with pytest.MonkeyPatch.context() as patch:  # the session's cache (conftest), set per test
+        patch.setenv("EDGEOPT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "edgeopt-cache"))
+        run_recipe(CHAIN, out, progress=False)
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -76,6 +79,9 @@ def test_resume_after_a_failed_stage_matches_an_uninterrupted_run(tmp_path, monk
     assert "did not finish" in result.output and "int8" in result.output
     html = (scratch / "report.html").read_text()
     assert "pruned" in html and not out.exists()
+
+    _refuses_another_recipe(tmp_path, out)
+    _refuses_a_tampered_checkpoint(tmp_path)
 
     calls = []
     real = edgeopt.api.apply_with_stats
@@ -118,35 +124,29 @@ def test_resume_mid_training_continues_from_the_last_epoch(tmp_path, monkeypatch
     assert _key(json.loads((out / "metrics.json").read_text())) == _key(reference)
 
 
-def test_resume_with_another_recipe_is_refused(tmp_path, monkeypatch):
-    out = tmp_path / "run"
-    with monkeypatch.context() as patch:
-        _fail_on(patch, "prune")
-        with pytest.raises(DataError):
-            run_recipe(CHAIN, out, progress=False)
+def _refuses_another_recipe(tmp_path, out):
     changed = dict(CHAIN, seed=1)
     with pytest.raises(ConfigError, match="different recipe"):
         run_recipe(changed, out, progress=False, resume=True)
-    assert (tmp_path / ".run.edgeopt.partial" / ".resume" / "stages" / "baseline.json").is_file()
-    path = tmp_path / "recipe.yaml"
+    path = tmp_path / "other.yaml"
     path.write_text(yaml.safe_dump(changed))
     result = CliRunner().invoke(main, ["optimize", str(path), "--out", str(out), "--resume",
                                        "--quiet"])
     assert result.exit_code == 2
     assert result.output.count("error:") == 1 and "--resume" in result.output
+    assert (tmp_path / ".run.edgeopt.partial" / ".resume" / "stages" / "pruned.json").is_file()
 
 
-def test_a_tampered_checkpoint_is_refused_not_unpickled(tmp_path, monkeypatch):
+def _refuses_a_tampered_checkpoint(tmp_path):
     """Resume reads checkpoints with weights_only: a pickle that would run code is refused."""
-    out = tmp_path / "run"
-    with monkeypatch.context() as patch:
-        _fail_on(patch, "quantize")
-        with pytest.raises(DataError):
-            run_recipe(CHAIN, out, progress=False)
-    marker = tmp_path / "pwned"
-    ckpts = sorted((tmp_path / ".run.edgeopt.partial" / ".resume" / "checkpoints").rglob("*.pt"))
-    assert ckpts
     import pickle
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / ".run.edgeopt.partial", copy / ".run.edgeopt.partial")
+    ckpts = sorted((copy / ".run.edgeopt.partial" / ".resume" / "checkpoints" / "pruned")
+                   .glob("*.pt"))  # read when the pruned stage is rebuilt
+    assert ckpts
+    marker = tmp_path / "pwned"
 
     class Payload:
         def __reduce__(self):
@@ -154,7 +154,7 @@ def test_a_tampered_checkpoint_is_refused_not_unpickled(tmp_path, monkeypatch):
 
     ckpts[0].write_bytes(pickle.dumps(Payload()))
     with pytest.raises(CheckpointError, match="cannot be read safely"):
-        run_recipe(CHAIN, out, progress=False, resume=True)
+        run_recipe(CHAIN, copy / "run", progress=False, resume=True)
     assert not marker.exists()
 
 
@@ -218,3 +218,15 @@ def test_killed_process_resumes_to_the_same_metrics(tmp_path, reference, sig):
     _whole_or_absent(out)
     assert _key(json.loads((out / "metrics.json").read_text())) == _key(reference)
     assert not (tmp_path / ".run.edgeopt.partial").exists()
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
+    import edgeopt.recipes
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(edgeopt.recipes, "run_recipe", interrupted)
+    result = CliRunner().invoke(main, ["optimize", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 130
+    assert result.output.count("error:") == 1 and "--resume" in result.output
