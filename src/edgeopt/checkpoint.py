@@ -18,6 +18,7 @@ import contextvars
 import hashlib
 import json
 import pickle
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,7 +82,9 @@ def fingerprint(modules: dict[str, nn.Module], settings: dict[str, Any]) -> str:
 def load_tensors(path: Path) -> Any:
     """`torch.load` restricted to tensors and plain containers; anything else is refused."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # pickle-protocol chatter; refusal is the error below
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
             AttributeError, TypeError, OSError) as exc:
         raise CheckpointError(
