@@ -7,6 +7,8 @@ whether TFLite Micro's outputs equal edgeopt's integer reference bit for bit, an
 tensor arena. Prints a markdown table for the README.
 
     .venv/bin/python bench/bench_tflite.py [--models lenet5,dscnn] [--samples 1000]
+        [--dataset digits --epochs 5]   # other training data / a shorter training for the 2-D models
+    .venv/bin/python bench/bench_tflite.py --mlperf   # MLPerf Tiny shapes, random weights
 """
 
 from __future__ import annotations
@@ -37,21 +39,22 @@ def onnx_top1(path: Path, x: np.ndarray) -> np.ndarray:
                            for i in range(0, len(x), 64)])
 
 
-def bench_one(model_name: str, data_name: str, folder: Path, samples: int) -> str:
+def bench_one(model_name: str, data_name: str, folder: Path, samples: int, epochs: int | None) -> str:
     splits = eo.datasets.load(data_name, seed=0)
-    model = eo.zoo.pretrained(model_name, data_name)
+    model = eo.zoo.pretrained(model_name, data_name, epochs=epochs)
     calib = calibration_tensor(splits, eo.QuantConfig().calibration_samples)
     qmodel = eo.apply(model, eo.QuantConfig(), data=[calib])
     example = calib[:1]
     onnx_path = eo.export_onnx(qmodel, folder / f"{model_name}.onnx", example)
-    tfl = eo.export_tflite(qmodel, folder / f"{model_name}.tflite", example)
+    graph = lower_onnx(onnx_path, calib)  # the float last layer's int8 range: the calibration set
+    tfl = folder / f"{model_name}.tflite"
+    tfl.write_bytes(tflite.graph_to_tflite(graph))
     n = min(samples, len(splits.test))
     x = np.stack([splits.test[i][0].numpy() for i in range(n)])
     expected = onnx_top1(onnx_path, x)
     xq = tflite.quantize_inputs(tfl, x)
     outs = {k: tflite.run_litert(tfl, xq, kernels=k) for k in ("reference", "builtin", "xnnpack")}
     outs["tflm"] = tflite.run_tflm(tfl, xq)
-    graph = lower_onnx(onnx_path)
     ref = np.stack([np.asarray(reference.run(graph, row[None])[0]).reshape(-1) for row in xq])
     agree = " / ".join(f"{100 * np.mean(o.argmax(1) == expected):.2f} %" for o in outs.values())
     exact = f"{np.sum(np.all(outs['tflm'] == ref, axis=1))}/{n}"
@@ -61,18 +64,54 @@ def bench_one(model_name: str, data_name: str, folder: Path, samples: int) -> st
             f"{tflite.tflm_arena_bytes(tfl)} | {agree} | {exact} | {diff} |")
 
 
+MLPERF = [("ds_cnn_kws", (1, 49, 10), 12), ("resnet8", (3, 32, 32), 10),
+          ("mobilenetv1_vww", (3, 96, 96), 2), ("fc_autoencoder", (640,), 2)]
+
+
+def bench_random(model_name: str, shape: tuple[int, ...], classes: int, folder: Path, samples: int) -> str:
+    """An MLPerf Tiny architecture at its published input shape: random weights, calibrated and
+    tested on random normal inputs (sizes, arena and exactness compare; agreement is on noise)."""
+    import torch
+
+    torch.manual_seed(0)
+    model = eo.zoo.create(model_name, input_shape=shape, num_classes=classes).eval()
+    calib = torch.randn(64, *shape)
+    qmodel = eo.apply(model, eo.QuantConfig(), data=[calib])
+    onnx_path = eo.export_onnx(qmodel, folder / f"{model_name}.onnx", calib[:1])
+    graph = lower_onnx(onnx_path, calib)
+    tfl = folder / f"{model_name}.tflite"
+    tfl.write_bytes(tflite.graph_to_tflite(graph))
+    xq = tflite.quantize_inputs(tfl, torch.randn(samples, *shape).numpy())
+    micro = tflite.run_tflm(tfl, xq)
+    ref = np.stack([np.asarray(reference.run(graph, row[None])[0]).reshape(-1) for row in xq])
+    litert = tflite.run_litert(tfl, xq, kernels="reference")
+    onnx_kib = sum(p.stat().st_size for p in folder.glob(f"{model_name}.onnx*")) / 1024
+    return (f"| {model_name} {shape} | random | {tfl.stat().st_size / 1024:.1f} | {onnx_kib:.1f} | "
+            f"{tflite.tflm_arena_bytes(tfl)} | LiteRT ref max diff {np.abs(litert.astype(int) - ref).max()} "
+            f"| {np.sum(np.all(micro == ref, axis=1))}/{samples} | |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default=",".join(m for m, _ in PAIRS))
     parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--dataset", default=None, help="training data for the 2-D models")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the zoo's)")
+    parser.add_argument("--mlperf", action="store_true", help="the MLPerf Tiny shapes, random weights")
     args = parser.parse_args()
     wanted = args.models.split(",")
     print(HEADER)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.mlperf:
+            for model_name, shape, classes in MLPERF:
+                print(bench_random(model_name, shape, classes, Path(tmp), min(args.samples, 30)), flush=True)
+            return
         for model_name, data_name in PAIRS:
             if model_name in wanted:
+                if args.dataset and data_name == "mnist5k":
+                    data_name = args.dataset
                 start = time.perf_counter()
-                row = bench_one(model_name, data_name, Path(tmp), args.samples)
+                row = bench_one(model_name, data_name, Path(tmp), args.samples, args.epochs)
                 print(row, f"<!-- {time.perf_counter() - start:.0f} s -->", flush=True)
 
 

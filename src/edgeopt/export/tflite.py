@@ -323,16 +323,21 @@ def graph_to_tflite(graph: Graph) -> bytes:
                       [b.tensor(name) for name in graph.outputs])
 
 
-def export_tflite(model: Any, path: str | os.PathLike[str], example_input: Any) -> Path:
+def export_tflite(model: Any, path: str | os.PathLike[str], example_input: Any, *,
+                  calibration: Any = None) -> Path:
     """Write `model` (quantized by edgeopt, e.g. default PTQ) as an int8 .tflite file at `path`.
 
     The model is exported to QDQ ONNX, lowered to edgeopt's integer IR and written per the TFLite
     int8 spec; the input and output tensors are int8 with the model's quantization (read them
-    from the interpreter's tensor details). Written atomically; returns the path.
+    from the interpreter's tensor details, or `io_quantization(path)`). A model whose last layer
+    is float in the ONNX file gets an int8 output whose range is measured on `calibration`
+    (a batch of float inputs; default: the example input alone, so pass a few hundred samples
+    when their outputs vary). Written atomically; returns the path.
     """
     from edgeopt.deploy.lower import lower_model
 
-    return write_bytes(Path(path), graph_to_tflite(lower_model(model, example_input)))
+    graph = lower_model(model, example_input, calibration)
+    return write_bytes(Path(path), graph_to_tflite(graph))
 
 
 # ---------------------------------------------------------------- running the file (checks, bench)

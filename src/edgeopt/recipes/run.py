@@ -44,6 +44,7 @@ class StageResult:
     profile_table: str = ""  # per-layer params / MACs as markdown, for summary.md
     warnings: list[str] = dataclasses.field(default_factory=list)
     target_fit: dict[str, Any] = dataclasses.field(default_factory=dict)  # recipe `target:`
+    tflite: str | None = None  # recipe `export.tflite`: the stage's int8 .tflite, relative to the run folder
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -258,6 +259,7 @@ def _measure_stage(name: str, technique: str, model: nn.Module, example: torch.T
                 warmup=recipe.measure.warmup, runs=recipe.measure.runs)
     score = m.accuracy if scorer.metric == "top1" else scorer(path)
     prof = profile(model, example, onnx_path=path)
+    tflite, warnings = _write_tflite(path, recipe, integer=bool(m.int8_ops))
     return StageResult(
         name=name, technique=technique, accuracy=m.accuracy, metric=scorer.metric, score=score,
         size_bytes=m.size_bytes,
@@ -265,7 +267,25 @@ def _measure_stage(name: str, technique: str, model: nn.Module, example: torch.T
         params=prof.params, macs=prof.macs,
         peak_activation_bytes=prof.peak_activation_bytes,
         runtime={**m.to_dict(), "path": path.name},  # relative to the run folder
-        profile_table=prof.to_markdown(), target_fit=_target_fit(path, recipe))
+        profile_table=prof.to_markdown(), target_fit=_target_fit(path, recipe), tflite=tflite,
+        warnings=warnings)
+
+
+def _write_tflite(path: Path, recipe: Recipe, integer: bool) -> tuple[str | None, list[str]]:
+    """`export.tflite`: an int8 stage's ONNX file lowered and written as <stage>.tflite beside it
+    (float stages have none); a stage that does not lower says why instead."""
+    if not recipe.tflite or not integer:
+        return None, []
+    from edgeopt.atomic import write_bytes
+    from edgeopt.deploy.lower import lower_onnx
+    from edgeopt.errors import ExportError
+    from edgeopt.export.tflite import graph_to_tflite
+
+    try:
+        data = graph_to_tflite(lower_onnx(path))
+    except ExportError as exc:
+        return None, [f"no .tflite: {exc}"]
+    return write_bytes(path.with_suffix(".tflite"), data).name, []
 
 
 def _target_fit(path: Path, recipe: Recipe) -> dict[str, Any]:

@@ -54,6 +54,7 @@ class Recipe:
     measure: MeasureSettings
     source: dict[str, Any]
     target: str | None = None  # a deployment target (edgeopt.deploy.targets): does each stage fit?
+    tflite: bool = False  # export.tflite: also write <stage>.tflite for every int8 stage
 
     def to_dict(self) -> dict[str, Any]:
         return self.source
@@ -121,14 +122,17 @@ def parse_recipe(raw: dict[str, Any], root: Path | None = None) -> Recipe:
                           "mapping) is used as given, never retrained: drop recipe.epochs.")
     stages = _parse_stages(raw.get("stages", []))
     export = _mapping(raw.get("export", {}), "recipe.export")
-    _check_keys(export, {"opset"}, "recipe.export")
+    _check_keys(export, {"opset", "tflite"}, "recipe.export")
     opset = _typed(export.get("opset", 18), int, "recipe.export.opset")
+    tflite = export.get("tflite", False)
+    if not isinstance(tflite, bool):
+        raise ConfigTypeError(f"recipe.export.tflite must be true or false; got {tflite!r}.")
     if not 18 <= opset <= 21:
         raise invalid("recipe.export.opset", "an int in [18, 21]", opset)
     target = _parse_target(raw.get("target"))
     return Recipe(model=model, data=data, metric=metric, seed=seed, epochs=epochs, stages=stages,
                   opset=opset, measure=_parse_measure(raw.get("measure", {})), source=raw,
-                  target=target)
+                  target=target, tflite=tflite)
 
 
 def _parse_target(raw: Any) -> str | None:
