@@ -87,15 +87,13 @@ def objective(ctx: Context, trial: Any) -> tuple[float, ...]:
     for key, value in record.items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-    trial.set_user_attr("constraints", ctx.budget.violations(
-        record["flash_bytes"], record["ram_bytes"], record["latency_ms"]))
+    violations = ctx.budget.violations(record["flash_bytes"], record["ram_bytes"],
+                                       record["latency_ms"])
+    for name, value in zip(("flash", "ram", "latency"), violations):
+        trial.set_constraint(name, value)  # feasible where <= 0; samplers read them
     # over-budget policies are not trained: the sampler sees accuracy 0 (and the violation)
     values = {**record, "accuracy": record["accuracy"] or 0.0}
     return tuple(float(values[k]) for k in ctx.objectives)
-
-
-def _constraints(trial: Any) -> list[float]:
-    return list(trial.user_attrs.get("constraints", [1.0]))
 
 
 def make_study(settings: SearchSettings, objectives: tuple[str, ...], storage: str | None) -> Any:
@@ -104,21 +102,20 @@ def make_study(settings: SearchSettings, objectives: tuple[str, ...], storage: s
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if settings.sampler == "nsga2":
-        sampler: Any = optuna.samplers.NSGAIISampler(seed=settings.seed, population_size=8,
-                                                     constraints_func=_constraints)
+        sampler: Any = optuna.samplers.NSGAIISampler(seed=settings.seed, population_size=8)
     else:
-        sampler = optuna.samplers.TPESampler(seed=settings.seed, constraints_func=_constraints,
-                                             n_startup_trials=6, multivariate=True)
+        sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=6,
+                                             multivariate=True)
     rdb: Any = None
     if storage is not None:
-        from optuna.storages import RDBStorage, RetryFailedTrialCallback
+        from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
         # a worker that dies leaves its trial RUNNING: heartbeats let others fail and retry it
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 4-5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
             rdb = RDBStorage(storage, heartbeat_interval=10, grace_period=30,
-                             failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
-                             engine_kwargs={"connect_args": {"timeout": 60}}
+                             heartbeat_stale_trial_callback=retry, engine_kwargs={"connect_args": {"timeout": 60}}
                              if storage.startswith("sqlite") else {})
     directions = ["maximize" if k == "accuracy" else "minimize" for k in objectives]
     return optuna.create_study(storage=rdb, sampler=sampler, study_name=settings.study_name,
