@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from onnx import external_data_helper
@@ -50,19 +51,61 @@ class StitchedWriter:
             if len(tensor.raw_data) >= INLINE_BYTES:
                 self._externalize(tensor)
         if first:
-            self.graph.input.extend(proto.graph.input)
+            self.graph.input.extend(_copy(v) for v in proto.graph.input)
         self.graph.initializer.extend(proto.graph.initializer)
         self.graph.node.extend(proto.graph.node)
         # A block passes on the hidden state; the position tables flow on from the head.
         self.links = [renames[out] for out in outputs] + self.links[len(outputs):]
-        self._last_outputs = list(proto.graph.output)
+        # copies: a reference into `proto` would keep its whole arena (the raw weights) alive
+        self._last_outputs = [_copy(v) for v in proto.graph.output]
         for entry in proto.opset_import:
             self.opsets[entry.domain] = max(self.opsets.get(entry.domain, 0), entry.version)
         for function in proto.functions:
             self.functions.setdefault((function.domain, function.name), function)
 
-    def _externalize(self, tensor: onnx.TensorProto) -> None:
-        raw = tensor.raw_data
+    def add_head(self, name: str, embedding: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                 ) -> None:
+        """The first piece, built by hand: token ids -> (embedding rows, cos, sin rows of the
+        position tables [positions, dim]). The table goes from the tensor's own memory straight
+        into the data file (the exporter would hold several copies of a 32k-row table)."""
+        helper, prefix = onnx.helper, f"{name}/"
+        ids = helper.make_tensor_value_info("input_ids", onnx.TensorProto.INT64,
+                                            ["batch", "sequence"])
+        table = onnx.TensorProto(name=prefix + "embed.weight", dims=list(embedding.shape),
+                                 data_type=onnx.TensorProto.FLOAT)
+        self._externalize(table, memoryview(embedding.float().contiguous().numpy()).cast("B"))
+        consts = [onnx.numpy_helper.from_array(t.float().contiguous().numpy(), prefix + n)
+                  for n, t in (("cos", cos), ("sin", sin))]
+        consts += [onnx.numpy_helper.from_array(v, prefix + n) for n, v in (
+            ("zero", np.array(0, np.int64)), ("one", np.array(1, np.int64)),
+            ("width", np.array([cos.shape[-1]], np.int64)))]
+        for tensor in consts:
+            if len(tensor.raw_data) >= INLINE_BYTES:
+                self._externalize(tensor)
+        p = prefix
+        nodes = [
+            helper.make_node("Gather", [table.name, "input_ids"], [f"{name}:out0"]),
+            helper.make_node("Shape", ["input_ids"], [p + "shape"]),
+            helper.make_node("Gather", [p + "shape", p + "one"], [p + "length"], axis=0),
+            helper.make_node("Range", [p + "zero", p + "length", p + "one"], [p + "positions"]),
+            helper.make_node("Concat", [p + "shape", p + "width"], [p + "out_shape"], axis=0),
+        ]
+        for index, kind in ((1, "cos"), (2, "sin")):
+            nodes += [helper.make_node("Gather", [p + kind, p + "positions"], [p + kind + "_rows"]),
+                      helper.make_node("Expand", [p + kind + "_rows", p + "out_shape"],
+                                       [f"{name}:out{index}"])]
+        self.graph.input.append(ids)
+        self.graph.initializer.extend([table, *consts])
+        self.graph.node.extend(nodes)
+        self.links = [f"{name}:out{i}" for i in range(3)]
+        self.opsets[""] = max(self.opsets.get("", 0), self.opset)
+
+    def _externalize(self, tensor: onnx.TensorProto, raw: memoryview | bytes | None = None
+                     ) -> None:
+        if raw is None:
+            raw = tensor.raw_data
+        else:
+            tensor.raw_data = b""  # the helper checks the field is there; the bytes are below
         offset = self.data.tell()
         pad = -offset % ALIGN
         self.data.write(b"\0" * pad)
@@ -101,6 +144,10 @@ def export_piece(module: nn.Module, args: tuple[torch.Tensor, ...], opset: int
     onnx_export._store_raw(proto.graph)
     onnx_export._strip_debug_info(proto.graph)
     return proto
+
+
+def _copy(message: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    return onnx.ValueInfoProto.FromString(message.SerializeToString())
 
 
 def _rename(graph: onnx.GraphProto, renames: dict[str, str], prefix: str) -> None:

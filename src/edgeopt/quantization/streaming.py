@@ -32,11 +32,13 @@ from edgeopt.errors import ConfigError, DataError, ModelError, invalid
 from edgeopt.quantization import graph as qgraph
 from edgeopt.quantization import stream_onnx
 from edgeopt.quantization.awq import search_scale
-from edgeopt.quantization.config import Granularity, Method, QuantConfig, Rounding
+from edgeopt.quantization.config import Granularity, Method, QuantConfig, QuantSpec, Rounding
 from edgeopt.quantization.reconstruct import _gptq_layer
 from edgeopt.quantization.weights import LayerBuilder, spec_for
 
 __all__ = ["StreamResult", "quantize_checkpoint", "quantize_decoder"]
+
+CHUNK = 4096  # output features quantized at a time in wide grouped layers
 
 # AWQ groups of a Llama-style block: the producer whose output channels absorb 1/s, and the
 # Linears reading that output (their input columns take s).
@@ -180,12 +182,40 @@ def quantize_block(block: nn.Module, config: QuantConfig, prefix: str,
         layer = block.get_submodule(name)
         _check_group(f"{prefix}.{name}", layer, config)
         spec = spec_for(f"{prefix}.{name}", layer, config)
-        quantized = builder.build(layer, spec)
+        quantized = build_in_chunks(builder, layer, spec, keep_reference=name in inputs)
         if name in inputs:
             _gptq(quantized, inputs.pop(name), config)
+        vars(quantized).pop("reference_weight", None)  # a float copy, no longer needed
         qgraph._replace_submodule(block, name, quantized)
         notes.setdefault(f"{prefix}.{name}", {}).update(
             bits=spec.bits, group_size=spec.group_size, rounding=config.rounding.value)
+
+
+def build_in_chunks(builder: LayerBuilder, layer: nn.Linear, spec: QuantSpec, *,
+                    keep_reference: bool = True, chunk: int = CHUNK) -> nn.Module:
+    """`builder.build`, a slice of output features at a time for grouped weights: each group's
+    scale belongs to one output feature, so the integers are the same as in one piece while the
+    float temporaries (transposed, expanded scales) stay a slice's size. lm_head of a 32k vocabulary
+    otherwise needs about five float copies of its weight."""
+    if spec.granularity is not Granularity.PER_GROUP or layer.out_features <= chunk:
+        return builder.build(layer, spec)
+    parts = []
+    for start in range(0, layer.out_features, chunk):
+        piece = nn.Linear(layer.in_features, min(chunk, layer.out_features - start),
+                          bias=layer.bias is not None, device="meta")
+        piece.weight = nn.Parameter(layer.weight[start:start + chunk], requires_grad=False)
+        if layer.bias is not None:
+            piece.bias = nn.Parameter(layer.bias[start:start + chunk], requires_grad=False)
+        parts.append(builder.build(piece, spec))
+    whole = parts[0]
+    for key in ("weight_q", "weight_scale", "weight_zero_point"):
+        setattr(whole, key, torch.cat([getattr(p, key) for p in parts], dim=1))
+    if layer.bias is not None:
+        whole.bias = torch.cat([p.bias for p in parts])
+    references = [vars(p).pop("reference_weight") for p in parts]
+    if keep_reference:  # GPTQ reads it
+        whole.reference_weight = torch.cat(references, dim=1)
+    return whole
 
 
 def _check_group(name: str, layer: nn.Linear, config: QuantConfig) -> None:
@@ -208,9 +238,10 @@ def _gptq(layer: nn.Module, inputs: torch.Tensor, config: QuantConfig) -> None:
 class _Head(nn.Module):
     """Token ids -> (hidden states, cos, sin): the embedding and the rotary position tables."""
 
-    def __init__(self, embed: nn.Module, rotary: nn.Module) -> None:
+    def __init__(self, embed: nn.Module, rotary: nn.Module, positions: int) -> None:
         super().__init__()
         self.embed, self.rotary = embed, rotary
+        self.model_positions = positions
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         hidden = self.embed(ids)
@@ -249,13 +280,15 @@ def _run_blocks(parts: Decoder, config: QuantConfig, calibration: torch.Tensor |
                 notes: dict[str, dict[str, Any]]) -> None:
     """The per-block driver shared by the streamed and the in-memory paths."""
     model = parts.model
-    head = _Head(model.get_submodule(parts.embed), model.get_submodule(parts.rotary))
+    head = _Head(model.get_submodule(parts.embed), model.get_submodule(parts.rotary),
+                 model.config.max_position_embeddings)
     load(parts.embed, head.embed)
     load(parts.rotary, head.rotary)  # its frequency table is computed, not stored
     ids = calibration if calibration is not None else torch.zeros(1, 8, dtype=torch.long)
     hidden, cos, sin = head(ids)
     emit("head", head, (ids[:1],))
     free(head.embed)
+    del head
     for index, block in enumerate(parts.blocks):
         name = f"{parts.block_prefix}.{index}"
         load(name, block)
@@ -272,6 +305,7 @@ def _run_blocks(parts: Decoder, config: QuantConfig, calibration: torch.Tensor |
     if not any(qgraph.matches(parts.head, tail.head, p) for p in config.exclude):
         holder = nn.ModuleDict({"lm_head": tail.head})
         quantize_block(holder, config, "", None, notes)
+        free(tail.head)  # the float weight
         tail.head = holder["lm_head"]
         notes[parts.head] = notes.pop(".lm_head", {})
     emit("tail", tail, (hidden[:1],))
@@ -312,7 +346,9 @@ def quantize_checkpoint(source: str | Path, out_dir: str | Path, config: QuantCo
     tensors: list[Path] = []
 
     def emit(name: str, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        if writer is not None:
+        if writer is not None and name == "head":
+            writer.add_head(name, module.embed.weight.detach(), *_position_tables(module))
+        elif writer is not None:
             writer.add(name, module, args)
         if save_tensors:
             tensors.append(stream_onnx.save_state(module, out / "tensors" / f"{name}.safetensors"))
@@ -321,6 +357,14 @@ def quantize_checkpoint(source: str | Path, out_dir: str | Path, config: QuantCo
     path = writer.finish() if writer is not None else None
     return StreamResult(onnx=path, external_data=writer.data_path if writer else None,
                         tensors=tensors, blocks=len(parts.blocks), layers=notes)
+
+
+@torch.no_grad()
+def _position_tables(head: _Head) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin for every position the model takes: [positions, dim]."""
+    positions = head.model_positions
+    cos, sin = head.rotary(torch.zeros(1, dtype=torch.float32), torch.arange(positions)[None])
+    return cos[0], sin[0]
 
 
 # ---- lazy weights ---------------------------------------------------------------------------
@@ -361,7 +405,7 @@ class SafetensorsReader:
         module.to_empty(device="cpu", recurse=True)
         for name, buffer in rebuilt.items():
             _set(module, name, buffer)
-        wanted = {f"{prefix}.{k}": k for k in module.state_dict()}
+        wanted = {f"{prefix}.{k}" if prefix else k: k for k in module.state_dict()}
         by_file: dict[Path, list[str]] = {}
         for full in wanted:
             by_file.setdefault(self._file(full), []).append(full)
@@ -410,5 +454,9 @@ def _set(module: nn.Module, name: str, value: torch.Tensor) -> None:
 
 
 def _to_meta(module: nn.Module) -> None:
-    """Drop a finished module's storage (it was written)."""
+    """Drop a finished module's storage (it was written), with the float copies quantized
+    layers keep outside their state (`reference_weight`)."""
     module.to("meta")
+    for sub in module.modules():
+        for key in [k for k, v in vars(sub).items() if isinstance(v, torch.Tensor)]:
+            delattr(sub, key)
