@@ -14,6 +14,7 @@ import torch
 import torch.fx as fx
 from safetensors.torch import load_file, save
 
+from edgeopt import distributed
 from edgeopt.atomic import write_bytes, write_text
 from edgeopt.quantization.config import QuantConfig
 from edgeopt.quantization.modules import ActQuant, QATWeightLayer
@@ -59,7 +60,7 @@ def _paths(config: QuantConfig) -> tuple[Path, Path] | None:
 def _checkpoint(gm: fx.GraphModule, config: QuantConfig, epochs_done: int,
                 curves: dict[str, list[float]]) -> None:
     paths = _paths(config)
-    if paths is None:
+    if paths is None or not distributed.is_main():  # under torchrun, rank 0 writes
         return
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().clone().contiguous() for k, v in gm.state_dict().items()}
