@@ -3,8 +3,8 @@
 Each Conv / Linear layer is keyed by its shapes and number format; a key not yet in the table
 is measured once (a one-operator ONNX graph: Conv or QLinearConv, Gemm or QLinearMatMul,
 median of timed runs on one thread) and cached in the user cache folder. A model's predicted
-latency is the sum over its layers: elementwise work and the runtime's per-op overhead are left
-out, so the figure ranks models more than it matches a whole-model timing.
+latency is one session call (timed on an Identity graph) plus, per layer, its timing less that
+call; elementwise work between layers is left out.
 """
 
 from __future__ import annotations
@@ -58,12 +58,22 @@ def layer_keys(model: nn.Module, example: torch.Tensor, bits: dict[str, int]) ->
     return keys
 
 
+_CALL = json.dumps(["call"])  # a session call that only copies its input: the fixed cost
+
+
 def _graph(key: str) -> tuple[Any, dict[str, np.ndarray]]:
     """A one-operator ONNX model for `key` and its input feed."""
     from onnx import TensorProto, helper, numpy_helper
 
     parts = json.loads(key)
     rng = np.random.default_rng(0)
+    if parts[0] == "call":
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])], "call",
+            [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 16])],
+            [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 16])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        return model, {"x": np.zeros((1, 16), np.uint8)}
     fmt = parts[-1]
     if parts[0] == "gemm":
         cin, cout = parts[1], parts[2]
@@ -126,12 +136,14 @@ class LatencyTable:
 
     def __call__(self, model: nn.Module, policy: Policy, example: torch.Tensor) -> float:
         keys = layer_keys(model, example, policy.bits)
-        missing = [k for k in dict.fromkeys(keys) if k not in self.table]
+        missing = [k for k in dict.fromkeys([_CALL, *keys]) if k not in self.table]
         for key in missing:
             self.table[key] = measure_key(key)
         if missing:
             self._save()
-        return float(sum(self.table[k] for k in keys))
+        # every one-layer timing includes one session call; the model pays it once
+        call = self.table[_CALL]
+        return call + float(sum(max(0.0, self.table[k] - call) for k in keys))
 
     def _save(self) -> None:
         from edgeopt.atomic import write_text

@@ -1,0 +1,159 @@
+"""Budget-aware search: cost predictors against measurements, search against uniform policies,
+two workers against one.
+
+    .venv/bin/python bench/bench_search.py costs                 # predictors vs export_c / ORT
+    .venv/bin/python bench/bench_search.py target --trials 24    # resnet8 under a flash budget
+    .venv/bin/python bench/bench_search.py workers --trials 8    # 1 vs 2 workers, one SQLite study
+
+costs: random policies (bits 4/8 per layer, keep ratios) on zoo architectures the predictors
+were not tuned on; predicted flash / RAM against what edgeopt.deploy's C export stores and
+plans, predicted x86-ort latency against ONNX Runtime timing the whole exported model.
+target: `edgeopt search` under a flash budget below the int8 model's size; the best fitting
+uniform policy (uniform 4-bit, uniform channel keep + int8 or 4-bit, all trained the same way:
+the search's seeded trials) is run as a recipe too, both measured on the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import edgeopt as eo
+from edgeopt.search.cost import FormulaCost, pruned_copy
+from edgeopt.search.latency import latency_model
+from edgeopt.search.space import Policy, build_space, policy_stages
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def _mape(pred: list[float], real: list[float]) -> float:
+    return 100.0 * statistics.mean(abs(p - r) / r for p, r in zip(pred, real))
+
+
+def _random_policy(space, rng: random.Random) -> Policy:
+    return Policy(bits={n: rng.choice((4, 8)) for n in space.layers},
+                  keep={g: rng.choice(space.keep_choices) for g in space.groups})
+
+
+def costs(per_model: int) -> None:
+    from edgeopt.deploy import export_c
+    from edgeopt.export.onnx import export_onnx
+    from edgeopt.runtime.measure import measure
+
+    rng = random.Random(0)
+    rows = []
+    torch.manual_seed(0)
+    for name in ("lenet5", "dscnn", "resnet8"):
+        model = eo.zoo.create(name, (1, 28, 28), 10).eval()
+        example = torch.randn(1, 1, 28, 28)
+        calib = [(torch.randn(8, 1, 28, 28), None) for _ in range(4)]
+        space = build_space(model, example, "mcu")
+        cost = FormulaCost(example, latency_model(example))
+        for _ in range(per_model):
+            policy = _random_policy(space, rng)
+            pred = cost.costs(model, policy)
+            pruned = pruned_copy(model, example, policy.keep)
+            stage = policy_stages(policy)[-1]["config"]
+            config = eo.QuantConfig(weight_overrides={k: eo.QuantSpec(bits=v["bits"]) for k, v in
+                                                      stage.get("weight_overrides", {}).items()},
+                                    calibration_samples=32)
+            quantized = eo.apply(pruned, config, data=calib)
+            with tempfile.TemporaryDirectory() as tmp:
+                info = export_c(quantized, tmp, example)
+                path = export_onnx(quantized, Path(tmp) / "m.onnx", example)
+                ms = measure(path, [(example, torch.tensor([0]))], threads=1, warmup=20,
+                             runs=100).latency_ms
+            rows.append({"model": name, "flash_pred": pred.flash_bytes,
+                         "flash_c": info.flash_bytes, "weights_c": info.weight_bytes,
+                         "ram_pred": pred.ram_bytes, "ram_c": info.ram_bytes + info.io_bytes,
+                         "peak_c": info.peak_live_bytes, "lat_pred": pred.latency_ms,
+                         "lat_ort": ms})
+            print(json.dumps(rows[-1]), flush=True)
+    for what, pred, real in (("flash vs C constants", "flash_pred", "flash_c"),
+                             ("flash vs C weights+bias+requant", "flash_pred", "weights_c"),
+                             ("RAM vs C arena + I/O", "ram_pred", "ram_c"),
+                             ("RAM vs C peak live", "ram_pred", "peak_c"),
+                             ("latency vs ORT model", "lat_pred", "lat_ort")):
+        p, r = [x[pred] for x in rows], [x[real] for x in rows]
+        print(f"| {what} | {len(rows)} | {_spearman(p, r):.3f} | {_mape(p, r):.1f} % |")
+
+
+def target(trials: int, flash: str, samples: int) -> None:
+    from edgeopt.recipes.run import run_recipe
+    from edgeopt.search import SearchSettings, search
+
+    recipe = {"model": "resnet8", "data": "mnist5k", "measure": {"runs": 50, "warmup": 5}}
+    out = Path(tempfile.mkdtemp(prefix="bench-search-"))
+    start = time.perf_counter()
+    result = search(recipe, target="cortex-m4", flash=flash, trials=trials, out_dir=out / "s",
+                    settings=SearchSettings(finetune_samples=samples), progress=True)
+    wall = time.perf_counter() - start
+    uniform = [t for t in result["trials"][:6] if t["fits"] and t["accuracy"] is not None]
+    best_uniform = max(uniform, key=lambda t: t["accuracy"]) if uniform else None
+    rows = [("search best", result["best"])]
+    if best_uniform is not None:
+        run = run_recipe({**recipe, "target": "cortex-m4",
+                          "stages": policy_stages(Policy.from_dict(best_uniform["policy"]))},
+                         out / "uniform", progress=False)
+        rows.append((f"best uniform ({Policy.from_dict(best_uniform['policy']).label()})",
+                     {**best_uniform, "test_accuracy": run.stages[-1].accuracy}))
+    print(f"budget {flash}, {trials} trials, {wall:.0f} s wall, folder {out}")
+    for label, r in rows:
+        if r is None:
+            print(f"| {label} | nothing fits |")
+            continue
+        print(f"| {label} | {r['flash_bytes'] / 1024:.1f} KiB | {r['ram_bytes'] / 1024:.1f} KiB | "
+              f"{100 * r['accuracy']:.2f} % | {100 * r['test_accuracy']:.2f} % |")
+
+
+def workers(trials: int) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="bench-workers-"))
+    recipe = folder / "recipe.yaml"
+    recipe.write_text(json.dumps({"model": "lenet5", "data": "digits", "epochs": 2}))
+    times = {}
+    for count in (1, 2):
+        storage = f"sqlite:///{folder}/study{count}.db"
+        command = [sys.executable, "-m", "edgeopt.cli", "search", str(recipe), "--target",
+                   "cortex-m4", "--trials", str(trials), "--storage", storage, "--quiet",
+                   "--no-best", "--finetune-samples", "512"]
+        start = time.perf_counter()
+        procs = [subprocess.Popen([*command, "--out", str(folder / f"out{count}-{i}")])
+                 for i in range(count)]
+        assert all(p.wait() == 0 for p in procs)
+        times[count] = time.perf_counter() - start
+        print(f"{count} worker(s): {trials} trials in {times[count]:.1f} s", flush=True)
+    print(f"two workers / one: {times[2] / times[1]:.2f}x the time")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("costs", "target", "workers"))
+    parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--flash", default="48KiB")
+    parser.add_argument("--samples", type=int, default=1024)
+    parser.add_argument("--per-model", type=int, default=8)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.what == "costs":
+        costs(args.per_model)
+    elif args.what == "target":
+        target(args.trials, args.flash, args.samples)
+    else:
+        workers(args.trials)
+
+
+if __name__ == "__main__":
+    main()
