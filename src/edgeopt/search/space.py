@@ -83,7 +83,8 @@ def policy_stages(policy: Policy, epochs: int = 1) -> list[dict[str, Any]]:
                                   "layer_sparsity": sparsity}})
     overrides = {name: {"bits": b} for name, b in policy.bits.items() if b not in (8, FLOAT)}
     floats = [name for name, b in policy.bits.items() if b == FLOAT]
-    config: dict[str, Any] = {"method": "qat", "epochs": epochs}
+    # lr 1e-3 (not QAT's 1e-4 default): one short pass recovers from pruning as well
+    config: dict[str, Any] = {"method": "qat", "epochs": epochs, "lr": 1e-3}
     if overrides:
         config["weight_overrides"] = overrides
     if floats:
