@@ -4,8 +4,8 @@ The graph input and output live in the caller's buffers (edgeopt_model_invoke's 
 arena. A reshape shares its input's storage; an add writes over an input that dies at that add
 (elementwise: each value is read before it is written); a stride-1 depthwise convolution with 8-bit
 weights writes over its dying input row by row, keeping the rows above that later outputs read in scratch
-(in-place depthwise as in TinyEngine); so does a stride-1 pointwise conv with no more output than input channels, one
-pixel at a time through a scratch of out_c bytes. Kernels that unpack 4-bit weights get a scratch
+(in-place depthwise as in TinyEngine); so does a stride-1 convolution with no more output than input
+channels (a pointwise one pixel by pixel, a k x k one row by row with a ring of pad_t input rows). Kernels that unpack 4-bit weights get a scratch
 buffer that lives for that op only.
 """
 
@@ -43,9 +43,10 @@ def in_place_ok(graph: Graph, op: Op) -> bool:
     x, w, out = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]], graph.tensors[op.outputs[0]]
     same_grid = x.shape[:3] == out.shape[:3] and tuple(op.attrs["stride"]) == (1, 1) and w.dtype == "int8"
     if op.kind == "conv2d":
-        pointwise = op.attrs["kernel"] == (1, 1) and not any(op.attrs["padding"])
-        return same_grid and pointwise and out.shape[3] <= x.shape[3]
-    return same_grid and x.shape == out.shape
+        fits = same_grid and out.shape[3] <= x.shape[3]
+    else:
+        fits = same_grid and x.shape == out.shape
+    return fits and scratch_bytes(graph, op, True) < out.size  # worth it: a height-1 row is the whole tensor
 
 
 def scratch_bytes(graph: Graph, op: Op, in_place: bool = False) -> int:
@@ -55,8 +56,12 @@ def scratch_bytes(graph: Graph, op: Op, in_place: bool = False) -> int:
         return 0
     w = graph.tensors[op.inputs[1]]
     packed = w.dtype == "int4"
-    if op.kind == "conv2d" and in_place:
+    pointwise = op.kind == "conv2d" and op.attrs["kernel"] == (1, 1) and not any(op.attrs["padding"])
+    if op.kind == "conv2d" and in_place and pointwise:
         return graph.tensors[op.outputs[0]].shape[3]
+    if op.kind == "conv2d" and in_place:  # input window, one output row, a ring of pad_t input rows
+        _, _, width, channels = graph.tensors[op.inputs[0]].shape
+        return w.size // w.shape[0] + width * w.shape[0] + op.attrs["padding"][0] * width * channels
     if op.kind == "depthwise_conv2d" and in_place:  # accumulators, one output row, a ring of pad_t input rows
         _, _, width, channels = graph.tensors[op.inputs[0]].shape
         return 4 * channels + (1 + op.attrs["padding"][0]) * width * channels
@@ -64,7 +69,6 @@ def scratch_bytes(graph: Graph, op: Op, in_place: bool = False) -> int:
         return 4 * w.shape[-1] + (w.size if packed else 0)
     if op.kind == "fully_connected":
         return w.size // w.shape[0] if packed else 0
-    pointwise = op.attrs["kernel"] == (1, 1) and not any(op.attrs["padding"])
     return 0 if pointwise and not packed else w.size // w.shape[0]
 
 

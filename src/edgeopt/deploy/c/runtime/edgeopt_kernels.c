@@ -85,16 +85,24 @@ static void conv_rows(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_
 }
 
 /* The input window of one output pixel as a contiguous row (HWC order); padding holds the zero point,
-   which contributes (zp - zp) * w = 0, exactly as TFLite skips it. */
-static const int8_t *gather_patch(const eo_linear_t *p, const int8_t *in, int32_t oy, int32_t ox, int8_t *patch) {
-    const int32_t ic = p->in_c;
+   which contributes (zp - zp) * w = 0, exactly as TFLite skips it. Rows above `ring_from` come from the
+   ring of saved input rows (in-place convolution), the others from `in`. */
+static const int8_t *gather_patch(const eo_linear_t *p, const int8_t *in, int32_t oy, int32_t ox, int8_t *patch,
+                                  const int8_t *ring, int32_t ring_rows) {
+    const int32_t ic = p->in_c, row = p->in_w * ic;
     int8_t *dst = patch;
     for (int32_t ky = 0; ky < p->k_h; ky++) {
         int32_t iy = oy * p->stride_h - p->pad_t + ky * p->dil_h;
+        if (iy < 0 || iy >= p->in_h) {
+            memset(dst, (int8_t)p->in_zp, (size_t)(p->k_w * ic));
+            dst += p->k_w * ic;
+            continue;
+        }
+        const int8_t *src = ring && iy < oy ? ring + (iy % ring_rows) * row : in + iy * row;
         for (int32_t kx = 0; kx < p->k_w; kx++, dst += ic) {
             int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
-            if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) memset(dst, (int8_t)p->in_zp, (size_t)ic);
-            else memcpy(dst, in + (iy * p->in_w + ix) * ic, (size_t)ic);
+            if (ix < 0 || ix >= p->in_w) memset(dst, (int8_t)p->in_zp, (size_t)ic);
+            else memcpy(dst, src + ix * ic, (size_t)ic);
         }
     }
     return patch;
@@ -115,26 +123,49 @@ static int32_t dot(const int8_t *x, const int8_t *w, int32_t n, int32_t in_off) 
     return acc;
 }
 
+static void conv_pixel(const eo_linear_t *p, const int8_t *x, int8_t *o) {
+    const int32_t k = p->k_h * p->k_w * p->in_c, in_off = -p->in_zp;
+    const int8_t *weights = (const int8_t *)p->weights;
+    for (int32_t oc = 0; oc < p->out_c; oc++) {
+        int32_t acc = (p->bias ? p->bias[oc] : 0) + dot(x, weights + oc * k, k, in_off);
+        o[oc] = (int8_t)requant_ch(p, acc, oc);
+    }
+}
+
+/* In place (stride 1, same grid, out_c <= in_c) row by row: output row y goes to a row buffer, input row y
+   into a ring of the last pad_t rows (those later rows still read), then the row buffer over row y; writes
+   stay below the rows not yet read. Scratch: input window, row buffer, ring. */
+static void conv_in_place(const eo_linear_t *p, int8_t *data, int8_t *scratch) {
+    const int32_t k = p->k_h * p->k_w * p->in_c, in_row = p->in_w * p->in_c, out_row = p->out_w * p->out_c;
+    int8_t *patch = scratch, *row_out = scratch + k, *ring = row_out + out_row;
+    for (int32_t oy = 0; oy < p->out_h; oy++) {
+        for (int32_t ox = 0; ox < p->out_w; ox++)
+            conv_pixel(p, gather_patch(p, data, oy, ox, patch, ring, p->pad_t), row_out + ox * p->out_c);
+        if (p->pad_t > 0) memcpy(ring + (oy % p->pad_t) * in_row, data + oy * in_row, (size_t)in_row);
+        memcpy(data + oy * out_row, row_out, (size_t)out_row);
+    }
+}
+
 void eo_conv2d(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scratch) {
     if (p->weight_bits != 8) {
         conv_rows(p, in, out, scratch);
         return;
     }
-    const int32_t ic = p->in_c, oc_n = p->out_c, k = p->k_h * p->k_w * ic, in_off = -p->in_zp;
+    const int32_t ic = p->in_c, oc_n = p->out_c;
     const int pointwise = p->k_h == 1 && p->k_w == 1 && p->pad_t == 0 && p->pad_l == 0;
-    /* in place (a pointwise conv, stride 1, out_c <= in_c): each pixel's outputs go to scratch first, then
-       over bytes whose inputs are already consumed */
+    if ((const int8_t *)out == in && !pointwise) {
+        conv_in_place(p, out, scratch);
+        return;
+    }
+    /* in place pointwise (stride 1, out_c <= in_c): each pixel's outputs go to scratch first, then over
+       bytes whose inputs are already consumed */
     const int in_place = (const int8_t *)out == in;
-    const int8_t *weights = (const int8_t *)p->weights;
     for (int32_t oy = 0; oy < p->out_h; oy++) {
         for (int32_t ox = 0; ox < p->out_w; ox++) {
             const int8_t *x = pointwise ? in + (oy * p->stride_h * p->in_w + ox * p->stride_w) * ic
-                                        : gather_patch(p, in, oy, ox, scratch);
+                                        : gather_patch(p, in, oy, ox, scratch, 0, 0);
             int8_t *o = in_place ? scratch : out + (oy * p->out_w + ox) * oc_n;
-            for (int32_t oc = 0; oc < oc_n; oc++) {
-                int32_t acc = (p->bias ? p->bias[oc] : 0) + dot(x, weights + oc * k, k, in_off);
-                o[oc] = (int8_t)requant_ch(p, acc, oc);
-            }
+            conv_pixel(p, x, o);
             if (in_place) memcpy(out + (oy * p->out_w + ox) * oc_n, scratch, (size_t)oc_n);
         }
     }
