@@ -20,6 +20,7 @@ mnist5k are the trained rows.
 `--host` instead times the generated C on this CPU beside ONNX Runtime (see bench_host):
 
     .venv/bin/python bench/bench_mcu.py --host [--models lenet300,dscnn] [--rounds 5] [--repeats 300]
+    .venv/bin/python bench/bench_mcu.py --host --agreement 300   # reference vs ONNX Runtime, top-1
 """
 
 from __future__ import annotations
@@ -193,10 +194,33 @@ def _tflm_arena(graph) -> int | None:
         return None
 
 
+def reference_agreement(case: Case, folder: Path, n: int) -> str:
+    """edgeopt's integer reference against ONNX Runtime on the int8 ONNX file, on n inputs: top-1, and the
+    output difference in steps of the int8 output scale (ORT requantizes in float, TFLite in fixed point)."""
+    calib, x, _ = _data(case, n)
+    qmodel = eo.apply(_model(case), eo.QuantConfig(), data=[calib])
+    onnx_path = eo.export_onnx(qmodel, folder / f"agree-{case.label}.onnx", calib[:1])
+    graph = lower_onnx(onnx_path, calibration=calib[:64].numpy())
+    out = graph.tensors[graph.outputs[0]]
+    ours = np.stack([reference.dequantize(out, reference.run(graph, row)[0]).reshape(-1)
+                     for row in reference.quantize_input(graph, x)])
+    runtime = _onnx(onnx_path, x)
+    steps = np.abs(ours - runtime) / float(out.qparams.scale)
+    return (f"| {case.label} | {n} | {100 * np.mean(ours.argmax(1) == runtime.argmax(1)):.1f} % | "
+            f"{100 * np.mean(steps <= 1):.1f} % | {steps.max():.2f} |")
+
+
 def main_host(args: argparse.Namespace) -> None:
     wanted = args.models.split(",") if args.models else [c.label for c in HOST_CASES]
-    print(HOST_HEADER)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.agreement:
+            print("| model | inputs | top-1 = ONNX Runtime int8 | outputs within 1 step | largest difference "
+                  "(steps) |\n|---|---|---|---|---|")
+            for case in HOST_CASES:
+                if case.label in wanted:
+                    print(reference_agreement(case, Path(tmp), args.agreement), flush=True)
+            return
+        print(HOST_HEADER)
         for case in HOST_CASES:
             if case.label in wanted:
                 print(bench_host(case, Path(tmp), args.rounds, args.repeats), flush=True)
@@ -207,6 +231,8 @@ def main() -> None:
     parser.add_argument("--host", action="store_true", help="C on this CPU vs ONNX Runtime (zoo models)")
     parser.add_argument("--rounds", type=int, default=5, help="--host: interleaved timing rounds")
     parser.add_argument("--repeats", type=int, default=300, help="--host: inferences per round")
+    parser.add_argument("--agreement", type=int, default=0,
+                        help="--host: instead, top-1 of the integer reference vs ONNX Runtime on N inputs")
     parser.add_argument("--models", default=None)
     parser.add_argument("--samples", type=int, default=200, help="inputs for agreement")
     parser.add_argument("--board-inputs", type=int, default=5, help="inputs run in qemu")
