@@ -178,12 +178,16 @@ def _onnx_outputs(path, x: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
-def _top1_agreement(int8: np.ndarray, onnx: np.ndarray) -> float:
-    """Share of rows where ONNX Runtime's class is a top int8 output. The ONNX file's last layer
-    is float; on untrained weights close logits often round to tied int8 values, and a tie is
-    not a disagreement."""
-    picked = onnx.argmax(1)
-    return float(np.mean(int8[np.arange(len(picked)), picked] == int8.max(1)))
+def _top1_agreement(int8: np.ndarray, onnx: np.ndarray, step: float) -> float:
+    """Top-1 agreement on the inputs ONNX Runtime itself decides by more than two output steps.
+
+    The int8 pipeline matches ORT within two steps (asserted separately); on untrained weights
+    some top-2 logits are closer than that, and which of them wins is noise, not the export. On
+    trained weights every input counts (bench/bench_tflite.py: 99.7-100 %)."""
+    top2 = np.sort(onnx, axis=1)[:, -2:]
+    decisive = top2[:, 1] - top2[:, 0] > 2 * step
+    assert decisive.mean() > 0.5  # the check still covers most inputs
+    return float(np.mean(int8.argmax(1)[decisive] == onnx.argmax(1)[decisive]))
 
 
 @needs_litert
@@ -216,8 +220,8 @@ def test_zoo_model_runs_bit_exact_in_tflm_and_agrees_with_onnx(name, dataset, sp
     # The int8 pipeline is ONNX Runtime's up to the final rounding (half a step) plus the rare
     # intermediate step where ORT's float requantization and TFLite's fixed point round apart.
     assert np.abs((micro.astype(np.float32) - zero_point) * scale - onnx).max() <= 2 * scale
-    assert _top1_agreement(micro, onnx) >= 0.995
-    assert _top1_agreement(litert, onnx) >= 0.995
+    assert _top1_agreement(micro, onnx, scale) >= 0.995
+    assert _top1_agreement(litert, onnx, scale) >= 0.995
 
 
 @needs_tflm
