@@ -142,15 +142,17 @@ def report(run_dir: Path) -> None:
 
 @main.command("list")
 def list_builtins() -> None:
-    """List the built-in zoo models, data sets and techniques."""
+    """List the built-in zoo models, data sets, techniques and deployment targets."""
     from edgeopt import datasets, zoo
     from edgeopt.api import load_techniques
     from edgeopt.config import config_kinds
+    from edgeopt.deploy import targets
 
     load_techniques()
     click.echo(f"models:     {', '.join(zoo.names())}")
     click.echo(f"data sets:  {', '.join(datasets.names())}")
     click.echo(f"techniques: {', '.join(config_kinds())}")
+    click.echo(f"targets:    {', '.join(targets.names())}")
 
 
 @main.command()

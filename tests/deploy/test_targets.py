@@ -29,3 +29,12 @@ def test_fits():
     assert over["fits"] is False and over["flash_fits"] is False and over["ram_fits"] is True
     assert fits(m4, 100, None)["fits"] is None
     assert fits(get_target("x86-ort"), 10**9, 10**9)["fits"] is True
+
+
+def test_edgeopt_list_names_the_targets():
+    from click.testing import CliRunner
+
+    from edgeopt.cli import main
+
+    result = CliRunner().invoke(main, ["list"])
+    assert result.exit_code == 0 and "targets:    cortex-m4, cortex-m7, x86-ort" in result.output
