@@ -17,6 +17,7 @@ from edgeopt.quantization import (
     advanced,
     linear_fusion,  # noqa: F401  (registers the static Linear + bias export pass)
     packing,  # noqa: F401  (registers the int4 export pass)
+    pad_fusion,  # noqa: F401  (registers the Pad-into-convolution export pass)
     smoothing,
 )
 from edgeopt.quantization import graph as qgraph
