@@ -123,10 +123,37 @@ static int32_t dot(const int8_t *x, const int8_t *w, int32_t n, int32_t in_off) 
     return acc;
 }
 
+/* four output channels at once: each input value is loaded once for four weight rows */
+static void dot4(const int8_t *restrict x, const int8_t *restrict w, int32_t k, int16_t off, int32_t *restrict acc) {
+    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, i = 0;
+    for (; i + 16 <= k; i += 16) {
+        int32_t b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+        for (int32_t j = 0; j < 16; j++) {
+            int16_t xv = (int16_t)(x[i + j] + off);
+            b0 += xv * (int16_t)w[i + j];
+            b1 += xv * (int16_t)w[k + i + j];
+            b2 += xv * (int16_t)w[2 * k + i + j];
+            b3 += xv * (int16_t)w[3 * k + i + j];
+        }
+        a0 += b0; a1 += b1; a2 += b2; a3 += b3;
+    }
+    for (; i < k; i++) {
+        int16_t xv = (int16_t)(x[i] + off);
+        a0 += xv * w[i]; a1 += xv * w[k + i]; a2 += xv * w[2 * k + i]; a3 += xv * w[3 * k + i];
+    }
+    acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
+}
+
 static void conv_pixel(const eo_linear_t *p, const int8_t *x, int8_t *o) {
     const int32_t k = p->k_h * p->k_w * p->in_c, in_off = -p->in_zp;
     const int8_t *weights = (const int8_t *)p->weights;
-    for (int32_t oc = 0; oc < p->out_c; oc++) {
+    int32_t oc = 0, acc4[4];
+    for (; oc + 4 <= p->out_c; oc += 4) {
+        dot4(x, weights + oc * k, k, (int16_t)in_off, acc4);
+        for (int32_t j = 0; j < 4; j++)
+            o[oc + j] = (int8_t)requant_ch(p, (p->bias ? p->bias[oc + j] : 0) + acc4[j], oc + j);
+    }
+    for (; oc < p->out_c; oc++) {
         int32_t acc = (p->bias ? p->bias[oc] : 0) + dot(x, weights + oc * k, k, in_off);
         o[oc] = (int8_t)requant_ch(p, acc, oc);
     }
@@ -232,7 +259,12 @@ void eo_depthwise_conv2d_inplace(const eo_linear_t *p, int8_t *data, int8_t *scr
 
 void eo_fully_connected(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scratch) {
     const int32_t n = p->in_c, in_off = -p->in_zp;
-    for (int32_t o = 0; o < p->out_c; o++) {
+    int32_t o = 0;
+    if (p->weight_bits == 8) {
+        conv_pixel(p, in, out); /* a fully connected layer is a 1x1 conv on one pixel */
+        return;
+    }
+    for (; o < p->out_c; o++) {
         const int8_t *w = weight_row(p, o, n, scratch);
         int32_t acc = (p->bias ? p->bias[o] : 0) + dot(in, w, n, in_off);
         out[o] = (int8_t)requant_ch(p, acc, o);
