@@ -9,6 +9,7 @@ tensor arena. Prints a markdown table for the README.
     .venv/bin/python bench/bench_tflite.py [--models lenet5,dscnn] [--samples 1000]
         [--dataset digits --epochs 5]   # other training data / a shorter training for the 2-D models
     .venv/bin/python bench/bench_tflite.py --mlperf   # MLPerf Tiny shapes, random weights
+    .venv/bin/python bench/bench_tflite.py --real efficientnet-lite0,mobilenetv2-dogs   # bench/real_models.py
 """
 
 from __future__ import annotations
@@ -91,6 +92,28 @@ def bench_random(model_name: str, shape: tuple[int, ...], classes: int, folder: 
             f"| {np.sum(np.all(micro == ref, axis=1))}/{samples} | |")
 
 
+def bench_real(name: str, folder: Path, samples: int) -> str:
+    """A real pretrained CNN of bench/real_models.py: top-1 agreement with its int8 ONNX file."""
+    import real_models
+    import torch
+
+    case = real_models.load(name, n_eval=samples, n_calib=32)
+    qmodel = eo.apply(case.model, eo.QuantConfig(), data=case.calib)
+    onnx_path = eo.export_onnx(qmodel, folder / f"{name}.onnx", case.example_input)
+    graph = lower_onnx(onnx_path, torch.cat(case.calib))
+    tfl = folder / f"{name}.tflite"
+    tfl.write_bytes(tflite.graph_to_tflite(graph))
+    x = torch.cat(case.eval_inputs).numpy()
+    expected = onnx_top1(onnx_path, x)
+    xq = tflite.quantize_inputs(tfl, x)
+    micro = tflite.run_tflm(tfl, xq)
+    ref = np.stack([np.asarray(reference.run(graph, row[None])[0]).reshape(-1) for row in xq])
+    onnx_kib = sum(p.stat().st_size for p in folder.glob(f"{name}.onnx*")) / 1024
+    return (f"| {name} | real ({len(x)} inputs) | {tfl.stat().st_size / 1024:.1f} | {onnx_kib:.1f} | "
+            f"{tflite.tflm_arena_bytes(tfl)} | TFLM {100 * np.mean(micro.argmax(1) == expected):.2f} % | "
+            f"{np.sum(np.all(micro == ref, axis=1))}/{len(x)} | |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default=",".join(m for m, _ in PAIRS))
@@ -98,13 +121,17 @@ def main() -> None:
     parser.add_argument("--dataset", default=None, help="training data for the 2-D models")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the zoo's)")
     parser.add_argument("--mlperf", action="store_true", help="the MLPerf Tiny shapes, random weights")
+    parser.add_argument("--real", default="", help="real CNNs of bench/real_models.py, comma-separated")
     args = parser.parse_args()
     wanted = args.models.split(",")
     print(HEADER)
     with tempfile.TemporaryDirectory() as tmp:
+        for name in filter(None, args.real.split(",")):
+            print(bench_real(name, Path(tmp), min(args.samples, 50)), flush=True)
         if args.mlperf:
             for model_name, shape, classes in MLPERF:
                 print(bench_random(model_name, shape, classes, Path(tmp), min(args.samples, 30)), flush=True)
+        if args.real or args.mlperf:
             return
         for model_name, data_name in PAIRS:
             if model_name in wanted:
