@@ -37,8 +37,7 @@ def edgeopt_variants(case: real_models.RealCase) -> dict[str, eo.QuantConfig]:
     if case.metric == "cosine":  # transformer encoder: MatMul-heavy
         return {"edgeopt dynamic": eo.QuantConfig(method="dynamic"),
                 "edgeopt static (default)": eo.QuantConfig()}
-    # equalization turns ReLU6 into per-channel clamps the runtime cannot fuse (int8 lost), so
-    # the CNN row is the default; see the README for the gap and what closes it
+    # the CNN row is the default; AdaRound / equalization figures are in the README (gap section)
     return {"edgeopt default": eo.QuantConfig()}
 
 
