@@ -18,6 +18,7 @@ streamed result is tested against).
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 from collections.abc import Callable
@@ -38,7 +39,8 @@ from edgeopt.quantization.weights import LayerBuilder, spec_for
 
 __all__ = ["StreamResult", "quantize_checkpoint", "quantize_decoder"]
 
-CHUNK = 4096  # output features quantized at a time in wide grouped layers
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+CHUNK = 1024  # output features quantized at a time in wide grouped layers
 
 # AWQ groups of a Llama-style block: the producer whose output channels absorb 1/s, and the
 # Linears reading that output (their input columns take s).
@@ -199,7 +201,7 @@ def build_in_chunks(builder: LayerBuilder, layer: nn.Linear, spec: QuantSpec, *,
     otherwise needs about five float copies of its weight."""
     if spec.granularity is not Granularity.PER_GROUP or layer.out_features <= chunk:
         return builder.build(layer, spec)
-    parts = []
+    parts, references = [], []
     for start in range(0, layer.out_features, chunk):
         piece = nn.Linear(layer.in_features, min(chunk, layer.out_features - start),
                           bias=layer.bias is not None, device="meta")
@@ -207,12 +209,14 @@ def build_in_chunks(builder: LayerBuilder, layer: nn.Linear, spec: QuantSpec, *,
         if layer.bias is not None:
             piece.bias = nn.Parameter(layer.bias[start:start + chunk], requires_grad=False)
         parts.append(builder.build(piece, spec))
+        references.append(vars(parts[-1]).pop("reference_weight"))
+        if not keep_reference:  # one slice's float copy at a time
+            references.clear()
     whole = parts[0]
     for key in ("weight_q", "weight_scale", "weight_zero_point"):
         setattr(whole, key, torch.cat([getattr(p, key) for p in parts], dim=1))
     if layer.bias is not None:
         whole.bias = torch.cat([p.bias for p in parts])
-    references = [vars(p).pop("reference_weight") for p in parts]
     if keep_reference:  # GPTQ reads it
         whole.reference_weight = torch.cat(references, dim=1)
     return whole
@@ -280,6 +284,7 @@ def _run_blocks(parts: Decoder, config: QuantConfig, calibration: torch.Tensor |
                 notes: dict[str, dict[str, Any]]) -> None:
     """The per-block driver shared by the streamed and the in-memory paths."""
     model = parts.model
+    tail = _quantized_tail(parts, config, load, free, notes)
     head = _Head(model.get_submodule(parts.embed), model.get_submodule(parts.rotary),
                  model.config.max_position_embeddings)
     load(parts.embed, head.embed)
@@ -299,6 +304,15 @@ def _run_blocks(parts: Decoder, config: QuantConfig, calibration: torch.Tensor |
         hidden = step(hidden, cos, sin)  # the next block learns from this quantized one
         emit(name, step, (hidden[:1], cos[:1], sin[:1]))
         free(block)
+    emit("tail", tail, (hidden[:1],))
+
+
+def _quantized_tail(parts: Decoder, config: QuantConfig,
+                    load: Callable[[str, nn.Module], None], free: Callable[[nn.Module], None],
+                    notes: dict[str, dict[str, Any]]) -> _Tail:
+    """The final norm and lm_head, quantized (round to nearest: it needs no inputs). Done first,
+    before the exporter's own memory is in use: lm_head is the largest single weight."""
+    model = parts.model
     tail = _Tail(model.get_submodule(parts.norm), model.get_submodule(parts.head))
     load(parts.norm, tail.norm)
     load(parts.head, tail.head)
@@ -308,7 +322,7 @@ def _run_blocks(parts: Decoder, config: QuantConfig, calibration: torch.Tensor |
         free(tail.head)  # the float weight
         tail.head = holder["lm_head"]
         notes[parts.head] = notes.pop(".lm_head", {})
-    emit("tail", tail, (hidden[:1],))
+    return tail
 
 
 def quantize_decoder(model: nn.Module, config: QuantConfig,
@@ -338,6 +352,7 @@ def quantize_checkpoint(source: str | Path, out_dir: str | Path, config: QuantCo
     check_streamable(config)
     _check_calibration(config, calibration)
     folder, out = Path(source), Path(out_dir)
+    _large_allocations_mapped()
     reader = SafetensorsReader(folder)
     model = _meta_model(folder)
     parts = decoder_parts(model)
@@ -460,3 +475,23 @@ def _to_meta(module: nn.Module) -> None:
     for sub in module.modules():
         for key in [k for k, v in vars(sub).items() if isinstance(v, torch.Tensor)]:
             delattr(sub, key)
+    _trim_heap()
+
+
+def _large_allocations_mapped() -> None:
+    """glibc serves allocations below a threshold from its heap and raises that threshold as
+    large blocks are freed, so a block's freed temporaries stay resident; a fixed 1 MiB
+    threshold maps every large tensor and unmaps it when freed."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back to the system (glibc keeps them for reuse otherwise, and the
+    exporter's many small allocations fragment it): the next block starts from a low base."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
