@@ -195,16 +195,16 @@ def _add(graph: Graph, op: Op, args: list[np.ndarray], pow2: bool) -> np.ndarray
 
 def _concat(graph: Graph, op: Op, args: list[np.ndarray], pow2: bool) -> np.ndarray:
     for name in op.inputs:
-        _check_same_qparams(graph, name, op)
+        check_same_qparams(graph, name, op)
     return np.concatenate(args, axis=op.attrs["axis"])
 
 
 def _reshape(graph: Graph, op: Op, args: list[np.ndarray], pow2: bool) -> np.ndarray:
-    _check_same_qparams(graph, op.inputs[0], op)
+    check_same_qparams(graph, op.inputs[0], op)
     return args[0].reshape(graph.tensors[op.outputs[0]].shape)
 
 
-def _check_same_qparams(graph: Graph, name: str, op: Op) -> None:
+def check_same_qparams(graph: Graph, name: str, op: Op) -> None:
     a, b = graph.tensors[name].qparams, graph.tensors[op.outputs[0]].qparams
     if float(a.scale) != float(b.scale) or int(a.zero_point) != int(b.zero_point):
         raise ExportError(f"{op.kind} {op.name!r}: input {name!r} and output are quantized differently; "

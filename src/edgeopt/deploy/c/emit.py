@@ -97,7 +97,7 @@ def _pool(graph: Graph, op: Op, index: int, plan: Plan, pow2: bool) -> Emitted:
     (_, ih, iw, c), (_, oh, ow, _) = x.shape, out.shape
     kh, kw = op.attrs["kernel"]
     lo, hi = activation_range(op.attrs.get("activation", "none"), out.qparams)
-    reference._check_same_qparams(graph, op.inputs[0], op)
+    reference.check_same_qparams(graph, op.inputs[0], op)
     fields = [ih, iw, c, oh, ow, kh, kw, *op.attrs["stride"], op.attrs["padding"][0], op.attrs["padding"][1], lo, hi]
     decl = f"static const eo_pool_t L{index} = {{{', '.join(str(int(v)) for v in fields)}}};"
     call = f"eo_{op.kind}(&L{index}, {_pointer(plan, op.inputs[0])}, {_pointer(plan, op.outputs[0])});"
@@ -132,7 +132,7 @@ def _add(graph: Graph, op: Op, index: int, plan: Plan, pow2: bool) -> Emitted:
 
 
 def _reshape(graph: Graph, op: Op, index: int, plan: Plan, pow2: bool) -> Emitted:
-    reference._check_same_qparams(graph, op.inputs[0], op)
+    reference.check_same_qparams(graph, op.inputs[0], op)
     src, dst = _pointer(plan, op.inputs[0]), _pointer(plan, op.outputs[0])
     call = "" if src == dst else f"eo_copy({src}, {dst}, {graph.tensors[op.outputs[0]].size});"
     return Emitted([], call, 0, 0)
@@ -140,7 +140,7 @@ def _reshape(graph: Graph, op: Op, index: int, plan: Plan, pow2: bool) -> Emitte
 
 def _concat(graph: Graph, op: Op, index: int, plan: Plan, pow2: bool) -> Emitted:
     for name in op.inputs:
-        reference._check_same_qparams(graph, name, op)
+        reference.check_same_qparams(graph, name, op)
     out = graph.tensors[op.outputs[0]]
     axis = op.attrs["axis"]
     outer = int(np.prod(out.shape[:axis]))

@@ -259,12 +259,11 @@ void eo_depthwise_conv2d_inplace(const eo_linear_t *p, int8_t *data, int8_t *scr
 
 void eo_fully_connected(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scratch) {
     const int32_t n = p->in_c, in_off = -p->in_zp;
-    int32_t o = 0;
     if (p->weight_bits == 8) {
         conv_pixel(p, in, out); /* a fully connected layer is a 1x1 conv on one pixel */
         return;
     }
-    for (; o < p->out_c; o++) {
+    for (int32_t o = 0; o < p->out_c; o++) {
         const int8_t *w = weight_row(p, o, n, scratch);
         int32_t acc = (p->bias ? p->bias[o] : 0) + dot(in, w, n, in_off);
         out[o] = (int8_t)requant_ch(p, acc, o);

@@ -31,7 +31,7 @@ typedef struct {
     int32_t hw, c, in_zp, out_zp, mult, shift; /* 1/hw folded into mult, shift (TFLite Micro MEAN) */
 } eo_mean_t;
 
-int32_t eo_requantize(int32_t acc, int32_t mult, int32_t shift); /* mult 0 with pow2: see eo_requant_ch */
+int32_t eo_requantize(int32_t acc, int32_t mult, int32_t shift); /* TFLite MultiplyByQuantizedMultiplier */
 void eo_conv2d(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scratch);
 void eo_depthwise_conv2d(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scratch);
 void eo_depthwise_conv2d_inplace(const eo_linear_t *p, int8_t *data, int8_t *scratch);
