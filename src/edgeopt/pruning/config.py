@@ -126,7 +126,10 @@ class PruneConfig(Config):
     steps: int = 3  # rounds (iterative) or ramp points (polynomial)
     n: int = 2
     m: int = 4
-    lr: float = 5e-4  # fine-tuning learning rate (Adam)
+    # fine-tuning learning rate (Adam). 2e-3 measured best for short recovery: 50 % channel
+    # pruning (l1) + 2 epochs on mnist5k keeps 0.957 (resnet8) and 0.950 (dscnn) vs 0.910 /
+    # 0.947 at 5e-4; distillation from the unpruned model did not help further.
+    lr: float = 2e-3
     exclude: tuple[str, ...] = ()  # fnmatch patterns of modules left as they are (dense, and
     # for channel pruning with every channel they read or write)
     regularization: Regularization = Regularization.NONE
