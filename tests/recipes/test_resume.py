@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
@@ -45,9 +46,15 @@ def _key(metrics):
 def reference(tmp_path_factory):
     """The metrics of the uninterrupted run (also warms the baseline cache)."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    with pytest.MonkeyPatch.context() as patch:  # the session's cache (conftest), set per test
-        patch.setenv("EDGEOPT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "edgeopt-cache"))
-        run_recipe(CHAIN, out, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every test (conftest) and the killed processes: same floats
+    try:
+        with pytest.MonkeyPatch.context() as patch:  # the session's cache (conftest)
+            patch.setenv("EDGEOPT_CACHE_DIR",
+                         str(tmp_path_factory.getbasetemp() / "edgeopt-cache"))
+            run_recipe(CHAIN, out, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -216,18 +223,8 @@ def test_killed_process_resumes_to_the_same_metrics(tmp_path, reference, sig):
         proc.wait(timeout=300)
     assert proc.returncode == 0, (tmp_path / "stderr.log").read_text()
     _whole_or_absent(out)
-    _same_within_one_sample(json.loads((out / "metrics.json").read_text()), reference)
+    assert _key(json.loads((out / "metrics.json").read_text())) == _key(reference)
     assert not (tmp_path / ".run.edgeopt.partial").exists()
-
-
-def _same_within_one_sample(got, want):
-    """Across processes a stage retrained after the kill may differ by float rounding (seen:
-    one of the 360 test images); sizes and structure are exact."""
-    assert [s["name"] for s in got["stages"]] == [s["name"] for s in want["stages"]]
-    for new, old in zip(got["stages"], want["stages"]):
-        for key in ("size_bytes", "params", "macs", "onnx"):
-            assert new[key] == old[key], (new["name"], key)
-        assert new["accuracy"] == pytest.approx(old["accuracy"], abs=1.01 / 360), new["name"]
 
 
 def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
