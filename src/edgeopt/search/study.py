@@ -106,20 +106,33 @@ def make_study(settings: SearchSettings, objectives: tuple[str, ...], storage: s
     else:
         sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=6,
                                              multivariate=True)
-    rdb: Any = None
-    if storage is not None:
-        from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
-        # a worker that dies leaves its trial RUNNING: heartbeats let others fail and retry it
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 4-5
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
-            rdb = RDBStorage(storage, heartbeat_interval=10, grace_period=30,
-                             heartbeat_stale_trial_callback=retry, engine_kwargs={"connect_args": {"timeout": 60}}
-                             if storage.startswith("sqlite") else {})
+    rdb = _storage(storage) if storage is not None else None
     directions = ["maximize" if k == "accuracy" else "minimize" for k in objectives]
     return optuna.create_study(storage=rdb, sampler=sampler, study_name=settings.study_name,
                                directions=directions, load_if_exists=True)
+
+
+def _storage(url: str) -> Any:
+    """The RDB storage; workers that start together on a new file may race to create its
+    tables ("table ... already exists", a duplicate alembic version): the loser tries again."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(5):
+        try:
+            # a worker that dies leaves its trial RUNNING: heartbeats let others fail and retry it
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 4-5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, heartbeat_interval=10, grace_period=30,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                      max_retry=1), engine_kwargs=kwargs)
+        except (OperationalError, IntegrityError):
+            if attempt == 4:
+                raise
+            time.sleep(1.0 + attempt)
+    return None
 
 
 def seed_uniform(study: Any, space: Space) -> None:
