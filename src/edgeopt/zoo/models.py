@@ -67,6 +67,15 @@ class LeNet5(nn.Module):
         return self.fc3(self.relu4(self.fc2(self.relu3(self.fc1(x)))))
 
 
+def _separable_blocks(width: int, count: int) -> nn.Sequential:
+    """`count` depthwise 3x3 + pointwise 1x1 conv-BN-ReLU pairs at a constant width."""
+    layers = []
+    for _ in range(count):
+        layers.append(_conv_bn_relu(width, width, 3, groups=width))  # depthwise
+        layers.append(_conv_bn_relu(width, width, 1))  # pointwise
+    return nn.Sequential(*layers)
+
+
 class DSCNN(nn.Module):
     """Depthwise-separable CNN (DS-CNN, as in keyword spotting): a 64-channel conv stem, four
     depthwise 3x3 + pointwise 1x1 blocks, global average pooling and a linear classifier."""
@@ -77,11 +86,7 @@ class DSCNN(nn.Module):
         # Stride 2 on larger inputs keeps the 64-channel blocks cheap (MNIST: 28 -> 14).
         stride = 2 if min(height, wide) >= 16 else 1
         self.stem = _conv_bn_relu(in_channels, width, 3, stride=stride)
-        blocks = []
-        for _ in range(4):
-            blocks.append(_conv_bn_relu(width, width, 3, groups=width))  # depthwise
-            blocks.append(_conv_bn_relu(width, width, 1))  # pointwise
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = _separable_blocks(width, 4)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(width, num_classes)
 
@@ -171,29 +176,21 @@ class TCN1d(nn.Module):
 # MLPerf Tiny reference architectures (github.com/mlcommons/tiny, training/*), in PyTorch.
 
 
-class DSCNNKWS(nn.Module):
+class DSCNNKWS(DSCNN):
     """MLPerf Tiny keyword spotting DS-CNN (small): a 10x4 stride-2 conv stem of 64 channels on a
     49x10 MFCC map, four depthwise 3x3 + pointwise 1x1 blocks, average pooling, 12 classes.
     Padding (5, 1) gives the reference's 25x5 feature map ('same' in Keras) on 49x10."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 64) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # its own stem; the blocks, pooling and forward of DSCNN
         self.stem = nn.Sequential(
             nn.Conv2d(input_shape[0], width, (10, 4), stride=2, padding=(5, 1), bias=False),
             nn.BatchNorm2d(width),
             nn.ReLU(),
         )
-        blocks = []
-        for _ in range(4):
-            blocks.append(_conv_bn_relu(width, width, 3, groups=width))  # depthwise
-            blocks.append(_conv_bn_relu(width, width, 1))  # pointwise
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = _separable_blocks(width, 4)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.blocks(self.stem(x)))
-        return self.fc(torch.flatten(x, 1))
 
 
 # MobileNetV1 at width 1.0: (output channels, stride) of the 13 depthwise-separable blocks.
