@@ -90,17 +90,20 @@ def technique(kind: str) -> Technique:
 
 def check_supported(config: object) -> None:
     """Run the technique's own refusal of unsupported configs (a no-op where it has none)."""
-    load_techniques()
-    entry = next((t for t in _TECHNIQUES.values() if type(config) is t.config), None)
+    entry = _entry_for(config)
     if entry is not None and entry.check is not None:
         entry.check(config)
 
 
 def handler_for(config: object) -> Handler:
-    load_techniques()
-    for entry in _TECHNIQUES.values():
-        if type(config) is entry.config:
-            return entry.handler
+    entry = _entry_for(config)
+    if entry is not None:
+        return entry.handler
     known = ", ".join(sorted(t.config.__name__ for t in _TECHNIQUES.values())) or "none"
     raise ConfigTypeError(
         f"no technique is registered for {type(config).__name__}; registered configs: {known}.")
+
+
+def _entry_for(config: object) -> Technique | None:
+    load_techniques()
+    return next((t for t in _TECHNIQUES.values() if type(config) is t.config), None)
