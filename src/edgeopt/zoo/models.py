@@ -67,26 +67,29 @@ class LeNet5(nn.Module):
         return self.fc3(self.relu4(self.fc2(self.relu3(self.fc1(x)))))
 
 
-def _separable_blocks(width: int, count: int) -> nn.Sequential:
-    """`count` depthwise 3x3 + pointwise 1x1 conv-BN-ReLU pairs at a constant width."""
+def _separable_blocks(width: int, count: int, kernel: int = 3) -> nn.Sequential:
+    """`count` depthwise kxk + pointwise 1x1 conv-BN-ReLU pairs at a constant width."""
     layers = []
     for _ in range(count):
-        layers.append(_conv_bn_relu(width, width, 3, groups=width))  # depthwise
+        layers.append(_conv_bn_relu(width, width, kernel, groups=width))  # depthwise
         layers.append(_conv_bn_relu(width, width, 1))  # pointwise
     return nn.Sequential(*layers)
 
 
 class DSCNN(nn.Module):
     """Depthwise-separable CNN (DS-CNN, as in keyword spotting): a 64-channel conv stem, four
-    depthwise 3x3 + pointwise 1x1 blocks, global average pooling and a linear classifier."""
+    depthwise 3x3 + pointwise 1x1 blocks, global average pooling and a linear classifier.
+    `blocks` and `kernel` (of the depthwise convs) are the architecture search's depth and
+    kernel size; the defaults are the model above."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 64) -> None:
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 64,
+                 blocks: int = 4, kernel: int = 3) -> None:
         super().__init__()
         in_channels, height, wide = input_shape
         # Stride 2 on larger inputs keeps the 64-channel blocks cheap (MNIST: 28 -> 14).
         stride = 2 if min(height, wide) >= 16 else 1
         self.stem = _conv_bn_relu(in_channels, width, 3, stride=stride)
-        self.blocks = _separable_blocks(width, 4)
+        self.blocks = _separable_blocks(width, blocks, kernel)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(width, num_classes)
 
@@ -98,12 +101,13 @@ class DSCNN(nn.Module):
 class BasicBlock(nn.Module):
     """Two 3x3 conv+BN; a 1x1 conv+BN shortcut where the shape changes; ReLU after the add."""
 
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, kernel: int = 3) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        pad = kernel // 2
+        self.conv1 = nn.Conv2d(cin, cout, kernel, stride=stride, padding=pad, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(cout, cout, kernel, padding=pad, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
@@ -119,16 +123,21 @@ class BasicBlock(nn.Module):
 
 class ResNet8(nn.Module):
     """ResNet-8 (MLPerf Tiny style): 16-channel stem, stages of 16/32/64 channels (the last two
-    downsample by 2), global average pooling and a linear classifier."""
+    downsample by 2), global average pooling and a linear classifier. For the architecture
+    search: `width` (stem channels; stages width, 2x, 4x), `stages` (2 drops the last) and
+    `kernel` (of the 3x3 convs); the defaults are the model above."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 16,
+                 stages: int = 3, kernel: int = 3) -> None:
         super().__init__()
-        self.stem = _conv_bn_relu(input_shape[0], 16, 3)
-        self.stage1 = BasicBlock(16, 16, 1)
-        self.stage2 = BasicBlock(16, 32, 2)
-        self.stage3 = BasicBlock(32, 64, 2)
+        self.stem = _conv_bn_relu(input_shape[0], width, kernel)
+        self.stage1 = BasicBlock(width, width, 1, kernel)
+        self.stage2 = BasicBlock(width, 2 * width, 2, kernel)
+        self.stage3: nn.Module = BasicBlock(2 * width, 4 * width, 2, kernel)
+        if stages == 2:
+            self.stage3 = nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(width * 2 ** (stages - 1), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stage3(self.stage2(self.stage1(self.stem(x))))
@@ -201,19 +210,22 @@ _MOBILENET_V1 = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), *[(5
 class MobileNetV1(nn.Module):
     """MLPerf Tiny visual wake words MobileNetV1 (width multiplier 0.25 at 96x96x3): a 3x3
     stride-2 stem, 13 depthwise 3x3 + pointwise 1x1 blocks with ReLU (as the reference's Keras
-    model), global average pooling and a linear classifier (2 classes: person / no person)."""
+    model), global average pooling and a linear classifier (2 classes: person / no person).
+    For the architecture search: `blocks` (the first that many of the 13) and `kernel` (of the
+    depthwise convs); the defaults are the model above."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, alpha: float = 0.25) -> None:
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, alpha: float = 0.25,
+                 blocks: int = 13, kernel: int = 3) -> None:
         super().__init__()
         width = max(8, int(32 * alpha))
         self.stem = _conv_bn_relu(input_shape[0], width, 3, stride=2)
-        blocks = []
-        for channels, stride in _MOBILENET_V1:
+        layers = []
+        for channels, stride in _MOBILENET_V1[:blocks]:
             out = max(8, int(channels * alpha))
-            blocks.append(_conv_bn_relu(width, width, 3, stride=stride, groups=width))
-            blocks.append(_conv_bn_relu(width, out, 1))
+            layers.append(_conv_bn_relu(width, width, kernel, stride=stride, groups=width))
+            layers.append(_conv_bn_relu(width, out, 1))
             width = out
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(width, num_classes)
 
