@@ -234,13 +234,24 @@ def deploy(run_dir: Path, stage: str, target: str, out_dir: Path, max_inputs: in
 @click.option("--sampler", default="tpe", show_default=True, help="tpe or nsga2.")
 @click.option("--finetune-samples", type=int, default=1024, show_default=True,
               help="Training samples each trial calibrates and recovers on.")
+@click.option("--level", default="policy", show_default=True,
+              help="policy (bits and channel widths of RECIPE's model), architecture (width, "
+                   "depth, kernel, resolution of its zoo family, then int8) or both.")
+@click.option("--arch-epochs", type=int, default=3, show_default=True,
+              help="Architecture level: epochs training each candidate from scratch.")
+@click.option("--space-samples", type=int, default=20, show_default=True,
+              help="Architecture level: random architectures costed per candidate space.")
 @click.option("--no-best", is_flag=True, help="Skip running the best policy into DIR/best.")
+@click.option("--threads", type=int, default=None,
+              help="Torch threads of this worker (default: all cores; 1 per worker when "
+                   "several share a machine).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def search(recipe: Path | None, target: str, flash: str | None, ram: str | None,
            latency_ms: float | None, trials: int, timeout: float | None, out_dir: Path,
            storage: str | None, study_name: str, sampler: str, finetune_samples: int,
-           no_best: bool, quiet: bool) -> None:
+           level: str, arch_epochs: int, space_samples: int,
+           no_best: bool, threads: int | None, quiet: bool) -> None:
     """Search per-layer bit widths and channel widths of RECIPE's model under a target budget."""
     from edgeopt.search import SearchSettings
     from edgeopt.search import search as run_search
@@ -249,7 +260,9 @@ def search(recipe: Path | None, target: str, flash: str | None, ram: str | None,
                         ram=ram, latency_ms=latency_ms, timeout=timeout, storage=storage,
                         settings=SearchSettings(sampler=sampler, study_name=study_name,
                                                 finetune_samples=finetune_samples,
-                                                run_best=not no_best),
+                                                level=level, arch_epochs=arch_epochs,
+                                                space_samples=space_samples,
+                                                run_best=not no_best, threads=threads),
                         progress=not quiet)
     best = result["best"]
     if best is None:

@@ -33,6 +33,14 @@ def _check(trials: int, timeout: float | None, settings: SearchSettings) -> None
         raise invalid("--finetune-samples", "an int >= 1", settings.finetune_samples)
     if settings.sampler not in ("tpe", "nsga2"):
         raise invalid("--sampler", "'tpe' or 'nsga2'", settings.sampler)
+    for option, value in (("--arch-epochs", settings.arch_epochs),
+                          ("--space-samples", settings.space_samples)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise invalid(option, "an int >= 1", value)
+    if settings.threads is not None and (isinstance(settings.threads, bool)
+                                         or not isinstance(settings.threads, int)
+                                         or settings.threads < 1):
+        raise invalid("--threads", "an int >= 1", settings.threads)
 
 
 def search(recipe: str | Path | dict[str, Any] | None, *, target: str, out_dir: str | Path,
@@ -44,6 +52,8 @@ def search(recipe: str | Path | dict[str, Any] | None, *, target: str, out_dir: 
     from edgeopt.atomic import atomic_dir, ensure_writable_dir
     from edgeopt.recipes.schema import load_recipe
     from edgeopt.search import output
+    from edgeopt.search.architecture import architecture_context, check_level, seed_architecture
+    from edgeopt.search.architecture import run_best as run_best_architecture
     from edgeopt.search.study import make_study, run_trials, seed_uniform
 
     settings = settings or SearchSettings()
@@ -51,18 +61,32 @@ def search(recipe: str | Path | dict[str, Any] | None, *, target: str, out_dir: 
     budget = make_budget(target, flash, ram, latency_ms)
     storage = check_storage(storage)
     parsed = load_recipe(recipe)
+    check_level(parsed, settings.level)
     ensure_writable_dir(Path(out_dir).resolve().parent)
+    if settings.threads is not None:  # workers sharing a machine: one thread each, not all cores
+        import torch
+
+        torch.set_num_threads(settings.threads)
     ctx = _context(parsed, budget, settings, progress)
+    spaces = None  # the architecture level's space selection table
+    if settings.level != "policy":
+        ctx, spaces = architecture_context(parsed, ctx)
     study = make_study(settings, ctx.objectives, storage)
-    seed_uniform(study, ctx.space)
+    if spaces is not None:  # the zoo shape first; seed_uniform then finds the study begun
+        seed_architecture(study, parsed.model)
+    seed_uniform(study, ctx.space, storage)
     run_trials(study, ctx, trials, timeout, progress)
     records = output.trial_records(study)
     with atomic_dir(out_dir) as folder:
         best = output.best_fitting_record(records)
         best_run = None
         if best is not None and settings.run_best:
-            best_run = _run_best(parsed, best, budget, settings, folder, progress)
+            runner = _run_best if spaces is None else run_best_architecture
+            best_run = runner(parsed, best, budget, settings, folder, progress)
         content = output.summary(records, budget.to_dict(), best_run)
+        if spaces is not None:
+            content["architecture"] = {"level": settings.level, "family": parsed.model,
+                                       "spaces": spaces}
         output.write_pareto(folder, content)
         output.write_report(folder, content, f"edgeopt search: {parsed.model_label} on "
                             f"{parsed.data_label}, {budget.target}")

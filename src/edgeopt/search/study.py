@@ -33,6 +33,10 @@ class SearchSettings:
     seed: int = 0
     study_name: str = "edgeopt-search"
     run_best: bool = True  # run the best policy as a recipe into DIR/best (one worker is enough)
+    level: str = "policy"  # "policy", "architecture" or "both" (edgeopt.search.architecture)
+    arch_epochs: int = 3  # architecture level: epochs training each candidate from scratch
+    space_samples: int = 20  # architecture level: random architectures costed per space
+    threads: int | None = None  # torch threads of this worker (None: torch's default, all cores)
 
 
 @dataclasses.dataclass
@@ -48,6 +52,7 @@ class Context:
     cost: FormulaCost
     settings: SearchSettings
     objectives: tuple[str, ...]
+    evaluate: Any = None  # (ctx, trial) -> record of the architecture level; None: policy level
 
 
 def apply_policy(ctx: Context, policy: Policy) -> nn.Module:
@@ -82,8 +87,10 @@ def evaluate_policy(ctx: Context, policy: Policy) -> dict[str, Any]:
 
 
 def objective(ctx: Context, trial: Any) -> tuple[float, ...]:
-    policy = ctx.space.suggest(trial)
-    record = evaluate_policy(ctx, policy)
+    if ctx.evaluate is not None:
+        record = ctx.evaluate(ctx, trial)
+    else:
+        record = evaluate_policy(ctx, ctx.space.suggest(trial))
     for key, value in record.items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -135,13 +142,26 @@ def _storage(url: str) -> Any:
     return None
 
 
-def seed_uniform(study: Any, space: Space) -> None:
-    """A new study starts from the uniform policies (the baselines any search must beat)."""
-    if study.trials:
-        return
-    for keep in (1.0, 0.75, 0.5):
-        for bits in (8, 4):
-            study.enqueue_trial(space.params(space.uniform(bits, keep)))
+def seed_uniform(study: Any, space: Space, storage: str | None = None) -> None:
+    """A new study starts from the uniform policies (the baselines any search must beat).
+    Workers starting together would each see an empty study and enqueue the seeds twice: the
+    check and the enqueue hold a lock (a file beside a SQLite study; on other databases
+    `skip_if_exists` narrows the race to the moment both enqueue)."""
+    with _seed_lock(storage):
+        if study.trials:
+            return
+        for keep in (1.0, 0.75, 0.5):
+            for bits in (8, 4):
+                study.enqueue_trial(space.params(space.uniform(bits, keep)), skip_if_exists=True)
+
+
+def _seed_lock(storage: str | None) -> Any:
+    if storage is None or not storage.startswith("sqlite"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+    from sqlalchemy.engine import make_url
+
+    return FileLock(f"{make_url(storage).database}.seed.lock", timeout=120)
 
 
 def finished(study: Any) -> int:

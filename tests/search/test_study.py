@@ -1,0 +1,43 @@
+"""Seeding a shared study: workers that start together enqueue the uniform policies once."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import optuna
+
+from edgeopt.search.space import Space
+from edgeopt.search.study import SearchSettings, make_study, seed_uniform
+
+SPACE = Space(layers=("a", "b"), groups=("a",), bit_choices=(4, 8))
+OBJECTIVES = ("accuracy", "flash_bytes", "ram_bytes")
+
+def _waiting(storage: str) -> list[dict]:
+    study = optuna.load_study(study_name="edgeopt-search", storage=storage)
+    return [t.system_attrs["fixed_params"] for t in study.trials]
+
+
+def test_two_workers_seeding_together_enqueue_the_uniform_policies_once(tmp_path):
+    storage = f"sqlite:///{tmp_path}/study.db"
+    # each worker its own study object and connection, as two processes would have
+    studies = [make_study(SearchSettings(), OBJECTIVES, storage) for _ in range(2)]
+    barrier = threading.Barrier(2)
+
+    def worker(study):
+        barrier.wait()  # both see an empty study at the same moment
+        seed_uniform(study, SPACE, storage)
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(worker, studies))
+    params = _waiting(storage)
+    assert len(params) == 6
+    assert len({tuple(sorted(p.items())) for p in params}) == 6
+
+
+def test_a_study_that_has_trials_is_not_seeded_again(tmp_path):
+    storage = f"sqlite:///{tmp_path}/study.db"
+    study = make_study(SearchSettings(), OBJECTIVES, storage)
+    seed_uniform(study, SPACE, storage)
+    seed_uniform(study, SPACE, storage)
+    params = _waiting(storage)
+    assert len(params) == 6
+    assert params[0] == {"bits:a": 8, "bits:b": 8, "keep:a": 1.0}
