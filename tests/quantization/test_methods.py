@@ -106,18 +106,38 @@ def test_qat_trains_exports_and_matches_runtime(tmp_path):
     path = eo.export_onnx(q, tmp_path / "q.onnx", x[:1])
     assert _agree(q, path, x) >= 0.995
     assert census(path)["all_ops"].get("QLinearConv", 0) == 1
-    assert (tmp_path / "ck" / "qat.safetensors").exists()
+    assert [f.name for f in (tmp_path / "ck").iterdir()] == ["001-qat.pt"]
 
 
-def test_qat_resumes_from_checkpoint(tmp_path):
-    data = _digits_like()
+def test_qat_resumes_from_the_last_finished_epoch(tmp_path, monkeypatch):
+    from edgeopt import training
+
+    data, fit = _digits_like(), training.fit
     config = eo.QuantConfig(method="qat", epochs=2, checkpoint_dir=str(tmp_path / "ck"))
-    eo.apply(small_cnn(), config, data=data)
-    # a second run with the same folder finds both epochs done and trains no more
-    q, q_stats = eo.apply_with_stats(small_cnn(), config, data=data)
-    assert q_stats["quant"].curves["train_loss"] != []
-    info = (tmp_path / "ck" / "qat.json").read_text()
-    assert '"epochs_done": 2' in info
+    whole, whole_stats = eo.apply_with_stats(small_cnn(), config, data=data)
+    epochs_run = []
+
+    def fit_then_die(*args, **kwargs):
+        if epochs_run:
+            raise KeyboardInterrupt
+        epochs_run.append(1)
+        return fit(*args, **kwargs)
+
+    config = eo.QuantConfig(method="qat", epochs=2, checkpoint_dir=str(tmp_path / "again"))
+    monkeypatch.setattr(training, "fit", fit_then_die)
+    with pytest.raises(KeyboardInterrupt):  # killed during the second epoch
+        eo.apply(small_cnn(), config, data=data)
+
+    def counted_fit(*args, **kwargs):
+        epochs_run.append(1)
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(training, "fit", counted_fit)
+    resumed, resumed_stats = eo.apply_with_stats(small_cnn(), config, data=data)
+    assert len(epochs_run) == 2  # the resumed run trained the second epoch only
+    assert resumed_stats["quant"].curves == whole_stats["quant"].curves
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_qat_keeps_pruned_weights_at_zero():

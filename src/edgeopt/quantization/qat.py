@@ -1,21 +1,19 @@
 """Quantization-aware training: fake-quantized forward passes, STE and learned (LSQ) scales.
 
-Checkpoints after every epoch (safetensors) when `QuantConfig.checkpoint_dir` is set, and
-resumes from the last finished epoch when started again with the same folder.
+Checkpoints after every epoch with `edgeopt.checkpoint` (the recipe runner's per-stage folder, or
+`QuantConfig.checkpoint_dir` from Python) and resumes from the last finished epoch when started
+again from the same model and settings.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import contextlib
 from typing import Any
 
 import torch
 import torch.fx as fx
-from safetensors.torch import load_file, save
 
-from edgeopt import distributed
-from edgeopt.atomic import write_bytes, write_text
+from edgeopt import checkpoint
 from edgeopt.quantization.config import QuantConfig
 from edgeopt.quantization.modules import ActQuant, QATWeightLayer
 from edgeopt.quantization.stats import QuantStats
@@ -23,23 +21,34 @@ from edgeopt.quantization.stats import QuantStats
 
 def train_qat(gm: fx.GraphModule, config: QuantConfig, data: Any, stats: QuantStats) -> None:
     """Train `gm` in place for config.epochs; quantizer scales learn alongside the weights."""
-    from edgeopt.training import fit
-
     for quantizer in gm.modules():
         if isinstance(quantizer, ActQuant):
             quantizer.start_learning()
-    stats.curves = {"train_loss": [], "weight_quant_mse": []}
-    start = _resume(gm, config, stats.curves)
-    for epoch in range(start, config.epochs):
-        history = fit(gm, data, epochs=1, lr=config.lr, seed=epoch,
-                      desc=f"QAT epoch {epoch + 1}/{config.epochs}")
-        stats.curves["train_loss"].extend(history.train_loss)
-        stats.curves["weight_quant_mse"].append(weight_quant_mse(gm))
-        _checkpoint(gm, config, epoch + 1, stats.curves)
+    folder = (contextlib.nullcontext() if config.checkpoint_dir is None
+              else checkpoint.checkpoints(config.checkpoint_dir))
+    with folder:
+        _train_epochs(gm, config, data, stats)
     gm.eval()
     for quantizer in gm.modules():
         if isinstance(quantizer, ActQuant):
             quantizer.stop_learning()
+
+
+def _train_epochs(gm: fx.GraphModule, config: QuantConfig, data: Any, stats: QuantStats) -> None:
+    """One `fit` epoch at a time (each restarts the learning rate), checkpointed after each."""
+    from edgeopt.training import fit
+
+    ckpt = checkpoint.loop("qat", {"model": gm}, {"epochs": config.epochs, "lr": config.lr})
+    saved = None if ckpt is None else ckpt.restore({"model": gm}, None)
+    stats.curves = {"train_loss": [], "weight_quant_mse": []} if saved is None else saved["curves"]
+    for epoch in range(0 if saved is None else saved["epoch"], config.epochs):
+        with checkpoint.checkpoints(None):  # this loop's checkpoint covers the epoch's fit
+            history = fit(gm, data, epochs=1, lr=config.lr, seed=epoch,
+                          desc=f"QAT epoch {epoch + 1}/{config.epochs}")
+        stats.curves["train_loss"].extend(history.train_loss)
+        stats.curves["weight_quant_mse"].append(weight_quant_mse(gm))
+        if ckpt is not None:
+            ckpt.save({"model": gm}, None, {"epoch": epoch + 1, "curves": stats.curves})
 
 
 @torch.no_grad()
@@ -48,34 +57,3 @@ def weight_quant_mse(gm: fx.GraphModule) -> float:
     errors = [float(((layer.fake_weight() - layer.weight * layer.mask) ** 2).mean())
               for layer in gm.modules() if isinstance(layer, QATWeightLayer)]
     return sum(errors) / max(len(errors), 1)
-
-
-def _paths(config: QuantConfig) -> tuple[Path, Path] | None:
-    if config.checkpoint_dir is None:
-        return None
-    folder = Path(config.checkpoint_dir)
-    return folder / "qat.safetensors", folder / "qat.json"
-
-
-def _checkpoint(gm: fx.GraphModule, config: QuantConfig, epochs_done: int,
-                curves: dict[str, list[float]]) -> None:
-    paths = _paths(config)
-    if paths is None or not distributed.is_main():  # under torchrun, rank 0 writes
-        return
-    paths[0].parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().clone().contiguous() for k, v in gm.state_dict().items()}
-    write_bytes(paths[0], save(state))
-    write_text(paths[1], json.dumps({"epochs_done": epochs_done, "epochs": config.epochs,
-                                     "curves": curves}))
-
-
-def _resume(gm: fx.GraphModule, config: QuantConfig, curves: dict[str, list[float]]) -> int:
-    """Load the last checkpoint if one exists; return the number of epochs already done."""
-    paths = _paths(config)
-    if paths is None or not paths[0].exists() or not paths[1].exists():
-        return 0
-    info = json.loads(paths[1].read_text())
-    gm.load_state_dict(load_file(str(paths[0])), strict=True)
-    for key, values in info.get("curves", {}).items():
-        curves[key] = list(values)
-    return min(int(info["epochs_done"]), config.epochs)
