@@ -72,8 +72,8 @@ def search(recipe: str | Path | dict[str, Any] | None, *, target: str, out_dir: 
     if settings.level != "policy":
         ctx, spaces = architecture_context(parsed, ctx)
     study = make_study(settings, ctx.objectives, storage)
-    if spaces is not None:  # the zoo shape first; seed_uniform then finds the study begun
-        seed_architecture(study, parsed.model)
+    if spaces is not None:  # a first architecture; seed_uniform then finds the study begun
+        seed_architecture(study, parsed.model, spaces)
     seed_uniform(study, ctx.space, storage)
     run_trials(study, ctx, trials, timeout, progress)
     records = output.trial_records(study)

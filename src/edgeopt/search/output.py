@@ -25,7 +25,7 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
         attrs = trial.user_attrs
         record = {"number": trial.number, "state": trial.state.name.lower(),
                   **{k: attrs.get(k) for k in (*OBJECTIVES, "macs", "fits", "seconds", "worker")},
-                  "policy": attrs.get("policy")}
+                  "policy": attrs.get("policy"), "architecture": attrs.get("architecture")}
         record["fits"] = bool(record["fits"])
         out.append(record)
     return out
