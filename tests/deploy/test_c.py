@@ -106,3 +106,15 @@ def test_export_c_for_cortex_m4_takes_flash_and_ram_from_the_image(tmp_path):
     assert info.image is not None and info.flash_bytes == info.image["flash_bytes"]
     assert info.flash_bytes > info.weight_bytes  # code and tables on top of the weights
     assert info.ram_bytes >= info.arena_bytes > 0
+
+
+def test_the_input_lives_in_the_arena_and_its_bytes_are_reused():
+    _, path = quantized("lenet5")
+    graph = lower_onnx(path, calibration=inputs("lenet5", 4))
+    plan = plan_memory(graph)
+    buf = plan.storage[graph.inputs[0]]
+    start, end = plan.offsets[buf], plan.offsets[buf] + plan.sizes[buf]
+    assert plan.lifetimes[buf][0] == 0 and plan.sizes[buf] == graph.tensors[graph.inputs[0]].size
+    later = [b for b, (lo, _) in plan.lifetimes.items() if lo > plan.lifetimes[buf][1]]
+    assert any(plan.offsets[b] < end and start < plan.offsets[b] + plan.sizes[b] for b in later)  # reused
+    assert plan.arena_bytes == plan.peak_live_bytes()

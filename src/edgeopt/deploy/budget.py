@@ -2,8 +2,8 @@
 
 flash = the constant data the C kernels read (weights, packed two per byte where they fit 4 bits;
 int32 biases; an int32 multiplier and shift per output channel); code is not included.
-RAM = the generated C's static arena (edgeopt.deploy.c.plan: lifetimes, in-place ops) plus the
-model's input and output buffers; `peak_activation_bytes` is the lower bound any planner meets.
+RAM = the generated C's static arena (edgeopt.deploy.c.plan: lifetimes, in-place ops; it holds the
+input) plus the model's output buffer; `peak_activation_bytes` is the lower bound any planner meets.
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ def stage_fit(onnx_path: Path, target: Target) -> dict[str, Any]:
         return {**budgets, "deployable": False, "fits": False, "note": str(exc)}
     from edgeopt.deploy.c.plan import plan_memory
 
-    io = graph.tensors[graph.inputs[0]].size + graph.tensors[graph.outputs[0]].size
+    io = graph.tensors[graph.outputs[0]].size  # the arena holds the input
     verdict = fits(target, weight_bytes(graph), plan_memory(graph).arena_bytes + io)
     return {**budgets, "deployable": True, **verdict,
-            "note": "estimated: weights + per-channel requantization (no code); arena + "
-                    "input and output"}
+            "note": "estimated: weights + per-channel requantization (no code); arena (with "
+                    "the input) + output"}

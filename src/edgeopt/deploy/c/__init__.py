@@ -39,8 +39,8 @@ class CExport:
     out_dir: Path
     files: list[str]
     flash_bytes: int  # weights, biases, requantization tables and layer descriptors (code not counted)
-    ram_bytes: int  # the static arena; the caller's input and output buffers are io_bytes
-    io_bytes: int
+    ram_bytes: int  # the static arena, which holds the input (edgeopt_model_input())
+    io_bytes: int  # the caller's output buffer
     weight_bytes: int
     arena: dict[str, tuple[int, int]]  # buffer -> (offset, bytes)
     peak_live_bytes: int  # lower bound: the most activation bytes alive at one time
@@ -124,10 +124,10 @@ def build_c(graph: Graph, out_dir: str | Path, example_input: Any = None, *, tes
     out.mkdir(parents=True, exist_ok=True)
     tests = _test_vectors(graph, test_inputs, pow2)
     files = _write(out, graph, plan, emitted, tests, pow2)
-    in_t, out_t = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
+    out_t = graph.tensors[graph.outputs[0]]
     layers = [{"name": op.name or op.outputs[0], "kind": op.kind, "macs": int(e.macs),
                "weight_bytes": int(e.weight_bytes)} for op, e in zip(graph.ops, emitted)]
-    return CExport(out, files, sum(e.const_bytes for e in emitted), plan.arena_bytes, in_t.size + out_t.size,
+    return CExport(out, files, sum(e.const_bytes for e in emitted), plan.arena_bytes, out_t.size,
                    sum(e.weight_bytes for e in emitted),
                    {b: (plan.offsets[b], plan.sizes[b]) for b in plan.offsets}, plan.peak_live_bytes(),
                    layers, pow2, "host", len(tests[0]), plan.arena_bytes)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeopt.deploy import reference
-from edgeopt.deploy.c.plan import INPUT, OUTPUT, Plan
+from edgeopt.deploy.c.plan import OUTPUT, Plan
 from edgeopt.deploy.ir import Graph, Op, activation_range
 from edgeopt.errors import ExportError
 
@@ -46,8 +46,6 @@ def pack_int4(values: np.ndarray) -> np.ndarray:
 
 def _pointer(plan: Plan, name: str) -> str:
     buf = plan.storage[name]
-    if buf == INPUT:
-        return "(int8_t *)input"
     if buf == OUTPUT:
         return "output"
     return f"(arena + {plan.offsets[buf]})"

@@ -1,7 +1,8 @@
 """Static memory plan over tensor lifetimes: one arena, greedy by size, in place where it is safe.
 
-The graph input and output live in the caller's buffers (edgeopt_model_invoke's arguments), not in the
-arena. A reshape shares its input's storage; an add writes over an input that dies at that add
+The graph input is an arena buffer (live from the first op until its last reader, like TFLite Micro's input
+tensor; the application writes it through edgeopt_model_input()), the graph output the caller's buffer.
+A reshape shares its input's storage; an add writes over an input that dies at that add
 (elementwise: each value is read before it is written); a stride-1 depthwise convolution with 8-bit
 weights writes over its dying input row by row, keeping the rows above that later outputs read in scratch
 (in-place depthwise as in TinyEngine); so does a stride-1 convolution with no more output than input
@@ -16,12 +17,12 @@ from dataclasses import dataclass, field
 from edgeopt.deploy.ir import Graph, Op
 
 ALIGN = 4
-INPUT, OUTPUT = "input", "output"  # storages outside the arena
+OUTPUT = "output"  # the caller's output buffer, outside the arena
 
 
 @dataclass
 class Plan:
-    storage: dict[str, str]  # tensor -> storage name (a buffer, INPUT or OUTPUT)
+    storage: dict[str, str]  # tensor -> storage name (a buffer or OUTPUT)
     offsets: dict[str, int]  # buffer -> arena offset
     sizes: dict[str, int]  # buffer -> bytes
     lifetimes: dict[str, tuple[int, int]]  # buffer -> (first op, last op)
@@ -79,10 +80,11 @@ def plan_memory(graph: Graph) -> Plan:
     for index, op in enumerate(graph.ops):
         for name in op.inputs + op.outputs:
             buf = storage.get(name)
-            if buf is None or buf in (INPUT, OUTPUT):
+            if buf is None or buf == OUTPUT:
                 continue
             sizes[buf] = max(sizes.get(buf, 0), graph.tensors[name].size)
-            lo, hi = lifetimes.get(buf, (index, index))
+            # the input is written before the first op runs
+            lo, hi = lifetimes.get(buf, (0 if buf == storage[graph.inputs[0]] else index, index))
             lifetimes[buf] = (min(lo, index), max(hi, index))
     plan = Plan(storage, {}, sizes, lifetimes)
     for index, op in enumerate(graph.ops):
@@ -95,7 +97,7 @@ def plan_memory(graph: Graph) -> Plan:
 
 
 def _storages(graph: Graph) -> dict[str, str]:
-    storage = {graph.inputs[0]: INPUT, graph.outputs[0]: OUTPUT}
+    storage = {graph.inputs[0]: graph.inputs[0], graph.outputs[0]: OUTPUT}
     last_use = {name: i for i, op in enumerate(graph.ops) for name in op.inputs}
     for op in graph.ops:
         out = op.outputs[0]
@@ -114,7 +116,7 @@ def _dying_input(graph: Graph, op: Op, storage: dict[str, str], last_use: dict[s
     for name in op.inputs[:2 if op.kind == "add" else 1]:
         buf = storage[name]
         users = [n for n, s in storage.items() if s == buf]
-        if buf != INPUT and all(last_use.get(n, -1) <= index for n in users):
+        if all(last_use.get(n, -1) <= index for n in users):
             return name
     return None
 
