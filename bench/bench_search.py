@@ -4,6 +4,7 @@ two workers against one.
     .venv/bin/python bench/bench_search.py costs                 # predictors vs export_c / ORT
     .venv/bin/python bench/bench_search.py target --trials 24    # resnet8 under a flash budget
     .venv/bin/python bench/bench_search.py workers --trials 8    # 1 vs 2 workers, one SQLite study
+    .venv/bin/python bench/bench_search.py arch --trials 8 --flash 16KiB --epochs 4
 
 costs: random policies (bits 4/8 per layer, keep ratios) on zoo architectures the predictors
 were not tuned on; predicted flash / RAM against what edgeopt.deploy's C export stores and
@@ -119,6 +120,42 @@ def target(trials: int, flash: str, samples: int) -> None:
               f"{100 * r['accuracy']:.2f} % | {100 * r['test_accuracy']:.2f} % |")
 
 
+def arch(trials: int, flash: str, samples: int, epochs: int) -> None:
+    """The architecture level (DS-CNN family on mnist5k) against the zoo DS-CNN's uniform
+    policies (the policy level's six seeded trials), both under `flash`; each best is run as a
+    recipe and measured on the test split."""
+    from edgeopt.search import SearchSettings, search
+
+    recipe = {"model": "dscnn", "data": "mnist5k", "measure": {"runs": 50, "warmup": 5}}
+    out = Path(tempfile.mkdtemp(prefix="bench-arch-"))
+    results, walls = {}, {}
+    for level, count in (("policy", 6), ("architecture", trials)):
+        start = time.perf_counter()
+        settings = SearchSettings(level=level, finetune_samples=samples, arch_epochs=epochs)
+        results[level] = search(recipe, target="cortex-m4", flash=flash, trials=count,
+                                out_dir=out / level, settings=settings, progress=True)
+        walls[level] = time.perf_counter() - start
+    print(f"budget {flash}, folder {out}")
+    for row in results["architecture"]["architecture"]["spaces"]:
+        print(json.dumps(row))
+    for t in results["architecture"]["trials"]:
+        acc = "-" if t["accuracy"] is None else f"{100 * t['accuracy']:.2f} %"
+        print(f"trial {t['number']}: {t['architecture']} {t['flash_bytes'] / 1024:.1f} KiB "
+              f"{t['macs'] / 1e6:.2f} MMAC {acc}")
+    for level, label in (("architecture", "architecture search best"),
+                         ("policy", "zoo dscnn, best uniform policy that fits")):
+        best = results[level]["best"]
+        if best is None:
+            print(f"| {label} | nothing fits | {walls[level]:.0f} s |")
+            continue
+        what = (best["architecture"] if level == "architecture"
+                else Policy.from_dict(best["policy"]).label())
+        print(f"| {label} ({what}) | {best['flash_bytes'] / 1024:.1f} KiB | "
+              f"{best['ram_bytes'] / 1024:.1f} KiB | {best['macs'] / 1e6:.2f} M | "
+              f"{100 * best['accuracy']:.2f} % | {100 * best['test_accuracy']:.2f} % | "
+              f"{walls[level]:.0f} s |")
+
+
 def workers(trials: int) -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-workers-"))
     recipe = folder / "recipe.yaml"
@@ -140,14 +177,17 @@ def workers(trials: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("costs", "target", "workers"))
+    parser.add_argument("what", choices=("arch", "costs", "target", "workers"))
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--flash", default="48KiB")
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--per-model", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=3, help="arch: epochs per candidate")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if args.what == "costs":
+    if args.what == "arch":
+        arch(args.trials, args.flash, args.samples, args.epochs)
+    elif args.what == "costs":
         costs(args.per_model)
     elif args.what == "target":
         target(args.trials, args.flash, args.samples)
