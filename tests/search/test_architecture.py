@@ -88,6 +88,7 @@ def test_architecture_search_writes_trials_with_architectures_and_a_best_run(tmp
     recipe = yaml.safe_load((out / "architecture.yaml").read_text())
     assert recipe["model"]["kwargs"]["depth"] == best["architecture"]["depth"]
     assert recipe["data"]["kwargs"]["resolution"] == best["architecture"]["resolution"]
+    assert "Architecture spaces (dscnn)" in (out / "report.html").read_text()
     metrics = json.loads((out / "best" / "metrics.json").read_text())
     assert [s["name"] for s in metrics["stages"]] == ["baseline", "search"]
 

@@ -90,6 +90,23 @@ def _cell(value: Any, scale: float = 1.0, digits: int = 1) -> str:
     return "–" if value is None else f"{value * scale:.{digits}f}"
 
 
+def _spaces_html(content: dict[str, Any]) -> str:
+    """The architecture level's space selection: one row per width x resolution space."""
+    level = content.get("architecture")
+    if not level:
+        return ""
+    rows = "".join(
+        f"<tr class='{'front' if s['chosen'] else ''}'><td>{s['width_mult']:g}</td>"
+        f"<td>{s['resolution']}</td><td>{s['fitting']} / {s['samples']}</td>"
+        f"<td>{_cell(s['mean_macs_fitting'], 1e-6, 2)}</td>"
+        f"<td>{_cell(s['mean_flash_bytes'], 1 / 1024)}</td></tr>" for s in level["spaces"])
+    return (f"<h2>Architecture spaces ({html.escape(level['family'])})</h2><p>Random "
+            "architectures of each space costed untrained; the shaded space, whose fitting "
+            "samples have the most compute, was searched.</p><table><tr><th>width</th>"
+            "<th>resolution</th><th>fitting</th><th>mean MMAC (fitting)</th>"
+            f"<th>mean flash KiB</th></tr>{rows}</table>")
+
+
 def write_report(folder: Path, content: dict[str, Any], title: str) -> None:
     front = {t["number"] for t in content["pareto"]}
     rows = []
@@ -97,12 +114,16 @@ def write_report(folder: Path, content: dict[str, Any], title: str) -> None:
         policy = t.get("policy") or {"bits": {}, "keep": {}}
         bits = " ".join(f"{b}" if b != 32 else "f" for b in policy["bits"].values())
         keep = " ".join(f"{k:g}" for k in policy["keep"].values())
+        arch = t.get("architecture")
+        arch_text = "" if arch is None else (f"w{arch['width_mult']:g} r{arch['resolution']} "
+                                             f"d{arch['depth']} k{arch['kernel']}")
         rows.append(
             f"<tr class='{'front' if t['number'] in front else ''}'><td>{t['number']}</td>"
             f"<td>{t['state']}</td><td>{_cell(t['accuracy'], 100, 2)}</td>"
             f"<td>{_cell(t['flash_bytes'], 1 / 1024)}</td><td>{_cell(t['ram_bytes'], 1 / 1024)}</td>"
             f"<td>{_cell(t['latency_ms'], 1, 3)}</td><td>{'yes' if t['fits'] else 'no'}</td>"
-            f"<td>{html.escape(bits)}</td><td>{html.escape(keep)}</td></tr>")
+            f"<td>{html.escape(bits)}</td><td>{html.escape(keep)}</td>"
+            f"<td>{html.escape(arch_text)}</td></tr>")
     best = content["best"]
     best_line = ("no trial fits the budget" if best is None else
                  f"best fitting trial #{best['number']}: validation {100 * best['accuracy']:.2f}%"
@@ -116,8 +137,10 @@ td,th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}tr.front{{
 </style></head><body><h1>{html.escape(title)}</h1><p>budget: {html.escape(budget)}</p>
 <p>{best_line}</p><img alt="accuracy against flash" src="data:image/png;base64,{_front_png(content)}">
 <h2>Trials</h2><p>Rows on the Pareto front are shaded. Over-budget trials are not trained (no
-accuracy). Bits per layer (f: float) and channel keep ratio per group, in model order.</p>
+accuracy). Bits per layer (f: float) and channel keep ratio per group, in model order;
+architecture: width multiplier, input resolution, depth, kernel.</p>
 <table><tr><th>#</th><th>state</th><th>val acc %</th><th>flash KiB</th><th>RAM KiB</th>
-<th>latency ms</th><th>fits</th><th>bits</th><th>keep</th></tr>{''.join(rows)}</table>
+<th>latency ms</th><th>fits</th><th>bits</th><th>keep</th><th>architecture</th></tr>
+{''.join(rows)}</table>{_spaces_html(content)}
 </body></html>"""
     (folder / "report.html").write_text(page)
