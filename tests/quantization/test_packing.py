@@ -31,3 +31,19 @@ def test_asymmetric_zero_points_are_packed():
     zero = np.array([[5, 6], [7, 9]], dtype=np.uint8)
     _, _, zeros = matmul_nbits_inputs(q, np.ones((2, 2), np.float32), zero, 0, 16)
     assert zeros is not None and unpack(zeros.reshape(2, 1)).tolist() == [[5, 7], [6, 9]]
+
+
+def test_slices_pack_like_one_piece_over_the_full_range(monkeypatch):
+    """Packing in uint8 slices (no wider copy) equals the int16 computation, -8 and 7 included."""
+    from edgeopt.quantization import packing
+
+    rng = np.random.default_rng(1)
+    k, n, block = 32, 11, 16
+    q = rng.integers(-8, 8, size=(k, n)).astype(np.int8)
+    zero = rng.integers(-8, 8, size=(k // block, n)).astype(np.int8)
+    scale = np.ones((k // block, n), np.float32)
+    monkeypatch.setattr(packing, "SLICE_VALUES", 3 * k)  # 3 output features per slice
+    packed, _, zeros = matmul_nbits_inputs(q, scale, zero, 8, block)
+    want = pack_nibbles((q.T.astype(np.int16) + 8).reshape(n, k // block, block))
+    assert np.array_equal(packed, want)
+    assert np.array_equal(zeros, pack_nibbles(zero.T.astype(np.int16) + 8).reshape(-1))

@@ -18,6 +18,8 @@ from edgeopt.export.onnx import register_postprocess
 from edgeopt.quantization.modules import GroupedLinear
 
 MS_DOMAIN = "com.microsoft"
+SLICE_VALUES = 1 << 22  # integers packed at a time
+NBITS_SUFFIXES = (".nbits_B", ".nbits_scales", ".nbits_zero_points")
 
 
 def pack_nibbles(values: np.ndarray) -> np.ndarray:
@@ -37,16 +39,31 @@ def _low_bit_weights(model: nn.Module) -> dict[str, int]:
 
 def matmul_nbits_inputs(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, offset: int,
                         block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """MatMulNBits' B [N, blocks, block/2], scales [N*blocks], zero points (None = default 8)."""
+    """MatMulNBits' B [N, blocks, block/2], scales [N*blocks], zero points (None = default 8).
+
+    Packed a slice of output features at a time in uint8 (values in [-8, 7] plus the offset wrap
+    to [0, 15] modulo 256), so a 32k-row lm_head needs no wider copy of its integers."""
     k, n = q.shape
     blocks = k // block
-    unsigned = (q.T.astype(np.int16) + offset).reshape(n, blocks, block)
-    packed = pack_nibbles(unsigned)
+    packed = np.empty((n, blocks, (block + 1) // 2), dtype=np.uint8)
+    step = max(1, SLICE_VALUES // k)
+    for start in range(0, n, step):
+        part = q[:, start:start + step].T.astype(np.uint8)  # a [step, K] copy
+        part += np.uint8(offset)
+        packed[start:start + step] = pack_nibbles(part.reshape(-1, blocks, block))
     scales = np.ascontiguousarray(scale.T.astype(np.float32)).reshape(-1)
-    zeros = zero.T.astype(np.int16) + offset  # [N, blocks]
+    zeros = zero.T.astype(np.int16) + offset  # [N, blocks]: small
     if (zeros == 8).all():
         return packed, scales, None
     return packed, scales, pack_nibbles(zeros).reshape(-1)
+
+
+def layer_nbits(layer: GroupedLinear) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The MatMulNBits inputs of one 4-bit grouped layer, from its own buffers (what the pass
+    below computes from the exported initializers)."""
+    return matmul_nbits_inputs(layer.weight_q.numpy(), layer.weight_scale.numpy(),
+                               layer.weight_zero_point.numpy(),
+                               8 if layer.weight_q.dtype.is_signed else 0, layer.group_size)
 
 
 @register_postprocess
@@ -66,7 +83,7 @@ def rewrite_int4_matmuls(model: nn.Module, proto: onnx.ModelProto) -> None:
         block = next(a.i for a in dq.attribute if a.name == "block_size")
         packed, scales, zeros = matmul_nbits_inputs(*arrays, wanted[dq.input[0]], block)
         prefix = dq.input[0].removesuffix(".weight_q")
-        names = [f"{prefix}.nbits_B", f"{prefix}.nbits_scales", f"{prefix}.nbits_zero_points"]
+        names = [prefix + suffix for suffix in NBITS_SUFFIXES]
         graph.initializer.extend(numpy_helper.from_array(a, n) for a, n in
                                  zip((packed, scales, zeros), names) if a is not None)
         inputs = [node.input[0], names[0], names[1]] + ([names[2]] if zeros is not None else [])

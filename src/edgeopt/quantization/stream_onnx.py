@@ -2,11 +2,17 @@
 exported alone with the project's exporter and post-export passes, its tensor names prefixed,
 its weights appended to one external data file (onnx's external data helpers) and dropped from
 memory; only the graph structure is kept until the end.
+
+Decoder blocks share one structure, so only the first is exported: later blocks reuse its graph
+(a `Template`) with their own tensors written straight from the module's buffers, which saves
+an export per block (time, and the memory the exporter keeps from one export to the next).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +24,7 @@ from torch import nn
 
 from edgeopt.atomic import ensure_writable_dir
 from edgeopt.export import onnx as onnx_export
-from edgeopt.quantization import packing  # noqa: F401  (registers the int4 export pass)
+from edgeopt.quantization import packing  # also registers the int4 export pass
 
 ALIGN = 4096
 INLINE_BYTES = 1024  # smaller tensors (shape constants) stay in the graph, as onnx's helper does  # external tensors start on page boundaries (ONNX Runtime can map them)
@@ -38,9 +44,22 @@ class StitchedWriter:
         self.links: list[str] = []  # names of the previous piece's outputs
         self.partial = path.with_name(f".{path.name}.partial")
         self.data = open(self.partial.with_suffix(".data"), "wb")  # noqa: SIM115 (kept open)
+        self.templates: dict[str, Template | None] = {}
+        self.reused = 0  # pieces built from a template rather than exported
 
-    def add(self, name: str, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        proto = export_piece(module, args, self.opset)
+    def add(self, name: str, module: nn.Module, args: tuple[torch.Tensor, ...], *,
+            shared: str | None = None) -> None:
+        """Append a piece. Pieces with the same `shared` key (decoder blocks) have one graph:
+        the first is exported, later ones reuse it with their own tensors, or are exported too
+        when their tensors do not line up with it."""
+        template = self.templates.get(shared) if shared else None
+        proto = template.instantiate(module, self._externalize) if template else None
+        if proto is None:
+            proto, made = export_piece(module, args, self.opset, template=shared is not None)
+            if shared and shared not in self.templates:
+                self.templates[shared] = made
+        else:
+            self.reused += 1
         first = not self.links
         inputs = [v.name for v in proto.graph.input]
         outputs = [v.name for v in proto.graph.output]
@@ -129,21 +148,135 @@ class StitchedWriter:
         return self.path
 
 
-def export_piece(module: nn.Module, args: tuple[torch.Tensor, ...], opset: int
-                 ) -> onnx.ModelProto:
+def export_piece(module: nn.Module, args: tuple[torch.Tensor, ...], opset: int, *,
+                 template: bool = False) -> tuple[onnx.ModelProto, Template | None]:
     """One piece as ONNX with batch and sequence (axis 1) dynamic, after the post-export passes
-    (4-bit MatMulNBits), initializers as raw bytes."""
+    (4-bit MatMulNBits), initializers as raw bytes; with `template`, also the graph other
+    modules of the same structure can reuse (None when this one cannot be reused)."""
     args = tuple(torch.cat([a, a])[:2] if a.shape[0] < 2 else a for a in args)
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim.DYNAMIC
     shapes = tuple({0: batch, 1: sequence} for _ in args)
     module.eval()
     program = onnx_export._export(module, args, opset, shapes)
     proto = program.model_proto
+    state = {k: v for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+    sources = _sources(proto.graph, state) if template else None
     for postprocess in onnx_export._POSTPROCESS:
         postprocess(module, proto)
     onnx_export._store_raw(proto.graph)
     onnx_export._strip_debug_info(proto.graph)
-    return proto
+    made = Template.build(proto, module, state, sources) if sources is not None else None
+    return proto, made
+
+
+def _sources(graph: onnx.GraphProto, state: dict[str, torch.Tensor]
+             ) -> dict[str, tuple[str, ...]] | None:
+    """Exported initializer -> the state tensors it holds. The exporter merges equal
+    initializers (two RMSNorm gains of ones, all-zero zero points), so a tensor missing under
+    its own name is found by value; None when one is not there at all (folded into another)."""
+    inits = {t.name: t for t in graph.initializer}
+    sources: dict[str, list[str]] = {}
+    for key, tensor in state.items():
+        if key in inits:
+            sources.setdefault(key, []).append(key)
+            continue
+        value = _bytes(tensor)
+        match = next((n for n, t in inits.items() if list(t.dims) == list(tensor.shape)
+                      and onnx.numpy_helper.to_array(t).tobytes() == value), None)
+        if match is None:
+            return None
+        sources.setdefault(match, []).append(key)
+    return {name: tuple(keys) for name, keys in sources.items()}
+
+
+def _bytes(tensor: torch.Tensor) -> bytes:
+    return tensor.detach().contiguous().numpy().tobytes()
+
+
+@dataclasses.dataclass
+class Template:
+    """A piece's exported graph without its tensors, and where each tensor comes from: a state
+    tensor of the module (`sources`), MatMulNBits tensors packed from a 4-bit layer (`packed`),
+    or a constant of the structure (kept, small)."""
+
+    proto: onnx.ModelProto  # initializers without data, except the constants
+    sources: dict[str, tuple[str, ...]]
+    packed: dict[str, tuple[str, int]]  # initializer -> (layer name, index in layer_nbits)
+    signature: dict[str, tuple[tuple[int, ...], torch.dtype]]
+
+    @classmethod
+    def build(cls, proto: onnx.ModelProto, module: nn.Module, state: dict[str, torch.Tensor],
+              sources: dict[str, tuple[str, ...]]) -> Template | None:
+        low_bit = {name.removesuffix(".weight_q") for name in packing._low_bit_weights(module)}
+        graph = onnx.ModelProto()
+        graph.CopyFrom(proto)
+        packed, kept = {}, {}
+        for tensor in graph.graph.initializer:
+            layer, suffix = _split_nbits(tensor.name)
+            if layer in low_bit:
+                packed[tensor.name] = (layer, packing.NBITS_SUFFIXES.index(suffix))
+            elif tensor.name in sources:
+                kept[tensor.name] = sources[tensor.name]
+            elif len(tensor.raw_data) >= INLINE_BYTES:
+                return None  # a large tensor of unknown origin: export every piece
+            else:
+                continue
+            tensor.ClearField("raw_data")
+        signature = {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
+        return cls(graph, kept, packed, signature)
+
+    def instantiate(self, module: nn.Module, store: Callable[..., None]
+                    ) -> onnx.ModelProto | None:
+        """The graph with `module`'s tensors (large ones handed to `store` with their bytes);
+        None when `module` does not line up (other shapes, tensors the template holds as one
+        now differ, another zero-point layout): the caller exports it instead."""
+        state = {k: v for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+        if {k: (tuple(v.shape), v.dtype) for k, v in state.items()} != self.signature:
+            return None
+        values = self._values(module, state)
+        if values is None:
+            return None
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)
+        filled = [(t, values[t.name]) for t in proto.graph.initializer if t.name in values]
+        if any(onnx.helper.np_dtype_to_tensor_dtype(v.dtype) != t.data_type
+               or list(v.shape) != list(t.dims) for t, v in filled):
+            return None
+        for tensor, value in filled:
+            raw = memoryview(np.ascontiguousarray(value)).cast("B")
+            if len(raw) >= INLINE_BYTES:
+                store(tensor, raw)
+            else:
+                tensor.raw_data = raw.tobytes()
+        return proto
+
+    def _values(self, module: nn.Module, state: dict[str, torch.Tensor]
+                ) -> dict[str, np.ndarray] | None:
+        values: dict[str, np.ndarray] = {}
+        for name, keys in self.sources.items():
+            first = state[keys[0]]
+            if any(not torch.equal(state[k], first) for k in keys[1:]):
+                return None  # the exporter merged them in the template; here they differ
+            values[name] = first.detach().contiguous().numpy()
+        layers: dict[str, tuple[np.ndarray, ...]] = {}
+        for name, (layer, index) in self.packed.items():
+            if layer not in layers:
+                layers[layer] = packing.layer_nbits(module.get_submodule(layer))
+            if layers[layer][index] is None:
+                return None
+            values[name] = layers[layer][index]
+        wanted = {(layer, i) for layer, i in self.packed.values()}
+        if any(arrays[2] is not None and (layer, 2) not in wanted
+               for layer, arrays in layers.items()):
+            return None  # zero points the template's graph has no input for
+        return values
+
+
+def _split_nbits(name: str) -> tuple[str, str]:
+    for suffix in packing.NBITS_SUFFIXES:
+        if name.endswith(suffix):
+            return name.removesuffix(suffix), suffix
+    return "", ""
 
 
 def _copy(message: onnx.ValueInfoProto) -> onnx.ValueInfoProto:

@@ -40,7 +40,7 @@ from edgeopt.quantization.weights import LayerBuilder, spec_for
 __all__ = ["StreamResult", "quantize_checkpoint", "quantize_decoder"]
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-CHUNK = 1024  # output features quantized at a time in wide grouped layers
+CHUNK_VALUES = 1 << 21  # weights quantized at a time in grouped layers (8 MB of float)
 
 # AWQ groups of a Llama-style block: the producer whose output channels absorb 1/s, and the
 # Linears reading that output (their input columns take s).
@@ -168,12 +168,17 @@ def _awq(block: nn.Module, inputs: dict[str, torch.Tensor], config: QuantConfig,
 
 @torch.no_grad()
 def quantize_block(block: nn.Module, config: QuantConfig, prefix: str,
-                   run: Callable[[], None] | None, notes: dict[str, dict[str, Any]]) -> None:
+                   run: Callable[[], None] | None, notes: dict[str, dict[str, Any]], *,
+                   read: Callable[[str, nn.Module], None] | None = None) -> None:
     """Quantize every Linear of `block` in place (`prefix` is its name in the model, for
     overrides and exclusions). `run()` drives the float block on its calibration inputs
-    (needed for AWQ and GPTQ)."""
+    (needed for AWQ and GPTQ). `read(name, module)`: the block arrives without weights (rounding
+    to nearest needs no block run): its other modules are read first, then each Linear just
+    before it is quantized, so one Linear's float weight is in memory at a time."""
     names = [n for n, m in _linears(block).items()
-             if not any(qgraph.matches(f"{prefix}.{n}", m, p) for p in config.exclude)]
+             if not any(qgraph.matches(_join(prefix, n), m, p) for p in config.exclude)]
+    if read is not None:
+        _read_all_but(block, prefix, set(names), read)
     if config.awq and run is not None:
         wanted = sorted({n for _, group in AWQ_GROUPS for n in group})
         _awq(block, _capture_inputs(block, run, wanted), config, prefix, notes)
@@ -182,23 +187,42 @@ def quantize_block(block: nn.Module, config: QuantConfig, prefix: str,
     builder = LayerBuilder(config)
     for name in names:
         layer = block.get_submodule(name)
-        _check_group(f"{prefix}.{name}", layer, config)
-        spec = spec_for(f"{prefix}.{name}", layer, config)
+        _check_group(_join(prefix, name), layer, config)
+        spec = spec_for(_join(prefix, name), layer, config)
+        if read is not None:
+            read(_join(prefix, name), layer)
         quantized = build_in_chunks(builder, layer, spec, keep_reference=name in inputs)
         if name in inputs:
             _gptq(quantized, inputs.pop(name), config)
         vars(quantized).pop("reference_weight", None)  # a float copy, no longer needed
         qgraph._replace_submodule(block, name, quantized)
-        notes.setdefault(f"{prefix}.{name}", {}).update(
+        del layer  # its float weight (a mapping of its own when read) goes now
+        notes.setdefault(_join(prefix, name), {}).update(
             bits=spec.bits, group_size=spec.group_size, rounding=config.rounding.value)
 
 
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _read_all_but(block: nn.Module, prefix: str, later: set[str],
+                  read: Callable[[str, nn.Module], None]) -> None:
+    """Read the modules of `block` that hold tensors themselves, except those in `later`."""
+    for name, module in block.named_modules():
+        owns = any(True for _ in module.parameters(recurse=False)) or any(
+            True for _ in module.buffers(recurse=False))
+        if owns and name not in later:
+            read(_join(prefix, name), module)
+
+
 def build_in_chunks(builder: LayerBuilder, layer: nn.Linear, spec: QuantSpec, *,
-                    keep_reference: bool = True, chunk: int = CHUNK) -> nn.Module:
-    """`builder.build`, a slice of output features at a time for grouped weights: each group's
-    scale belongs to one output feature, so the integers are the same as in one piece while the
-    float temporaries (transposed, expanded scales) stay a slice's size. lm_head of a 32k vocabulary
-    otherwise needs about five float copies of its weight."""
+                    keep_reference: bool = True, chunk: int | None = None) -> nn.Module:
+    """`builder.build`, a slice of `chunk` output features at a time for grouped weights (by
+    default about CHUNK_VALUES weights): each group's scale belongs to one output feature, so
+    the integers are the same as in one piece while the float temporaries (transposed, expanded
+    scales, rounding) stay a slice's size; a whole layer needs about five float copies of its
+    weight."""
+    chunk = chunk or max(1, CHUNK_VALUES // layer.in_features)
     if spec.granularity is not Granularity.PER_GROUP or layer.out_features <= chunk:
         return builder.build(layer, spec)
     parts, references = [], []
@@ -294,14 +318,16 @@ def _run_blocks(parts: Decoder, config: QuantConfig, calibration: torch.Tensor |
     emit("head", head, (ids[:1],))
     free(head.embed)
     del head
+    wanted = calibration is not None and (config.awq or config.rounding is Rounding.GPTQ)
     for index, block in enumerate(parts.blocks):
         name = f"{parts.block_prefix}.{index}"
-        load(name, block)
         step = _Block(block)
-        wanted = calibration is not None and (config.awq or config.rounding is Rounding.GPTQ)
-        quantize_block(block, config, name, partial(step, hidden, cos, sin) if wanted else None,
-                       notes)
-        hidden = step(hidden, cos, sin)  # the next block learns from this quantized one
+        if wanted:  # GPTQ / AWQ run the float block on its inputs
+            load(name, block)
+            quantize_block(block, config, name, partial(step, hidden, cos, sin), notes)
+            hidden = step(hidden, cos, sin)  # the next block learns from this quantized one
+        else:
+            quantize_block(block, config, name, None, notes, read=load)
         emit(name, step, (hidden[:1], cos[:1], sin[:1]))
         free(block)
     emit("tail", tail, (hidden[:1],))
@@ -315,13 +341,13 @@ def _quantized_tail(parts: Decoder, config: QuantConfig,
     model = parts.model
     tail = _Tail(model.get_submodule(parts.norm), model.get_submodule(parts.head))
     load(parts.norm, tail.norm)
-    load(parts.head, tail.head)
     if not any(qgraph.matches(parts.head, tail.head, p) for p in config.exclude):
-        holder = nn.ModuleDict({"lm_head": tail.head})
-        quantize_block(holder, config, "", None, notes)
-        free(tail.head)  # the float weight
-        tail.head = holder["lm_head"]
-        notes[parts.head] = notes.pop(".lm_head", {})
+        holder = nn.ModuleDict({parts.head: tail.head})
+        quantize_block(holder, config, "", None, notes, read=load)
+        free(tail.head)  # the float weight, which the model still refers to
+        tail.head = holder[parts.head]
+    else:
+        load(parts.head, tail.head)
     return tail
 
 
@@ -363,8 +389,8 @@ def quantize_checkpoint(source: str | Path, out_dir: str | Path, config: QuantCo
     def emit(name: str, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         if writer is not None and name == "head":
             writer.add_head(name, module.embed.weight.detach(), *_position_tables(module))
-        elif writer is not None:
-            writer.add(name, module, args)
+        elif writer is not None:  # the blocks share one graph
+            writer.add(name, module, args, shared="block" if isinstance(module, _Block) else None)
         if save_tensors:
             tensors.append(stream_onnx.save_state(module, out / "tensors" / f"{name}.safetensors"))
 
