@@ -26,7 +26,7 @@ from edgeopt.deploy.ir import Graph
 from edgeopt.errors import ConfigTypeError, ExportError, invalid
 
 RUNTIME = Path(__file__).parent / "runtime"
-RUNTIME_FILES = ("edgeopt_kernels.h", "edgeopt_kernels.c")
+RUNTIME_FILES = ("edgeopt_kernels.h", "edgeopt_kernels.c", "edgeopt_x86.h", "edgeopt_arm.h")
 HOST_TARGETS = ("host",)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeopt.deploy import reference
+from edgeopt.deploy.c import simd
 from edgeopt.deploy.c.plan import OUTPUT, Plan
 from edgeopt.deploy.ir import Graph, Op, activation_range
 from edgeopt.errors import ExportError
@@ -80,7 +81,13 @@ def _linear(graph: Graph, op: Op, index: int, plan: Plan, pow2: bool) -> Emitted
         macs = oh * ow * oc * kh * kw * (ic if op.kind == "conv2d" else 1)
     fields = ", ".join(str(int(v)) for v in [*geometry, bits, int(x.qparams.zero_point),
                                                int(out.qparams.zero_point), lo, hi])
-    decls.append(f"static const eo_linear_t {tag} = {{{fields}, {tag}_w, {tag}_b, {mult}, {tag}_s}};")
+    x86 = " EO_X86_FIELDS(0, 0)"  # the portable kernel
+    if bits == 8 and op.kind != "depthwise_conv2d":  # x86 VNNI tables, compiled only there
+        decls += ["#if EO_X86_VNNI", c_array("int8_t", f"{tag}_xw", simd.vnni_weights(w.data)),
+                  c_array("int32_t", f"{tag}_xb", simd.vnni_bias(w.data, b.data, int(x.qparams.zero_point))),
+                  "#endif"]
+        x86 = f" EO_X86_FIELDS({tag}_xw, {tag}_xb)"
+    decls.append(f"static const eo_linear_t {tag} = {{{fields}, {tag}_w, {tag}_b, {mult}, {tag}_s{x86}}};")
     scratch = f"(arena + {plan.offsets[plan.scratch[index]]})" if index in plan.scratch else "0"
     src, dst = _pointer(plan, op.inputs[0]), _pointer(plan, op.outputs[0])
     call = f"eo_{op.kind}(&{tag}, {src}, {dst}, {scratch});"

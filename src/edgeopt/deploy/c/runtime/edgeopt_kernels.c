@@ -2,6 +2,9 @@
 #include "edgeopt_kernels.h"
 
 #include <string.h>
+#if EO_X86_VNNI
+#include "edgeopt_x86.h"
+#endif
 
 /* gemmlowp SaturatingRoundingDoublingHighMul */
 static int32_t srdhm(int32_t a, int32_t b) {
@@ -84,6 +87,16 @@ static void conv_rows(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_
     }
 }
 
+/* short runs as byte loops (a library call costs more than a few bytes), long ones through the library */
+static void copy_or_fill(int8_t *dst, const int8_t *src, int8_t fill, int32_t n) {
+    if (n >= 32) {
+        if (src) memcpy(dst, src, (size_t)n);
+        else memset(dst, fill, (size_t)n);
+        return;
+    }
+    for (int32_t i = 0; i < n; i++) dst[i] = src ? src[i] : fill;
+}
+
 /* The input window of one output pixel as a contiguous row (HWC order); padding holds the zero point,
    which contributes (zp - zp) * w = 0, exactly as TFLite skips it. Rows above `ring_from` come from the
    ring of saved input rows (in-place convolution), the others from `in`. */
@@ -99,6 +112,16 @@ static const int8_t *gather_patch(const eo_linear_t *p, const int8_t *in, int32_
             continue;
         }
         const int8_t *src = ring && iy < oy ? ring + (iy % ring_rows) * row : in + iy * row;
+        if (p->dil_w == 1) { /* the row's taps are contiguous: zero-point fill, one run, zero-point fill */
+            int32_t ix0 = ox * p->stride_w - p->pad_l;
+            int32_t lo = ix0 < 0 ? -ix0 : 0, hi = p->in_w - ix0 < p->k_w ? p->in_w - ix0 : p->k_w;
+            if (hi < lo) hi = lo;
+            copy_or_fill(dst, 0, (int8_t)p->in_zp, lo * ic);
+            copy_or_fill(dst + lo * ic, src + (ix0 + lo) * ic, 0, (hi - lo) * ic);
+            copy_or_fill(dst + hi * ic, 0, (int8_t)p->in_zp, (p->k_w - hi) * ic);
+            dst += p->k_w * ic;
+            continue;
+        }
         for (int32_t kx = 0; kx < p->k_w; kx++, dst += ic) {
             int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
             if (ix < 0 || ix >= p->in_w) memset(dst, (int8_t)p->in_zp, (size_t)ic);
@@ -145,6 +168,12 @@ static void dot4(const int8_t *restrict x, const int8_t *restrict w, int32_t k, 
 }
 
 static void conv_pixel(const eo_linear_t *p, const int8_t *x, int8_t *o) {
+#if EO_X86_VNNI
+    if (p->xw) {
+        x86_conv_pixel(p, x, o);
+        return;
+    }
+#endif
     const int32_t k = p->k_h * p->k_w * p->in_c, in_off = -p->in_zp;
     const int8_t *weights = (const int8_t *)p->weights;
     int32_t oc = 0, acc4[4];
@@ -203,6 +232,19 @@ void eo_depthwise_conv2d(const eo_linear_t *p, const int8_t *in, int8_t *out, in
     const int32_t ic = p->in_c, oc_n = p->out_c, m = p->depth_multiplier, in_off = -p->in_zp;
     int32_t *acc = (int32_t *)(void *)scratch;
     const int8_t *w = weight_row(p, 0, p->k_h * p->k_w * oc_n, scratch + 4 * oc_n); /* 1HWC */
+#if EO_X86_VNNI
+    if (m == 1) {
+        for (int32_t oy = 0; oy < p->out_h; oy++) {
+            const int8_t *rows[p->k_h];
+            for (int32_t ky = 0; ky < p->k_h; ky++) {
+                int32_t iy = oy * p->stride_h - p->pad_t + ky * p->dil_h;
+                rows[ky] = iy < 0 || iy >= p->in_h ? 0 : in + iy * p->in_w * ic;
+            }
+            for (int32_t ox = 0; ox < p->out_w; ox++) x86_depthwise_pixel(p, rows, ox, w, out + (oy * p->out_w + ox) * oc_n);
+        }
+        return;
+    }
+#endif
     for (int32_t oy = 0; oy < p->out_h; oy++) {
         for (int32_t ox = 0; ox < p->out_w; ox++) {
             for (int32_t oc = 0; oc < oc_n; oc++) acc[oc] = p->bias ? p->bias[oc] : 0;
@@ -236,6 +278,16 @@ void eo_depthwise_conv2d_inplace(const eo_linear_t *p, int8_t *data, int8_t *scr
     int8_t *row_out = scratch + 4 * c_n, *ring = row_out + row;
     const int8_t *w = (const int8_t *)p->weights;
     for (int32_t oy = 0; oy < p->out_h; oy++) {
+#if EO_X86_VNNI
+        const int8_t *rows[p->k_h];
+        for (int32_t ky = 0; ky < p->k_h; ky++) {
+            int32_t iy = oy - p->pad_t + ky * p->dil_h;
+            rows[ky] = iy < 0 || iy >= p->in_h ? 0 : iy < oy ? ring + (iy % ring_rows) * row : data + iy * row;
+        }
+        for (int32_t ox = 0; ox < p->out_w; ox++) x86_depthwise_pixel(p, rows, ox, w, row_out + ox * c_n);
+        (void)acc;
+        (void)in_off;
+#else
         for (int32_t ox = 0; ox < p->out_w; ox++) {
             for (int32_t c = 0; c < c_n; c++) acc[c] = p->bias ? p->bias[c] : 0;
             for (int32_t ky = 0; ky < p->k_h; ky++) {
@@ -252,6 +304,7 @@ void eo_depthwise_conv2d_inplace(const eo_linear_t *p, int8_t *data, int8_t *scr
             }
             for (int32_t c = 0; c < c_n; c++) row_out[ox * c_n + c] = (int8_t)requant_ch(p, acc[c], c);
         }
+#endif
         if (ring_rows > 0) memcpy(ring + (oy % ring_rows) * row, data + oy * row, (size_t)row);
         memcpy(data + oy * row, row_out, (size_t)row);
     }
@@ -299,16 +352,26 @@ static void pool(const eo_pool_t *p, const int8_t *in, int8_t *out, int is_max) 
 void eo_max_pool2d(const eo_pool_t *p, const int8_t *in, int8_t *out) { pool(p, in, out, 1); }
 void eo_avg_pool2d(const eo_pool_t *p, const int8_t *in, int8_t *out) { pool(p, in, out, 0); }
 
+/* sums over pixels for 64 channels at a time: the inner loop runs along contiguous channels */
 void eo_mean(const eo_mean_t *p, const int8_t *in, int8_t *out) {
-    for (int32_t c = 0; c < p->c; c++) {
-        int32_t sum = 0;
-        for (int32_t i = 0; i < p->hw; i++) sum += in[i * p->c + c];
-        sum -= p->in_zp * p->hw;
-        out[c] = (int8_t)clamp(eo_requantize(sum, p->mult, p->shift) + p->out_zp, -128, 127);
+    int32_t sums[64];
+    for (int32_t c0 = 0; c0 < p->c; c0 += 64) {
+        const int32_t n = p->c - c0 < 64 ? p->c - c0 : 64;
+        for (int32_t c = 0; c < n; c++) sums[c] = -p->in_zp * p->hw;
+        for (int32_t i = 0; i < p->hw; i++)
+            for (int32_t c = 0; c < n; c++) sums[c] += in[i * p->c + c0 + c];
+        for (int32_t c = 0; c < n; c++)
+            out[c0 + c] = (int8_t)clamp(eo_requantize(sums[c], p->mult, p->shift) + p->out_zp, -128, 127);
     }
 }
 
 void eo_add(const eo_add_t *p, const int8_t *a, const int8_t *b, int8_t *out) {
+#if EO_X86_VNNI
+    if (p->pow2 || (p->s1 <= 0 && p->s2 <= 0 && p->so <= 0)) { /* right shifts only, as TFLite's ADD has */
+        x86_add(p, a, b, out);
+        return;
+    }
+#endif
     for (int32_t i = 0; i < p->size; i++) {
         int32_t x = a[i] - p->in1_zp, y = b[i] - p->in2_zp, total;
         if (p->pow2) {

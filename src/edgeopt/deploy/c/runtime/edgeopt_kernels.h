@@ -6,6 +6,23 @@
 #define EDGEOPT_KERNELS_H
 #include <stdint.h>
 
+/* Hand-written SIMD paths, chosen by the compiler's target macros (EDGEOPT_PORTABLE forces plain C):
+   x86 with AVX-512 VNNI (-march=native on a host that has it) reads weights the emitter reordered for it
+   (`xw`, `xb`; EO_X86_FIELDS adds them to a layer's initializer only there); Cortex-M cores with the DSP
+   extension (M4, M7, M33) use SMLAD dual 16-bit multiply-accumulates on the portable weight layout. */
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__) && !defined(EDGEOPT_PORTABLE)
+#define EO_X86_VNNI 1
+#define EO_X86_FIELDS(xw, xb) , xw, xb
+#else
+#define EO_X86_VNNI 0
+#define EO_X86_FIELDS(xw, xb)
+#endif
+#if defined(__ARM_FEATURE_DSP) && !defined(EDGEOPT_PORTABLE)
+#define EO_ARM_DSP 1
+#else
+#define EO_ARM_DSP 0
+#endif
+
 typedef struct {
     int16_t in_h, in_w, in_c, out_h, out_w, out_c;
     int16_t k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_t, pad_l;
@@ -14,6 +31,10 @@ typedef struct {
     int32_t in_zp, out_zp, act_min, act_max;
     const void *weights;      /* conv OHWI, depthwise 1HWC, fully connected [out][in] */
     const int32_t *bias, *mult, *shift; /* per output channel; mult NULL: power-of-two mode */
+#if EO_X86_VNNI
+    const int8_t *xw;  /* conv / fully connected, 8-bit: [out_c/16][k/4][16][4] (edgeopt_x86.h); NULL: none */
+    const int32_t *xb; /* bias - (128 + in_zp) * sum(w) per output channel */
+#endif
 } eo_linear_t;
 
 typedef struct {

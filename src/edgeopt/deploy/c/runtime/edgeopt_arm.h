@@ -1,0 +1,1 @@
+/* edgeopt int8 kernels: the Cortex-M DSP path (placeholder). */
