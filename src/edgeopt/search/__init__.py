@@ -51,7 +51,7 @@ def search(recipe: str | Path | dict[str, Any] | None, *, target: str, out_dir: 
     """Run (or resume, or join) a search; returns what pareto.json holds."""
     from edgeopt.atomic import atomic_dir, ensure_writable_dir
     from edgeopt.recipes.schema import load_recipe
-    from edgeopt.search import output
+    from edgeopt.search import output, seeds
     from edgeopt.search.architecture import architecture_context, check_level, seed_architecture
     from edgeopt.search.architecture import run_best as run_best_architecture
     from edgeopt.search.study import make_study, run_trials, seed_uniform
@@ -74,7 +74,7 @@ def search(recipe: str | Path | dict[str, Any] | None, *, target: str, out_dir: 
     study = make_study(settings, ctx.objectives, storage)
     if spaces is not None:  # a first architecture; seed_uniform then finds the study begun
         seed_architecture(study, parsed.model, spaces)
-    seed_uniform(study, ctx.space, storage)
+    seed_uniform(study, ctx.space, storage, lambda: seeds.budget_guided(ctx))
     run_trials(study, ctx, trials, timeout, progress)
     records = output.trial_records(study)
     with atomic_dir(out_dir) as folder:

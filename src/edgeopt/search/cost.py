@@ -61,6 +61,7 @@ class _Step:
     numel: int
     in_place: bool
     float_out: bool
+    target: str = ""  # the module's name for call_module steps
 
 
 def schedule(model: nn.Module, example: torch.Tensor, bits: dict[str, int]) -> list[_Step]:
@@ -84,7 +85,7 @@ def schedule(model: nn.Module, example: torch.Tensor, bits: dict[str, int]) -> l
             and getattr(node.target, "__name__", str(node.target)) in _IN_PLACE_CALLS)
         inputs = [a.name for a in node.all_input_nodes]
         steps.append(_Step(node.name, inputs, node.name, numel, in_place and bool(inputs),
-                           bits.get(name) == FLOAT))
+                           bits.get(name) == FLOAT, name))
     return steps
 
 
@@ -131,23 +132,34 @@ class FormulaCost:
 
     def __init__(self, example: torch.Tensor, latency: Any = None) -> None:
         self.example, self.latency = example, latency
+        self._pruned: dict[tuple[int, tuple[Any, ...]], tuple[nn.Module, nn.Module]] = {}
+
+    def _pruned_copy(self, model: nn.Module, keep: dict[str, float]) -> nn.Module:
+        """pruned_copy, remembered: policies that differ only in bits share one pruned shape.
+        The entry holds `model` itself, so its id cannot be reused while it is cached."""
+        key = (id(model), tuple(sorted(keep.items())))
+        if key not in self._pruned:
+            if len(self._pruned) >= 16:
+                self._pruned.pop(next(iter(self._pruned)))
+            self._pruned[key] = (model, pruned_copy(model, self.example, keep))
+        return self._pruned[key][1]
 
     def costs(self, model: nn.Module, policy: Policy) -> Costs:
-        pruned = pruned_copy(model, self.example, policy.keep)
+        pruned = self._pruned_copy(model, policy.keep)
         return Costs(flash_bytes=self._flash(pruned, policy), ram_bytes=self._ram(pruned, policy),
                      latency_ms=self.latency(pruned, policy) if self.latency else None,
                      macs=_macs(pruned, self.example))
 
     def flash_bytes(self, model: nn.Module, policy: Policy) -> int:
-        return self._flash(pruned_copy(model, self.example, policy.keep), policy)
+        return self._flash(self._pruned_copy(model, policy.keep), policy)
 
     def ram_bytes(self, model: nn.Module, policy: Policy) -> int:
-        return self._ram(pruned_copy(model, self.example, policy.keep), policy)
+        return self._ram(self._pruned_copy(model, policy.keep), policy)
 
     def latency_ms(self, model: nn.Module, policy: Policy) -> float | None:
         if self.latency is None:
             return None
-        return self.latency(pruned_copy(model, self.example, policy.keep), policy)
+        return self.latency(self._pruned_copy(model, policy.keep), policy)
 
     @staticmethod
     def _flash(pruned: nn.Module, policy: Policy) -> int:

@@ -11,6 +11,7 @@ import os
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -142,17 +143,19 @@ def _storage(url: str) -> Any:
     return None
 
 
-def seed_uniform(study: Any, space: Space, storage: str | None = None) -> None:
-    """A new study starts from the uniform policies (the baselines any search must beat).
-    Workers starting together would each see an empty study and enqueue the seeds twice: the
-    check and the enqueue hold a lock (a file beside a SQLite study; on other databases
-    `skip_if_exists` narrows the race to the moment both enqueue)."""
+def seed_uniform(study: Any, space: Space, storage: str | None = None,
+                 more: Callable[[], list[Policy]] | None = None) -> None:
+    """A new study starts from the uniform policies (the baselines any search must beat), then
+    the policies `more` returns (edgeopt.search.seeds). Workers starting together would each
+    see an empty study and enqueue the seeds twice: the check and the enqueue hold a lock (a
+    file beside a SQLite study; on other databases `skip_if_exists` narrows the race to the
+    moment both enqueue)."""
     with _seed_lock(storage):
         if study.trials:
             return
-        for keep in (1.0, 0.75, 0.5):
-            for bits in (8, 4):
-                study.enqueue_trial(space.params(space.uniform(bits, keep)), skip_if_exists=True)
+        policies = [space.uniform(bits, keep) for keep in (1.0, 0.75, 0.5) for bits in (8, 4)]
+        for policy in policies + (more() if more is not None else []):
+            study.enqueue_trial(space.params(policy), skip_if_exists=True)
 
 
 def _seed_lock(storage: str | None) -> Any:
