@@ -51,9 +51,9 @@ def test_width_depth_kernel_and_resolution_change_the_model():
 
 def test_the_chosen_space_has_the_most_compute_among_fitting_samples():
     native = (1, 8, 8)
-    spaces = candidate_spaces("dscnn", native, widths=(0.25, 0.5, 1.0), scales=(0.5, 1.0))
+    spaces = candidate_spaces("dscnn", native, widths=(0.25, 1.0), scales=(0.5, 1.0))
     budget = make_budget("cortex-m4", flash="8KiB")
-    chosen, rows = select_space(spaces, budget, native, 10, samples=3, bits=8, seed=0)
+    chosen, rows = select_space(spaces, budget, native, 10, samples=2, bits=8, seed=0)
     assert len(rows) == len(spaces) and sum(r["chosen"] for r in rows) == 1
     fitting = [r for r in rows if r["fitting"]]
     assert fitting and any(not r["fitting"] for r in rows)  # the budget decides
