@@ -189,3 +189,22 @@ def test_a_block_that_does_not_fit_the_graph_is_exported(checkpoint, tmp_path, m
     with torch.no_grad():
         want = quantize_decoder(changed, config)(ids).logits.numpy()
     assert np.abs(got - want).max() < 0.02 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("keep_reference", [False, True])
+def test_slices_of_output_features_build_the_whole_layer(keep_reference):
+    """A wide layer quantized a few output features at a time (lm_head) equals one piece."""
+    from edgeopt.quantization.streaming import build_in_chunks
+    from edgeopt.quantization.weights import LayerBuilder
+
+    torch.manual_seed(2)
+    layer = torch.nn.Linear(64, 70)
+    builder = LayerBuilder(weight_only(INT4))
+    whole = builder.build(layer, INT4)
+    sliced = build_in_chunks(builder, layer, INT4, keep_reference=keep_reference, chunk=16)
+    assert whole.state_dict().keys() == sliced.state_dict().keys()
+    for key, value in whole.state_dict().items():
+        assert torch.equal(sliced.state_dict()[key], value), key
+    assert ("reference_weight" in vars(sliced)) == keep_reference
+    if keep_reference:
+        assert torch.equal(sliced.reference_weight, whole.reference_weight)

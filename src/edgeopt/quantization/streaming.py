@@ -225,25 +225,39 @@ def build_in_chunks(builder: LayerBuilder, layer: nn.Linear, spec: QuantSpec, *,
     chunk = chunk or max(1, CHUNK_VALUES // layer.in_features)
     if spec.granularity is not Granularity.PER_GROUP or layer.out_features <= chunk:
         return builder.build(layer, spec)
-    parts, references = [], []
+    whole, full, references = None, {}, []
     for start in range(0, layer.out_features, chunk):
         piece = nn.Linear(layer.in_features, min(chunk, layer.out_features - start),
                           bias=layer.bias is not None, device="meta")
         piece.weight = nn.Parameter(layer.weight[start:start + chunk], requires_grad=False)
         if layer.bias is not None:
             piece.bias = nn.Parameter(layer.bias[start:start + chunk], requires_grad=False)
-        parts.append(builder.build(piece, spec))
-        references.append(vars(parts[-1]).pop("reference_weight"))
-        if not keep_reference:  # one slice's float copy at a time
-            references.clear()
-    whole = parts[0]
-    for key in ("weight_q", "weight_scale", "weight_zero_point"):
-        setattr(whole, key, torch.cat([getattr(p, key) for p in parts], dim=1))
-    if layer.bias is not None:
-        whole.bias = torch.cat([p.bias for p in parts])
+        part = builder.build(piece, spec)
+        reference = vars(part).pop("reference_weight")
+        if keep_reference:  # else one slice's float copy at a time
+            references.append(reference)
+        if whole is None:  # the whole layer's buffers, filled slice by slice (no second copy)
+            whole = part
+            full = {key: _widened(getattr(part, key), dim, layer.out_features)
+                    for key, dim in _SLICED.items() if getattr(part, key) is not None}
+        for key, tensor in full.items():
+            tensor.narrow(_SLICED[key], start, piece.out_features).copy_(getattr(part, key))
+        del part
+    for key, tensor in full.items():
+        setattr(whole, key, tensor)
     if keep_reference:  # GPTQ reads it
         whole.reference_weight = torch.cat(references, dim=1)
     return whole
+
+
+# GroupedLinear's buffers and their output-feature axis
+_SLICED = {"weight_q": 1, "weight_scale": 1, "weight_zero_point": 1, "bias": 0}
+
+
+def _widened(tensor: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    shape = list(tensor.shape)
+    shape[dim] = size
+    return tensor.new_empty(shape)
 
 
 def _check_group(name: str, layer: nn.Linear, config: QuantConfig) -> None:
