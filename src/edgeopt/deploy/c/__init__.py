@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgeopt.deploy import reference
+from edgeopt.deploy.c.compress import choose as choose_forms
 from edgeopt.deploy.c.emit import emit_ops
 from edgeopt.deploy.c.plan import Plan, plan_memory
 from edgeopt.deploy.ir import Graph
@@ -27,6 +28,7 @@ from edgeopt.errors import ConfigTypeError, ExportError, invalid
 
 RUNTIME = Path(__file__).parent / "runtime"
 RUNTIME_FILES = ("edgeopt_kernels.h", "edgeopt_kernels.c", "edgeopt_x86.h", "edgeopt_arm.h")
+COMPRESSED_RUNTIME = ("edgeopt_kernels_compressed.h", "edgeopt_kernels_compressed.c")  # compress.py's forms
 HOST_TARGETS = ("host",)
 
 
@@ -44,7 +46,7 @@ class CExport:
     weight_bytes: int
     arena: dict[str, tuple[int, int]]  # buffer -> (offset, bytes)
     peak_live_bytes: int  # lower bound: the most activation bytes alive at one time
-    layers: list[dict[str, Any]] = field(default_factory=list)  # name, kind, macs, weight_bytes
+    layers: list[dict[str, Any]] = field(default_factory=list)  # name, kind, macs, weight_bytes, weight_form
     pow2: bool = False
     target: str = "host"
     test_inputs: int = 0
@@ -57,12 +59,15 @@ class CExport:
 
 
 def export_c(model: Any, out_dir: str | Path, example_input: Any, target: str = "host", *,
-             calibration: Any = None, test_inputs: Any = None, pow2: bool | None = None) -> CExport:
+             calibration: Any = None, test_inputs: Any = None, pow2: bool | None = None,
+             compress_weights: bool = True) -> CExport:
     """Lower a quantized model (eo.apply(model, QuantConfig(...))) and write its C99 sources to out_dir.
 
     calibration: float inputs that set the int8 range of the float model output (default: example_input).
     test_inputs: float inputs (model layout) for the self-test (default: calibration / example_input).
     pow2: shift-only requantization; None uses it when every scale is a power of two.
+    compress_weights: store conv / fully connected weights sparse or clustered where that is smaller
+    (edgeopt.deploy.c.compress; lossless); False keeps them dense (4-bit layers packed).
     """
     from edgeopt.deploy.lower import lower_model
     from edgeopt.deploy.targets import names
@@ -75,7 +80,7 @@ def export_c(model: Any, out_dir: str | Path, example_input: Any, target: str = 
     samples = calibration if test_inputs is None else test_inputs
     data = samples.detach().cpu().numpy() if hasattr(samples, "detach") else np.asarray(samples)
     x_int8 = reference.quantize_input(graph, data)
-    info = build_c(graph, out_dir, test_inputs=x_int8, pow2=pow2)
+    info = build_c(graph, out_dir, test_inputs=x_int8, pow2=pow2, compress_weights=compress_weights)
     info.target = target
     if target != "host":
         _measure_image(info, target, x_int8[:1])
@@ -99,7 +104,7 @@ def _measure_image(info: CExport, target: str, x_int8: np.ndarray) -> None:
 
 
 def build_c(graph: Graph, out_dir: str | Path, example_input: Any = None, *, test_inputs: Any = None,
-            pow2: bool | None = None) -> CExport:
+            pow2: bool | None = None, compress_weights: bool = True) -> CExport:
     """Write C99 for an IR graph (or a quantized nn.Module with example_input) to out_dir.
 
     test_inputs: int8 arrays (N, input size) in the IR's NHWC layout, embedded with the reference's
@@ -118,7 +123,7 @@ def build_c(graph: Graph, out_dir: str | Path, example_input: Any = None, *, tes
         raise ExportError(f"the C back end handles one input and one output; the graph has {len(graph.inputs)} "
                           f"and {len(graph.outputs)}.")
     pow2 = reference.is_pow2_graph(graph) if pow2 is None else bool(pow2)
-    plan = plan_memory(graph)
+    plan = plan_memory(graph, choose_forms(graph) if compress_weights else None)
     emitted = emit_ops(graph, plan, pow2)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +131,8 @@ def build_c(graph: Graph, out_dir: str | Path, example_input: Any = None, *, tes
     files = _write(out, graph, plan, emitted, tests, pow2)
     out_t = graph.tensors[graph.outputs[0]]
     layers = [{"name": op.name or op.outputs[0], "kind": op.kind, "macs": int(e.macs),
-               "weight_bytes": int(e.weight_bytes)} for op, e in zip(graph.ops, emitted)]
+               "weight_bytes": int(e.weight_bytes), **({"weight_form": e.weight_form} if e.weight_form else {})}
+              for op, e in zip(graph.ops, emitted)]
     return CExport(out, files, sum(e.const_bytes for e in emitted), plan.arena_bytes, out_t.size,
                    sum(e.weight_bytes for e in emitted),
                    {b: (plan.offsets[b], plan.sizes[b]) for b in plan.offsets}, plan.peak_live_bytes(),
@@ -148,7 +154,7 @@ def _test_vectors(graph: Graph, test_inputs: Any, pow2: bool) -> tuple[np.ndarra
 def _write(out: Path, graph: Graph, plan: Plan, emitted: list, tests: tuple, pow2: bool) -> list[str]:
     from edgeopt.deploy.c import sources
 
-    for name in RUNTIME_FILES:
+    for name in (*RUNTIME_FILES, *COMPRESSED_RUNTIME):
         shutil.copyfile(RUNTIME / name, out / name)
     texts = {
         "model.h": sources.model_h(graph, plan, pow2),
@@ -159,7 +165,7 @@ def _write(out: Path, graph: Graph, plan: Plan, emitted: list, tests: tuple, pow
     }
     for name, text in texts.items():
         (out / name).write_text(text)
-    return sorted([*RUNTIME_FILES, *texts])
+    return sorted([*RUNTIME_FILES, *COMPRESSED_RUNTIME, *texts])
 
 
 def run_host(out_dir: str | Path, repeats: int = 0, timeout_s: float = 300.0) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeopt.deploy import reference
-from edgeopt.deploy.c import simd
+from edgeopt.deploy.c import compress, simd
 from edgeopt.deploy.c.plan import OUTPUT, Plan
 from edgeopt.deploy.ir import Graph, Op, activation_range
 from edgeopt.errors import ExportError
@@ -28,6 +28,7 @@ class Emitted:
     macs: int
     const_bytes: int
     weight_bytes: int = 0
+    weight_form: str = ""  # conv / fully connected: dense, int4 or a compress.py form
 
 
 def c_array(ctype: str, name: str, values: np.ndarray) -> str:
@@ -56,11 +57,14 @@ def _linear(graph: Graph, op: Op, index: int, plan: Plan, pow2: bool) -> Emitted
     x, w, b = (graph.tensors[n] for n in op.inputs)
     out = graph.tensors[op.outputs[0]]
     tag = f"L{index}"
-    if w.dtype == "int4":
-        data, ctype, bits = pack_int4(w.data), "uint8_t", 4
+    form = plan.weight_forms.get(op.inputs[1])
+    if form is not None:  # sparse / clustered / narrow: read by edgeopt_kernels_compressed.c
+        weight_decls, nbytes, bits = _compressed(f"{tag}_w", form), form.nbytes + compress.STRUCT_BYTES, 0
     else:
-        data, ctype, bits = w.data.astype(np.int8), "int8_t", 8
-    decls = [c_array(ctype, f"{tag}_w", data), c_array("int32_t", f"{tag}_b", b.data)]
+        data, ctype, bits = (pack_int4(w.data), "uint8_t", 4) if w.dtype == "int4" else (w.data.astype(np.int8),
+                                                                                      "int8_t", 8)
+        weight_decls, nbytes = [c_array(ctype, f"{tag}_w", data)], data.nbytes
+    decls = [*weight_decls, c_array("int32_t", f"{tag}_b", b.data)]
     if pow2:
         real = np.float64(x.qparams.scale) * w.qparams.scale.astype(np.float64) / np.float64(out.qparams.scale)
         decls.append(c_array("int32_t", f"{tag}_s", reference.pow2_exponent(real, op.name or op.outputs[0])))
@@ -90,11 +94,26 @@ def _linear(graph: Graph, op: Op, index: int, plan: Plan, pow2: bool) -> Emitted
     decls.append(f"static const eo_linear_t {tag} = {{{fields}, {tag}_w, {tag}_b, {mult}, {tag}_s{x86}}};")
     scratch = f"(arena + {plan.offsets[plan.scratch[index]]})" if index in plan.scratch else "0"
     src, dst = _pointer(plan, op.inputs[0]), _pointer(plan, op.outputs[0])
-    call = f"eo_{op.kind}(&{tag}, {src}, {dst}, {scratch});"
+    call = f"eo_{op.kind}{'' if form is None else '_compressed'}(&{tag}, {src}, {dst}, {scratch});"
     if op.kind == "depthwise_conv2d" and src == dst:
         call = f"eo_depthwise_conv2d_inplace(&{tag}, {dst}, {scratch});"
     requant = (1 if pow2 else 2) * 4 * out.shape[-1]
-    return Emitted(decls, call, macs, data.nbytes + b.data.size * 4 + requant + LINEAR_STRUCT_BYTES, data.nbytes)
+    return Emitted(decls, call, macs, nbytes + b.data.size * 4 + requant + LINEAR_STRUCT_BYTES, nbytes,
+                   form.form if form is not None else ("int4" if bits == 4 else "dense"))
+
+
+def _compressed(name: str, form: compress.Encoded) -> list[str]:
+    """A compressed weight form as its arrays and an eo_compressed_t (an array of one: the layer's `weights`)."""
+    decls = [c_array("uint8_t", f"{name}_v", form.values)]
+    if form.bitmap is not None:
+        decls.append(c_array("uint8_t", f"{name}_m", form.bitmap))
+    if form.codebook is not None:
+        decls.append(c_array("int8_t", f"{name}_c", form.codebook))
+    bitmap = f"{name}_m" if form.bitmap is not None else "0"
+    codebook = f"{name}_c" if form.codebook is not None else "0"
+    decls.append(f"static const eo_compressed_t {name}[1] = {{{{{name}_v, {bitmap}, {codebook}, {form.bits}, "
+                 f"{form.codebook_stride}}}}};")
+    return decls
 
 
 def _pool(graph: Graph, op: Op, index: int, plan: Plan, pow2: bool) -> Emitted:

@@ -6,14 +6,15 @@ A reshape shares its input's storage; an add writes over an input that dies at t
 (elementwise: each value is read before it is written); a stride-1 depthwise convolution with 8-bit
 weights writes over its dying input row by row, keeping the rows above that later outputs read in scratch
 (in-place depthwise as in TinyEngine); so does a stride-1 convolution with no more output than input
-channels (a pointwise one pixel by pixel, a k x k one row by row with a ring of pad_t input rows). Kernels that unpack 4-bit weights get a scratch
-buffer that lives for that op only.
+channels (a pointwise one pixel by pixel, a k x k one row by row with a ring of pad_t input rows). Kernels that
+unpack 4-bit or compressed weights (compress.py) get a scratch buffer that lives for that op only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from edgeopt.deploy.c.compress import Encoded
 from edgeopt.deploy.ir import Graph, Op
 
 ALIGN = 4
@@ -28,6 +29,7 @@ class Plan:
     lifetimes: dict[str, tuple[int, int]]  # buffer -> (first op, last op)
     scratch: dict[int, str] = field(default_factory=dict)  # op index -> scratch buffer
     arena_bytes: int = 0
+    weight_forms: dict[str, Encoded] = field(default_factory=dict)  # compressed weights (compress.choose)
 
     def peak_live_bytes(self) -> int:
         """The most bytes alive at once: the lower bound any planner could reach."""
@@ -36,10 +38,12 @@ class Plan:
                     for t in steps), default=0)
 
 
-def in_place_ok(graph: Graph, op: Op) -> bool:
+def in_place_ok(graph: Graph, op: Op, forms: dict[str, Encoded] | None = None) -> bool:
     """A conv that may write over its input: a depthwise conv keeping the shape (one channel per channel),
-    or a pointwise conv at stride 1 with out_c <= in_c; 8-bit weights."""
+    or a pointwise conv at stride 1 with out_c <= in_c; 8-bit weights, not compressed (`forms`)."""
     if op.kind not in ("depthwise_conv2d", "conv2d") or op.attrs.get("depth_multiplier", 1) != 1:
+        return False
+    if op.inputs[1] in (forms or {}):  # compressed rows are decoded one output channel at a time
         return False
     x, w, out = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]], graph.tensors[op.outputs[0]]
     same_grid = x.shape[:3] == out.shape[:3] and tuple(op.attrs["stride"]) == (1, 1) and w.dtype == "int8"
@@ -50,12 +54,15 @@ def in_place_ok(graph: Graph, op: Op) -> bool:
     return fits and scratch_bytes(graph, op, True) < out.size  # worth it: a height-1 row is the whole tensor
 
 
-def scratch_bytes(graph: Graph, op: Op, in_place: bool = False) -> int:
-    """Scratch a kernel needs: a conv's input window (or its unpacked 4-bit weight row), a depthwise
-    conv's int32 accumulators (and unpacked 4-bit weights), a fully connected layer's 4-bit row."""
+def scratch_bytes(graph: Graph, op: Op, in_place: bool = False, form: Encoded | None = None) -> int:
+    """Scratch a kernel needs: a conv's input window (or its unpacked 4-bit or compressed weight row), a
+    depthwise conv's int32 accumulators (and unpacked 4-bit weights), a fully connected layer's 4-bit or
+    compressed row (none when sparse: it walks the bitmap)."""
     if op.kind not in ("conv2d", "depthwise_conv2d", "fully_connected"):
         return 0
     w = graph.tensors[op.inputs[1]]
+    if form is not None:
+        return 0 if op.kind == "fully_connected" and form.bitmap is not None else w.size // w.shape[0]
     packed = w.dtype == "int4"
     pointwise = op.kind == "conv2d" and op.attrs["kernel"] == (1, 1) and not any(op.attrs["padding"])
     if op.kind == "conv2d" and in_place and pointwise:
@@ -73,8 +80,10 @@ def scratch_bytes(graph: Graph, op: Op, in_place: bool = False) -> int:
     return 0 if pointwise and not packed else w.size // w.shape[0]
 
 
-def plan_memory(graph: Graph) -> Plan:
-    storage = _storages(graph)
+def plan_memory(graph: Graph, forms: dict[str, Encoded] | None = None) -> Plan:
+    """forms: weight tensor -> compressed form, for the layers whose weights are stored compressed."""
+    forms = forms or {}
+    storage = _storages(graph, forms)
     sizes: dict[str, int] = {}
     lifetimes: dict[str, tuple[int, int]] = {}
     for index, op in enumerate(graph.ops):
@@ -86,9 +95,10 @@ def plan_memory(graph: Graph) -> Plan:
             # the input is written before the first op runs
             lo, hi = lifetimes.get(buf, (0 if buf == storage[graph.inputs[0]] else index, index))
             lifetimes[buf] = (min(lo, index), max(hi, index))
-    plan = Plan(storage, {}, sizes, lifetimes)
+    plan = Plan(storage, {}, sizes, lifetimes, weight_forms=forms)
     for index, op in enumerate(graph.ops):
-        need = scratch_bytes(graph, op, storage[op.outputs[0]] == storage[op.inputs[0]])
+        form = forms.get(op.inputs[1]) if len(op.inputs) > 1 else None
+        need = scratch_bytes(graph, op, storage[op.outputs[0]] == storage[op.inputs[0]], form)
         if need:
             name = f"scratch{index}"
             plan.scratch[index], sizes[name], lifetimes[name] = name, need, (index, index)
@@ -96,21 +106,22 @@ def plan_memory(graph: Graph) -> Plan:
     return plan
 
 
-def _storages(graph: Graph) -> dict[str, str]:
+def _storages(graph: Graph, forms: dict[str, Encoded]) -> dict[str, str]:
     storage = {graph.inputs[0]: graph.inputs[0], graph.outputs[0]: OUTPUT}
     last_use = {name: i for i, op in enumerate(graph.ops) for name in op.inputs}
     for op in graph.ops:
         out = op.outputs[0]
         if out in storage:
             continue
-        src = op.inputs[0] if op.kind == "reshape" else _dying_input(graph, op, storage, last_use)
+        src = op.inputs[0] if op.kind == "reshape" else _dying_input(graph, op, storage, last_use, forms)
         storage[out] = storage[src] if src is not None and storage[src] != OUTPUT else out
     return storage
 
 
-def _dying_input(graph: Graph, op: Op, storage: dict[str, str], last_use: dict[str, int]) -> str | None:
+def _dying_input(graph: Graph, op: Op, storage: dict[str, str], last_use: dict[str, int],
+                 forms: dict[str, Encoded]) -> str | None:
     """An input of an add (or in-place conv) whose storage is used for the last time here."""
-    if op.kind != "add" and not in_place_ok(graph, op):
+    if op.kind != "add" and not in_place_ok(graph, op, forms):
         return None
     index = graph.ops.index(op)
     for name in op.inputs[:2 if op.kind == "add" else 1]:

@@ -1,0 +1,80 @@
+/* Convolution and fully connected layers reading sparse / clustered / narrow weights straight from flash
+   (edgeopt.deploy.c.compress writes them): each output channel's weight row is decoded once, in order, into
+   scratch; a sparse fully connected layer instead walks its bitmap and skips the zeros. Arithmetic and
+   requantization as in edgeopt_kernels.c, bit for bit. */
+#include "edgeopt_kernels_compressed.h"
+
+/* Rounding right shift, half away from zero (gemmlowp RoundingDivideByPOT), for the power-of-two mode */
+static int32_t rounding_shift(int32_t x, int32_t exponent) {
+    int32_t mask = (int32_t)((((int64_t)1) << exponent) - 1);
+    int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+    return (x >> exponent) + ((x & mask) > threshold ? 1 : 0);
+}
+
+static int8_t requant(const eo_linear_t *p, int32_t acc, int32_t ch) {
+    int32_t e = p->shift[ch];
+    int32_t v = p->mult ? eo_requantize(acc, p->mult[ch], e)
+                        : (e >= 0 ? (int32_t)((uint32_t)acc << e) : rounding_shift(acc, -e));
+    v += p->out_zp;
+    return (int8_t)(v < p->act_min ? p->act_min : (v > p->act_max ? p->act_max : v));
+}
+
+/* The next stored weight of row `row`: a field at bit `*pos` (two bytes read: fields never span three) */
+static int32_t next_weight(const eo_compressed_t *c, int32_t row, uint32_t *pos) {
+    const uint8_t *s = c->values + (*pos >> 3);
+    uint32_t field = ((uint32_t)s[0] | (uint32_t)s[1] << 8) >> (*pos & 7) & ((1u << c->bits) - 1);
+    *pos += (uint32_t)c->bits;
+    if (c->codebook) return c->codebook[row * c->codebook_stride + (int32_t)field];
+    return field >= (1u << (c->bits - 1)) ? (int32_t)field - (1 << c->bits) : (int32_t)field;
+}
+
+static int stored(const eo_compressed_t *c, uint32_t bit) { return !c->bitmap || (c->bitmap[bit >> 3] >> (bit & 7)) & 1; }
+
+/* Row `row` (n weights) into dst; rows must be decoded in order (`pos` runs through the stream). */
+static void decode_row(const eo_compressed_t *c, int32_t row, int32_t n, int8_t *dst, uint32_t *pos) {
+    uint32_t first = (uint32_t)row * (uint32_t)n;
+    for (int32_t i = 0; i < n; i++) dst[i] = (int8_t)(stored(c, first + (uint32_t)i) ? next_weight(c, row, pos) : 0);
+}
+
+/* Output channel outermost: its row decoded once into scratch (k bytes), then every output pixel. */
+void eo_conv2d_compressed(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scratch) {
+    const eo_compressed_t *c = (const eo_compressed_t *)p->weights;
+    const int32_t ic = p->in_c, k = p->k_h * p->k_w * ic, in_off = -p->in_zp;
+    uint32_t pos = 0;
+    for (int32_t oc = 0; oc < p->out_c; oc++) {
+        decode_row(c, oc, k, scratch, &pos);
+        for (int32_t oy = 0; oy < p->out_h; oy++) {
+            for (int32_t ox = 0; ox < p->out_w; ox++) {
+                int32_t acc = p->bias ? p->bias[oc] : 0;
+                for (int32_t ky = 0; ky < p->k_h; ky++) {
+                    int32_t iy = oy * p->stride_h - p->pad_t + ky * p->dil_h;
+                    if (iy < 0 || iy >= p->in_h) continue; /* padding: (zp - zp) * w = 0 */
+                    for (int32_t kx = 0; kx < p->k_w; kx++) {
+                        int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
+                        if (ix < 0 || ix >= p->in_w) continue;
+                        const int8_t *x = in + (iy * p->in_w + ix) * ic, *w = scratch + (ky * p->k_w + kx) * ic;
+                        for (int32_t i = 0; i < ic; i++) acc += (x[i] + in_off) * w[i];
+                    }
+                }
+                out[(oy * p->out_w + ox) * p->out_c + oc] = requant(p, acc, oc);
+            }
+        }
+    }
+}
+
+void eo_fully_connected_compressed(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scratch) {
+    const eo_compressed_t *c = (const eo_compressed_t *)p->weights;
+    const int32_t n = p->in_c, in_off = -p->in_zp;
+    uint32_t pos = 0, bit = 0;
+    for (int32_t o = 0; o < p->out_c; o++) {
+        int32_t acc = p->bias ? p->bias[o] : 0;
+        if (c->bitmap) { /* zeros skipped: one bitmap byte covers eight weights */
+            for (int32_t i = 0; i < n; i++, bit++)
+                if ((c->bitmap[bit >> 3] >> (bit & 7)) & 1) acc += (in[i] + in_off) * next_weight(c, o, &pos);
+        } else {
+            decode_row(c, o, n, scratch, &pos);
+            for (int32_t i = 0; i < n; i++) acc += (in[i] + in_off) * scratch[i];
+        }
+        out[o] = requant(p, acc, o);
+    }
+}
