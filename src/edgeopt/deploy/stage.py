@@ -126,13 +126,14 @@ def _deploy_mcu(onnx_path: Path, target: Target, x: np.ndarray, y: np.ndarray | 
 
 
 def run_graph_on_target(graph: Any, target: Target, x_int8: np.ndarray,
-                        work: Path) -> dict[str, Any]:
+                        work: Path, compress_weights: bool = True) -> dict[str, Any]:
     """C for `graph` built for `target` in work/c and work/build, run on the emulated board with
-    the int8 inputs `x_int8` (N, input size): image sizes, instructions, the int8 outputs."""
+    the int8 inputs `x_int8` (N, input size): image sizes, instructions, the int8 outputs.
+    compress_weights=False stores every weight dense (see export_c)."""
     from edgeopt.deploy import build_c
     from edgeopt.deploy.mcu import build_elf, image_size, run_elf
 
-    export = build_c(graph, work / "c", test_inputs=x_int8)
+    export = build_c(graph, work / "c", test_inputs=x_int8, compress_weights=compress_weights)
     elf = build_elf(work / "c", target, x_int8, work / "build" / "model.elf")
     board = run_elf(elf, target, timeout_s=60.0 + 30.0 * len(x_int8))
     size = image_size(elf)

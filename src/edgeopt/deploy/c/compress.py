@@ -20,6 +20,7 @@ from edgeopt.deploy.ir import Graph
 
 KINDS = ("conv2d", "fully_connected")  # depthwise weights are small and read tap by tap: dense
 STRUCT_BYTES = 20  # sizeof(eo_compressed_t) on a 32-bit core: what a compressed form costs on top
+CODE_BYTES = 1024  # the compressed kernels' code on a Cortex-M4 (-O2, about 950 B): worth it above this
 
 
 @dataclass(frozen=True)
@@ -99,16 +100,19 @@ def dense_bytes(graph: Graph, weight: str) -> int:
 
 def choose(graph: Graph) -> dict[str, Encoded]:
     """Weight tensor -> its compressed form, for the conv / fully connected layers where one is smaller than
-    the dense (or 4-bit packed) weights with its descriptor counted."""
+    the dense (or 4-bit packed) weights with its descriptor counted; none unless together they save more
+    than the compressed kernels' code costs."""
     forms: dict[str, Encoded] = {}
+    saved = 0
     for op in graph.ops:
         if op.kind not in KINDS or op.inputs[1] in forms:
             continue
         w = graph.tensors[op.inputs[1]]
         encoded = encode(w.data.reshape(w.shape[0], -1))
-        if encoded.nbytes + STRUCT_BYTES < dense_bytes(graph, op.inputs[1]):
-            forms[op.inputs[1]] = encoded
-    return forms
+        gain = dense_bytes(graph, op.inputs[1]) - encoded.nbytes - STRUCT_BYTES
+        if gain > 0:
+            forms[op.inputs[1]], saved = encoded, saved + gain
+    return forms if saved > CODE_BYTES else {}
 
 
 def decode(encoded: Encoded, rows: int, n: int) -> np.ndarray:
