@@ -252,7 +252,9 @@ def search(recipe: Path | None, target: str, flash: str | None, ram: str | None,
            storage: str | None, study_name: str, sampler: str, finetune_samples: int,
            level: str, arch_epochs: int, space_samples: int,
            no_best: bool, threads: int | None, quiet: bool) -> None:
-    """Search per-layer bit widths and channel widths of RECIPE's model under a target budget."""
+    """Search per-layer bit widths and channel widths of RECIPE's model (--level policy), or the
+    width, depth, kernel and input resolution of its zoo family (--level architecture / both),
+    under a target budget."""
     from edgeopt.search import SearchSettings
     from edgeopt.search import search as run_search
 

@@ -8,6 +8,10 @@ flash / RAM / latency (edgeopt.search.cost), and, when the policy fits, applies 
 pruning, then quantization-aware recovery training on a training subset) and scores it on the
 validation split. `out_dir` gets pareto.json, report.html and best/ (the best fitting policy run
 as a normal recipe and measured on the test split).
+
+With `SearchSettings(level="architecture")` (or "both") trials vary the architecture of the
+recipe's zoo family instead (edgeopt.search.architecture): TinyNAS-style space selection, then
+candidates trained from scratch and quantized.
 """
 
 from __future__ import annotations
