@@ -2,9 +2,9 @@
 
 Each Conv / Linear layer is keyed by its shapes and number format; a key not yet in the table
 is measured once (a one-operator ONNX graph: Conv or QLinearConv, Gemm or QLinearMatMul,
-median of timed runs on one thread) and cached in the user cache folder. A model's predicted
-latency is one session call (timed on an Identity graph) plus, per layer, its timing less that
-call; elementwise work between layers is left out.
+median CPU time of runs on one thread) and cached in the user cache folder. The table's timings
+(less one session call, timed on an Identity graph) are one feature of the whole-model
+predictor in edgeopt.search.ortfit, which adds the per-operator and Q/DQ costs they miss.
 """
 
 from __future__ import annotations
@@ -23,12 +23,17 @@ from torch import nn
 from edgeopt.search.space import FLOAT, Policy
 
 
-def _cache_file() -> Path:
+def cache_tag() -> str:
+    """Timings hold for one ORT version on one kind of machine."""
     import onnxruntime
+
+    return f"{onnxruntime.__version__}-{platform.machine()}-{os.cpu_count()}"
+
+
+def _cache_file() -> Path:
     from platformdirs import user_cache_dir
 
-    tag = f"{onnxruntime.__version__}-{platform.machine()}-{os.cpu_count()}"
-    return Path(user_cache_dir("edgeopt")) / "latency" / f"lut-{tag}.json"
+    return Path(user_cache_dir("edgeopt")) / "latency" / f"lut-cpu-{cache_tag()}.json"
 
 
 def layer_keys(model: nn.Module, example: torch.Tensor, bits: dict[str, int]) -> list[str]:
@@ -117,11 +122,11 @@ def measure_key(key: str, runs: int = 60) -> float:
     for _ in range(5):
         session.run(None, feed)
     times = []
-    for _ in range(runs):
-        start = time.perf_counter()
+    for _ in range(runs):  # this thread's CPU time: other jobs on a shared machine do not count
+        start = time.thread_time_ns()
         session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * float(np.median(times))
+        times.append(time.thread_time_ns() - start)
+    return float(np.median(times)) / 1e6
 
 
 class LatencyTable:
@@ -134,16 +139,21 @@ class LatencyTable:
         except (OSError, ValueError):
             self.table = {}
 
+    def ms(self, key: str) -> float:
+        """The timing of `key`, measured (and saved) on first use."""
+        if key not in self.table:
+            self.table[key] = measure_key(key)
+            self._save()
+        return self.table[key]
+
+    def call_ms(self) -> float:
+        return self.ms(_CALL)
+
     def __call__(self, model: nn.Module, policy: Policy, example: torch.Tensor) -> float:
         keys = layer_keys(model, example, policy.bits)
-        missing = [k for k in dict.fromkeys([_CALL, *keys]) if k not in self.table]
-        for key in missing:
-            self.table[key] = measure_key(key)
-        if missing:
-            self._save()
         # every one-layer timing includes one session call; the model pays it once
-        call = self.table[_CALL]
-        return call + float(sum(max(0.0, self.table[k] - call) for k in keys))
+        call = self.call_ms()
+        return call + float(sum(max(0.0, self.ms(k) - call) for k in keys))
 
     def _save(self) -> None:
         from edgeopt.atomic import write_text
@@ -155,6 +165,19 @@ class LatencyTable:
             pass  # a read-only cache only costs re-measuring
 
 
-def latency_model(example: torch.Tensor) -> Any:
+def latency_model(example: torch.Tensor, coefficients: dict[str, float] | None = None) -> Any:
+    """Predicted ms of a pruned model under a policy: the fitted whole-model model
+    (edgeopt.search.ortfit: `coefficients` when given, else this machine's cached fit, else
+    the default fit) on the layer table's timings."""
+    from edgeopt.search import ortfit
+
+    table = LatencyTable()
+    fitted = coefficients or ortfit.cached_fit() or ortfit.DEFAULT_FIT
+    return lambda model, policy: ortfit.predict(fitted, ortfit.features(model, policy, example,
+                                                                        table))
+
+
+def layer_sum_model(example: torch.Tensor) -> Any:
+    """The plain sum of one-layer timings (kept to compare against in the bench)."""
     table = LatencyTable()
     return lambda model, policy: table(model, policy, example)

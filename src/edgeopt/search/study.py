@@ -37,6 +37,7 @@ class SearchSettings:
     level: str = "policy"  # "policy", "architecture" or "both" (edgeopt.search.architecture)
     arch_epochs: int = 3  # architecture level: epochs training each candidate from scratch
     space_samples: int = 20  # architecture level: random architectures costed per space
+    distill: bool = False  # architecture level: candidates learn from the baseline's logits too
     threads: int | None = None  # torch threads of this worker (None: torch's default, all cores)
 
 
@@ -149,12 +150,13 @@ def seed_uniform(study: Any, space: Space, storage: str | None = None,
     the policies `more` returns (edgeopt.search.seeds). Workers starting together would each
     see an empty study and enqueue the seeds twice: the check and the enqueue hold a lock (a
     file beside a SQLite study; on other databases `skip_if_exists` narrows the race to the
-    moment both enqueue)."""
+    moment both enqueue). `more` runs before the lock, so a second worker does not wait for it."""
+    extra = more() if more is not None and not study.trials else []
     with _seed_lock(storage):
         if study.trials:
             return
         policies = [space.uniform(bits, keep) for keep in (1.0, 0.75, 0.5) for bits in (8, 4)]
-        for policy in policies + (more() if more is not None else []):
+        for policy in policies + extra:
             study.enqueue_trial(space.params(policy), skip_if_exists=True)
 
 
