@@ -61,8 +61,11 @@ def scratch_bytes(graph: Graph, op: Op, in_place: bool = False, form: Encoded | 
     if op.kind not in ("conv2d", "depthwise_conv2d", "fully_connected"):
         return 0
     w = graph.tensors[op.inputs[1]]
-    if form is not None:
-        return 0 if op.kind == "fully_connected" and form.bitmap is not None else w.size // w.shape[0]
+    if form is not None:  # the decoded row; a sparse conv also lists its nonzeros (16-bit offset + value)
+        row = w.size // w.shape[0]
+        if form.bitmap is None:
+            return row
+        return 0 if op.kind == "fully_connected" else 4 * row + 2
     packed = w.dtype == "int4"
     pointwise = op.kind == "conv2d" and op.attrs["kernel"] == (1, 1) and not any(op.attrs["padding"])
     if op.kind == "conv2d" and in_place and pointwise:

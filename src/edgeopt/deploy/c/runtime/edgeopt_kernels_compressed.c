@@ -36,25 +36,65 @@ static void decode_row(const eo_compressed_t *c, int32_t row, int32_t n, int8_t 
     for (int32_t i = 0; i < n; i++) dst[i] = (int8_t)(stored(c, first + (uint32_t)i) ? next_weight(c, row, pos) : 0);
 }
 
-/* Output channel outermost: its row decoded once into scratch (k bytes), then every output pixel. */
+/* The window of output pixel (oy, ox) against weight row w (k values), padding skipped: (zp - zp) * w = 0. */
+static int32_t window_dot(const eo_linear_t *p, const int8_t *in, const int8_t *w, int32_t oy, int32_t ox) {
+    const int32_t ic = p->in_c, in_off = -p->in_zp;
+    int32_t acc = 0;
+    for (int32_t ky = 0; ky < p->k_h; ky++) {
+        int32_t iy = oy * p->stride_h - p->pad_t + ky * p->dil_h;
+        if (iy < 0 || iy >= p->in_h) continue;
+        for (int32_t kx = 0; kx < p->k_w; kx++) {
+            int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
+            if (ix < 0 || ix >= p->in_w) continue;
+            const int8_t *x = in + (iy * p->in_w + ix) * ic, *wk = w + (ky * p->k_w + kx) * ic;
+            for (int32_t i = 0; i < ic; i++) acc += (x[i] + in_off) * wk[i];
+        }
+    }
+    return acc;
+}
+
+/* Whether every offset in a window (from its first input byte) fits 16 bits */
+static int offsets_fit(const eo_linear_t *p) {
+    return ((p->k_h - 1) * p->dil_h * p->in_w + (p->k_w - 1) * p->dil_w + 1) * p->in_c <= 65536;
+}
+
+/* A sparse row's nonzeros as (offset from the window's first input byte, weight); returns how many. */
+static int32_t nonzero_taps(const eo_linear_t *p, const int8_t *w, uint16_t *offsets, int8_t *values) {
+    const int32_t ic = p->in_c;
+    int32_t n = 0;
+    for (int32_t ky = 0, t = 0; ky < p->k_h; ky++)
+        for (int32_t kx = 0; kx < p->k_w; kx++)
+            for (int32_t i = 0; i < ic; i++, t++)
+                if (w[t]) {
+                    offsets[n] = (uint16_t)((ky * p->dil_h * p->in_w + kx * p->dil_w) * ic + i);
+                    values[n++] = w[t];
+                }
+    return n;
+}
+
+/* Output channel outermost: its row decoded once into scratch, then every output pixel. Sparse rows also
+   list their nonzeros (scratch: row, pad byte, 16-bit offsets, values: 4k + 2 bytes), and pixels whose
+   window lies inside the input multiply only those (all pixels take the dense row when offsets_fit fails). */
 void eo_conv2d_compressed(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scratch) {
     const eo_compressed_t *c = (const eo_compressed_t *)p->weights;
     const int32_t ic = p->in_c, k = p->k_h * p->k_w * ic, in_off = -p->in_zp;
+    uint16_t *offsets = (uint16_t *)(void *)(scratch + ((k + 1) & ~1));
+    int8_t *values = (int8_t *)(offsets + k);
+    const int fast = c->bitmap && offsets_fit(p);
     uint32_t pos = 0;
     for (int32_t oc = 0; oc < p->out_c; oc++) {
         decode_row(c, oc, k, scratch, &pos);
+        const int32_t taps = fast ? nonzero_taps(p, scratch, offsets, values) : 0;
         for (int32_t oy = 0; oy < p->out_h; oy++) {
+            int32_t iy = oy * p->stride_h - p->pad_t;
+            int rows_inside = iy >= 0 && iy + (p->k_h - 1) * p->dil_h < p->in_h;
             for (int32_t ox = 0; ox < p->out_w; ox++) {
-                int32_t acc = p->bias ? p->bias[oc] : 0;
-                for (int32_t ky = 0; ky < p->k_h; ky++) {
-                    int32_t iy = oy * p->stride_h - p->pad_t + ky * p->dil_h;
-                    if (iy < 0 || iy >= p->in_h) continue; /* padding: (zp - zp) * w = 0 */
-                    for (int32_t kx = 0; kx < p->k_w; kx++) {
-                        int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
-                        if (ix < 0 || ix >= p->in_w) continue;
-                        const int8_t *x = in + (iy * p->in_w + ix) * ic, *w = scratch + (ky * p->k_w + kx) * ic;
-                        for (int32_t i = 0; i < ic; i++) acc += (x[i] + in_off) * w[i];
-                    }
+                int32_t ix = ox * p->stride_w - p->pad_l, acc = p->bias ? p->bias[oc] : 0;
+                if (fast && rows_inside && ix >= 0 && ix + (p->k_w - 1) * p->dil_w < p->in_w) {
+                    const int8_t *x = in + (iy * p->in_w + ix) * ic;
+                    for (int32_t t = 0; t < taps; t++) acc += (x[offsets[t]] + in_off) * values[t];
+                } else {
+                    acc += window_dot(p, in, scratch, oy, ox);
                 }
                 out[(oy * p->out_w + ox) * p->out_c + oc] = requant(p, acc, oc);
             }
@@ -68,9 +108,14 @@ void eo_fully_connected_compressed(const eo_linear_t *p, const int8_t *in, int8_
     uint32_t pos = 0, bit = 0;
     for (int32_t o = 0; o < p->out_c; o++) {
         int32_t acc = p->bias ? p->bias[o] : 0;
-        if (c->bitmap) { /* zeros skipped: one bitmap byte covers eight weights */
-            for (int32_t i = 0; i < n; i++, bit++)
+        if (c->bitmap) { /* zeros skipped, eight at a time where a whole bitmap byte is 0 */
+            for (int32_t i = 0; i < n; i++, bit++) {
+                if ((bit & 7) == 0 && i + 8 <= n && c->bitmap[bit >> 3] == 0) {
+                    i += 7, bit += 7;
+                    continue;
+                }
                 if ((c->bitmap[bit >> 3] >> (bit & 7)) & 1) acc += (in[i] + in_off) * next_weight(c, o, &pos);
+            }
         } else {
             decode_row(c, o, n, scratch, &pos);
             for (int32_t i = 0; i < n; i++) acc += (in[i] + in_off) * scratch[i];
