@@ -109,3 +109,25 @@ def test_vector_requantization_equals_scalar(tmp_path):
     subprocess.run(["gcc", "-O2", "-march=native", "-std=c99", f"-I{RUNTIME}", "-o", str(exe), str(tmp_path / "t.c")],
                    check=True)
     assert subprocess.run([str(exe)], capture_output=True, text=True).stdout.strip() == "mismatches 0"
+
+
+def test_cortex_m4_dsp_kernels_are_bit_exact_and_fewer_instructions(tmp_path):
+    import dataclasses
+
+    from edgeopt.deploy import mcu
+    from edgeopt.deploy.stage import reference_output, run_graph_on_target
+    from edgeopt.deploy.targets import get_target
+
+    if mcu.toolchain_missing():
+        pytest.skip(mcu.toolchain_missing())
+    _, path = quantized("resnet8")  # a 3x3x3 stem (k = 27: the SMLAD loops' scalar tails), 10 classes
+    graph = lower_onnx(path, calibration=inputs("resnet8", 16, seed=1))
+    x = reference.quantize_input(graph, inputs("resnet8", 2, seed=4).numpy()).reshape(2, -1)
+    want = np.stack([reference_output(graph, row) for row in x])
+    m4 = get_target("cortex-m4")
+    dsp = run_graph_on_target(graph, m4, x, tmp_path / "dsp")
+    plain = run_graph_on_target(graph, dataclasses.replace(m4, cflags=(*m4.cflags, "-DEDGEOPT_PORTABLE")), x,
+                                tmp_path / "plain")
+    np.testing.assert_array_equal(dsp["outputs"], want)
+    np.testing.assert_array_equal(plain["outputs"], want)
+    assert dsp["instructions_per_inference"] < 0.8 * plain["instructions_per_inference"]

@@ -5,6 +5,9 @@
 #if EO_X86_VNNI
 #include "edgeopt_x86.h"
 #endif
+#if EO_ARM_DSP
+#include "edgeopt_arm.h"
+#endif
 
 /* gemmlowp SaturatingRoundingDoublingHighMul */
 static int32_t srdhm(int32_t a, int32_t b) {
@@ -135,6 +138,9 @@ static const int8_t *gather_patch(const eo_linear_t *p, const int8_t *in, int32_
    int16 ([-255, 255]) and so does its product with a weight: int16 x int16 summed in int32 is the dot-product
    pattern compilers map to multiply-add instructions (pmaddwd, SMLAD). */
 static int32_t dot(const int8_t *x, const int8_t *w, int32_t n, int32_t in_off) {
+#if EO_ARM_DSP
+    return arm_dot(x, w, n, in_off);
+#endif
     int32_t acc = 0, i = 0;
     const int16_t off = (int16_t)in_off;
     for (; i + 16 <= n; i += 16) {
@@ -148,6 +154,10 @@ static int32_t dot(const int8_t *x, const int8_t *w, int32_t n, int32_t in_off) 
 
 /* four output channels at once: each input value is loaded once for four weight rows */
 static void dot4(const int8_t *restrict x, const int8_t *restrict w, int32_t k, int16_t off, int32_t *restrict acc) {
+#if EO_ARM_DSP
+    arm_dot4(x, w, k, off, acc);
+    return;
+#endif
     int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, i = 0;
     for (; i + 16 <= k; i += 16) {
         int32_t b0 = 0, b1 = 0, b2 = 0, b3 = 0;
