@@ -139,11 +139,31 @@ def test_unsupported_op_is_named():
         tflite.graph_to_tflite(graph)
 
 
-def test_max_pool_padding_tflite_cannot_express_is_refused():
+def test_average_pool_padding_tflite_cannot_express_is_refused():
     graph = hand_graph()
-    graph.ops[2].attrs["padding"] = (1, 1, 0, 0)
-    with pytest.raises(ExportError, match="pooling cannot express"):
+    graph.ops[5].attrs["padding"] = (1, 1, 0, 0)
+    with pytest.raises(ExportError, match="average pooling cannot express"):
         tflite.graph_to_tflite(graph)
+
+
+@needs_tflm
+def test_max_pool_padding_other_than_same_is_a_padv2_with_int8_min():
+    from edgeopt.deploy import reference
+
+    full = hand_graph()  # conv, then a 3x3/2 pool reading one column past the right edge (ceil_mode)
+    graph = Graph(full.tensors, [full.ops[0], full.ops[2]], ["x"], ["p"])
+    graph.ops[1].attrs.update(kernel=(3, 3), padding=(1, 1, 0, 1))
+    graph.ops[0].attrs["activation"] = "none"  # negative values: padding with the zero point would win
+    full.tensors["c1"] = _act("c1", (1, 8, 8, 4), 0.1, 5)
+    full.tensors["p"] = _act("p", (1, 4, 4, 4), 0.1, 5)
+    data = tflite.graph_to_tflite(graph)
+    from tflite.Model import Model
+
+    model = Model.GetRootAs(data, 0)
+    assert 60 in [model.OperatorCodes(i).BuiltinCode() for i in range(model.OperatorCodesLength())]
+    x = _inputs(20, (1, 8, 8, 3))
+    expected = np.stack([reference.run(graph, row)[0].reshape(-1) for row in x])
+    np.testing.assert_array_equal(tflite.run_tflm(data, x), expected)
 
 
 # ---------------------------------------------------------------- zoo models, end to end

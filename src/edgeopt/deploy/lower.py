@@ -265,17 +265,30 @@ def _pool(state: _State, node: onnx.NodeProto, attrs: dict) -> None:
     if node.op_type == "GlobalAveragePool":
         _pend(state, node, "mean", [x], {})
         return
-    if attrs.get("ceil_mode", 0) or any(d != 1 for d in attrs.get("dilations", [1])):
-        raise ExportError(f"cannot lower ONNX node {node.name!r}: pooling with ceil_mode or dilation.")
+    if any(d != 1 for d in attrs.get("dilations", [1])):
+        raise ExportError(f"cannot lower ONNX node {node.name!r}: pooling with dilation.")
     kernel = list(attrs["kernel_shape"])
     pads = list(attrs.get("pads", [0] * 2 * len(kernel)))
     stride = list(attrs.get("strides", [1] * len(kernel)))
+    if attrs.get("ceil_mode", 0):
+        pads = _ceil_mode_pads(state, node, kernel, stride, pads)
     if len(kernel) == 1:
         kernel, stride, pads = [1, kernel[0]], [1, stride[0]], [0, pads[0], 0, pads[1]]
     if node.op_type == "AveragePool" and attrs.get("count_include_pad", 0) and any(pads):
         raise ExportError(f"cannot lower ONNX node {node.name!r}: AveragePool counting padding.")
     kind = "max_pool2d" if node.op_type == "MaxPool" else "avg_pool2d"
     _pend(state, node, kind, [x], {"kernel": tuple(kernel), "stride": tuple(stride), "padding": tuple(pads)})
+
+
+def _ceil_mode_pads(state: _State, node: onnx.NodeProto, kernel: list[int], stride: list[int],
+                    pads: list[int]) -> list[int]:
+    """ceil_mode as floor mode with more padding at the end (bottom / right): the last window,
+    which starts inside the input, reads past it; pools leave padding out of the window."""
+    rank = len(kernel)
+    sizes, outs = state.shapes[node.input[0]][2:], state.shapes[node.output[0]][2:]
+    ends = [max(0, (o - 1) * s + k - (n + b + e)) + e
+            for n, o, k, s, b, e in zip(sizes, outs, kernel, stride, pads[:rank], pads[rank:])]
+    return pads[:rank] + ends
 
 
 def _reduce_mean(state: _State, node: onnx.NodeProto, attrs: dict) -> None:

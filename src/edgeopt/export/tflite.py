@@ -79,6 +79,11 @@ class _Builder:
         data = np.asarray(values, np.int32).reshape(shape).tobytes()
         return self._add(_Tensor(name, shape, "int32", None, data))
 
+    def int8_constant(self, name: str, value: int, like: str) -> int:
+        """A one-value int8 constant on the grid of IR tensor `like` (PADV2's pad value)."""
+        data = np.asarray([value], np.int8).tobytes()
+        return self._add(_Tensor(name, (1,), "int8", self.graph.tensors[like].qparams, data))
+
     def activation(self, name: str, like: str, shape: tuple[int, ...]) -> int:
         """A new int8 activation with the quantization of IR tensor `like` (e.g. a PAD output)."""
         return self._add(_Tensor(name, shape, "int8", self.graph.tensors[like].qparams))
@@ -99,7 +104,8 @@ def _spatial_padding(b: _Builder, op: Op, kernel: tuple[int, int], dilation: tup
     SAME when it puts the same rows and columns first and gives the output's size, VALID when
     there is no padding; otherwise, for convolutions, an explicit PAD (with the input's zero
     point, i.e. real 0, what an int8 convolution pads with) feeds a VALID operator. Pools leave
-    padding out of the window (the max, and the count of an average), which only SAME expresses.
+    padding out of the window: for a max pool a PADV2 with int8's minimum does the same (ceil_mode
+    pools read past the bottom / right edge); an average's count only SAME expresses.
     """
     x = b.graph.tensors[op.inputs[0]]
     out = b.graph.tensors[op.outputs[0]].shape
@@ -112,16 +118,20 @@ def _spatial_padding(b: _Builder, op: Op, kernel: tuple[int, int], dilation: tup
         return _SAME, b.tensor(op.inputs[0])
     if not any((top, left, bottom, right)):
         return _VALID, b.tensor(op.inputs[0])
-    if op.kind in ("max_pool2d", "avg_pool2d"):  # pools skip padding; a PAD op would feed it in
+    if op.kind == "avg_pool2d":  # its count leaves padding out: a PAD op would feed it in
         raise ExportError(
             f"export_tflite: {op.name or op.kind} pads (top, left, bottom, right) = "
-            f"{(top, left, bottom, right)}, which TFLite's pooling cannot express; "
+            f"{(top, left, bottom, right)}, which TFLite's average pooling cannot express; "
             "use padding that matches SAME or none."
         )
     shape = (x.shape[0], x.shape[1] + top + bottom, x.shape[2] + left + right, x.shape[3])
     padded = b.activation(f"{op.inputs[0]}/padded", op.inputs[0], shape)
     paddings = b.constant(f"{op.inputs[0]}/paddings", [0, 0, top, bottom, left, right, 0, 0], (4, 2))
-    b.op(34, [b.tensor(op.inputs[0]), paddings], [padded], "PadOptions")
+    if op.kind == "max_pool2d":  # pad with int8's minimum: it never wins a window's max
+        low = b.int8_constant(f"{op.inputs[0]}/pad_value", -128, op.inputs[0])
+        b.op(60, [b.tensor(op.inputs[0]), paddings, low], [padded], "PadV2Options")
+    else:
+        b.op(34, [b.tensor(op.inputs[0]), paddings], [padded], "PadOptions")
     return _VALID, padded
 
 
