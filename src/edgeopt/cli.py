@@ -241,6 +241,8 @@ def deploy(run_dir: Path, stage: str, target: str, out_dir: Path, max_inputs: in
               help="Architecture level: epochs training each candidate from scratch.")
 @click.option("--space-samples", type=int, default=20, show_default=True,
               help="Architecture level: random architectures costed per candidate space.")
+@click.option("--distill", is_flag=True,
+              help="Architecture level: distill each candidate from the recipe's baseline.")
 @click.option("--no-best", is_flag=True, help="Skip running the best policy into DIR/best.")
 @click.option("--threads", type=int, default=None,
               help="Torch threads of this worker (default: all cores; 1 per worker when "
@@ -250,7 +252,7 @@ def deploy(run_dir: Path, stage: str, target: str, out_dir: Path, max_inputs: in
 def search(recipe: Path | None, target: str, flash: str | None, ram: str | None,
            latency_ms: float | None, trials: int, timeout: float | None, out_dir: Path,
            storage: str | None, study_name: str, sampler: str, finetune_samples: int,
-           level: str, arch_epochs: int, space_samples: int,
+           level: str, arch_epochs: int, space_samples: int, distill: bool,
            no_best: bool, threads: int | None, quiet: bool) -> None:
     """Search per-layer bit widths and channel widths of RECIPE's model (--level policy), or the
     width, depth, kernel and input resolution of its zoo family (--level architecture / both),
@@ -263,7 +265,7 @@ def search(recipe: Path | None, target: str, flash: str | None, ram: str | None,
                         settings=SearchSettings(sampler=sampler, study_name=study_name,
                                                 finetune_samples=finetune_samples,
                                                 level=level, arch_epochs=arch_epochs,
-                                                space_samples=space_samples,
+                                                space_samples=space_samples, distill=distill,
                                                 run_best=not no_best, threads=threads),
                         progress=not quiet)
     best = result["best"]

@@ -15,6 +15,7 @@ from edgeopt.search.architecture import (
     arch_costs,
     build,
     candidate_spaces,
+    distill_loss,
     resize_splits,
     select_space,
 )
@@ -47,6 +48,20 @@ def test_width_depth_kernel_and_resolution_change_the_model():
     splits = resize_splits(eo.datasets.load("digits"), 6)
     assert splits.input_shape == (1, 6, 6) and splits.train[0][0].shape == (1, 6, 6)
     assert len(splits.test) == len(eo.datasets.load("digits").test)
+
+
+def test_distillation_teaches_at_the_teachers_resolution():
+    torch.manual_seed(0)
+    teacher = build("dscnn", 0.25, 8, 1, 3, [1, 8, 8], 10).eval()
+    inputs, logits = torch.randn(4, 1, 4, 4), torch.randn(4, 10)
+    targets = torch.tensor([0, 1, 2, 3])
+    loss = distill_loss(teacher, (1, 8, 8))(logits, targets, inputs)
+    soft = teacher(torch.nn.functional.interpolate(inputs, size=(8, 8), mode="bilinear",
+                                                   antialias=True))
+    kd = torch.nn.functional.kl_div(torch.log_softmax(logits / 4, 1), torch.log_softmax(soft / 4, 1),
+                                    reduction="batchmean", log_target=True) * 16
+    ce = torch.nn.functional.cross_entropy(logits, targets)
+    assert torch.allclose(loss, 0.7 * kd + 0.3 * ce, atol=1e-5)
 
 
 def test_the_chosen_space_has_the_most_compute_among_fitting_samples():
@@ -96,7 +111,7 @@ def test_architecture_search_writes_trials_with_architectures_and_a_best_run(tmp
 def test_both_levels_search_the_policy_of_each_architecture(tmp_path):
     result = search(RECIPE, target="cortex-m4", flash="12KiB", out_dir=tmp_path / "s",
                     trials=1, progress=False,
-                    settings=SearchSettings(level="both", run_best=False, **TINY))
+                    settings=SearchSettings(level="both", run_best=False, distill=True, **TINY))
     trial = result["trials"][0]
     model = build(**trial["architecture"], input_shape=[1, 8, 8], num_classes=10)
     layers = [n for n, m in model.named_modules()

@@ -232,16 +232,33 @@ def select_space(spaces: list[ArchSpace], budget: Any, native: tuple[int, ...], 
     return spaces[chosen], rows
 
 
-def train_candidate(arch: Arch, splits: Any, native: tuple[int, ...], settings: Any) -> nn.Module:
-    """`arch` trained from scratch on the resized splits (seeded: the best run gets the same
-    weights as its trial)."""
+def distill_loss(teacher: nn.Module, native: tuple[int, ...]) -> Callable[..., torch.Tensor]:
+    """Hinton distillation from `teacher` (the recipe's baseline, which sees each batch resized
+    back to the data set's resolution), DistillConfig's default temperature and weight."""
+    from edgeopt.distillation.losses import distillation_loss
+
+    teacher = teacher.eval()
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            soft = teacher(resize(inputs, native))
+        return distillation_loss(logits, soft, targets, temperature=4.0, alpha=0.7)[0]
+
+    return loss
+
+
+def train_candidate(arch: Arch, splits: Any, native: tuple[int, ...], settings: Any,
+                    teacher: nn.Module | None = None) -> nn.Module:
+    """`arch` trained from scratch on the resized splits, distilled from `teacher` when
+    settings.distill (seeded: the best run gets the same weights as its trial)."""
     from edgeopt.training import fit
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         model = build(**arch.to_dict(), input_shape=list(native), num_classes=splits.num_classes)
+    loss = distill_loss(teacher, native) if settings.distill and teacher is not None else None
     fit(model, splits.train, splits.val, epochs=settings.arch_epochs, lr=2e-3,
-        schedule="cosine", seed=settings.seed, progress=False)
+        schedule="cosine", seed=settings.seed, loss_fn=loss, progress=False)
     return model.eval()
 
 
@@ -276,7 +293,7 @@ class ArchLevel:
         cost = FormulaCost(ctx.example, latency_model(ctx.example) if self.latency else None)
         costs = cost.costs(model, policy)
         if ctx.budget.fits(costs.flash_bytes, costs.ram_bytes, costs.latency_ms):
-            model = train_candidate(arch, ctx.splits, self.native, ctx.settings)
+            model = train_candidate(arch, ctx.splits, self.native, ctx.settings, ctx.base)
         record = evaluate_policy(dataclasses.replace(ctx, base=model, cost=cost), policy)
         return {**record, "architecture": arch.to_dict(),
                 "seconds": time.perf_counter() - start}
@@ -320,14 +337,16 @@ def run_best(parsed: Any, best: dict[str, Any], budget: Any, settings: Any, fold
     import yaml
     from safetensors.torch import save_file
 
-    from edgeopt.recipes.baseline import load_splits
+    from edgeopt.recipes.baseline import load_baseline, load_splits
     from edgeopt.recipes.run import run_recipe
     from edgeopt.search.space import policy_stages
 
     arch, policy = Arch.from_dict(best["architecture"]), Policy.from_dict(best["policy"])
     splits = load_splits(parsed)
     native = tuple(splits.input_shape)
-    model = train_candidate(arch, resize_splits(splits, arch.resolution), native, settings)
+    teacher = load_baseline(parsed, splits, progress) if settings.distill else None
+    model = train_candidate(arch, resize_splits(splits, arch.resolution), native, settings,
+                            teacher)
     save_file(model.state_dict(), str(folder / "architecture.safetensors"))
     recipe = {key: parsed.source[key] for key in ("metric", "measure", "export")
               if key in parsed.source}
