@@ -38,7 +38,6 @@ class SearchSettings:
     arch_epochs: int = 3  # architecture level: epochs training each candidate from scratch
     space_samples: int = 20  # architecture level: random architectures costed per space
     distill: bool = False  # architecture level: candidates learn from the baseline's logits too
-    distill: bool = False  # architecture level: candidates learn from the baseline's logits too
     threads: int | None = None  # torch threads of this worker (None: torch's default, all cores)
 
 
