@@ -4,7 +4,7 @@ two workers against one.
     .venv/bin/python bench/bench_search.py costs                 # predictors vs export_c / ORT
     .venv/bin/python bench/bench_search.py target --trials 24    # resnet8 under a flash budget
     .venv/bin/python bench/bench_search.py workers --trials 8    # 1 vs 2 workers, one SQLite study
-    .venv/bin/python bench/bench_search.py arch --trials 8 --flash 16KiB --epochs 4
+    .venv/bin/python bench/bench_search.py arch --trials 10 --flash 16KiB --epochs 12 [--distill]
 
 costs: random policies (bits 4/8 per layer, keep ratios) on zoo architectures the predictors
 were not tuned on; predicted flash / RAM against what edgeopt.deploy's C export stores and
@@ -120,7 +120,7 @@ def target(trials: int, flash: str, samples: int) -> None:
               f"{100 * r['accuracy']:.2f} % | {100 * r['test_accuracy']:.2f} % |")
 
 
-def arch(trials: int, flash: str, samples: int, epochs: int) -> None:
+def arch(trials: int, flash: str, samples: int, epochs: int, distill: bool) -> None:
     """The architecture level (DS-CNN family on mnist5k) against the zoo DS-CNN's uniform
     policies (the policy level's six seeded trials), both under `flash`; each best is run as a
     recipe and measured on the test split."""
@@ -131,7 +131,8 @@ def arch(trials: int, flash: str, samples: int, epochs: int) -> None:
     results, walls = {}, {}
     for level, count in (("policy", 6), ("architecture", trials)):
         start = time.perf_counter()
-        settings = SearchSettings(level=level, finetune_samples=samples, arch_epochs=epochs)
+        settings = SearchSettings(level=level, finetune_samples=samples, arch_epochs=epochs,
+                                  distill=distill)
         results[level] = search(recipe, target="cortex-m4", flash=flash, trials=count,
                                 out_dir=out / level, settings=settings, progress=True)
         walls[level] = time.perf_counter() - start
@@ -183,10 +184,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--per-model", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=3, help="arch: epochs per candidate")
+    parser.add_argument("--distill", action="store_true", help="arch: distill candidates")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.what == "arch":
-        arch(args.trials, args.flash, args.samples, args.epochs)
+        arch(args.trials, args.flash, args.samples, args.epochs, args.distill)
     elif args.what == "costs":
         costs(args.per_model)
     elif args.what == "target":
