@@ -5,7 +5,7 @@ A layer's int8 weights ([rows = output channels][n]) are lossless in every form:
   narrow      every weight as a signed b-bit field (b < 8: the layer's values all fit b bits)
   clustered   b-bit indices into a codebook of <= 2^b int8 values, one per row or one for the layer
   sparse      a bitmap of nonzeros (one bit per weight), then the nonzeros as narrow or clustered fields
-Fields are one LSB-first bit stream over all rows (one pad byte at the end: the C reader loads two bytes).
+Fields are one LSB-first bit stream over all rows, then one pad byte.
 `choose` keeps the smallest; edgeopt_kernels_compressed.c decodes a row at a time (sparse fully connected
 layers skip the zeros).
 """

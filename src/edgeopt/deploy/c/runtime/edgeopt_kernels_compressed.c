@@ -19,21 +19,74 @@ static int8_t requant(const eo_linear_t *p, int32_t acc, int32_t ch) {
     return (int8_t)(v < p->act_min ? p->act_min : (v > p->act_max ? p->act_max : v));
 }
 
-/* The next stored weight of row `row`: a field at bit `*pos` (two bytes read: fields never span three) */
-static int32_t next_weight(const eo_compressed_t *c, int32_t row, uint32_t *pos) {
-    const uint8_t *s = c->values + (*pos >> 3);
-    uint32_t field = ((uint32_t)s[0] | (uint32_t)s[1] << 8) >> (*pos & 7) & ((1u << c->bits) - 1);
-    *pos += (uint32_t)c->bits;
-    if (c->codebook) return c->codebook[row * c->codebook_stride + (int32_t)field];
+/* The stored fields in order: a bit buffer refilled a byte at a time (a field is at most 8 bits). */
+typedef struct {
+    const uint8_t *next;
+    uint32_t buf;
+    int32_t have;
+} eo_bits_t;
+
+static uint32_t take(eo_bits_t *r, int32_t bits) {
+    if (r->have < bits) {
+        r->buf |= (uint32_t)*r->next++ << r->have;
+        r->have += 8;
+    }
+    uint32_t field = r->buf & ((1u << bits) - 1);
+    r->buf >>= bits;
+    r->have -= bits;
+    return field;
+}
+
+/* A field as a weight: a codebook entry (`book`: the row's codebook) or a signed value. */
+static int32_t weight_of(const eo_compressed_t *c, const int8_t *book, uint32_t field) {
+    if (book) return book[field];
     return field >= (1u << (c->bits - 1)) ? (int32_t)field - (1 << c->bits) : (int32_t)field;
 }
 
-static int stored(const eo_compressed_t *c, uint32_t bit) { return !c->bitmap || (c->bitmap[bit >> 3] >> (bit & 7)) & 1; }
+static const int8_t *row_book(const eo_compressed_t *c, int32_t row) {
+    return c->codebook ? c->codebook + row * c->codebook_stride : 0;
+}
 
-/* Row `row` (n weights) into dst; rows must be decoded in order (`pos` runs through the stream). */
-static void decode_row(const eo_compressed_t *c, int32_t row, int32_t n, int8_t *dst, uint32_t *pos) {
-    uint32_t first = (uint32_t)row * (uint32_t)n;
-    for (int32_t i = 0; i < n; i++) dst[i] = (int8_t)(stored(c, first + (uint32_t)i) ? next_weight(c, row, pos) : 0);
+/* Row `row` (n weights) into dst; rows are decoded in order from one reader. */
+static void decode_row(const eo_compressed_t *c, int32_t row, int32_t n, int8_t *dst, eo_bits_t *r) {
+    const int8_t *book = row_book(c, row);
+    const uint32_t first = (uint32_t)row * (uint32_t)n;
+    for (int32_t i = 0; i < n; i++) {
+        uint32_t bit = first + (uint32_t)i;
+        int kept = !c->bitmap || (c->bitmap[bit >> 3] >> (bit & 7)) & 1;
+        dst[i] = (int8_t)(kept ? weight_of(c, book, take(r, c->bits)) : 0);
+    }
+}
+
+#if defined(__GNUC__)
+#define EO_CTZ(x) __builtin_ctz(x)
+#else
+static int32_t EO_CTZ(uint32_t x) {
+    int32_t n = 0;
+    while (!(x & 1u)) x >>= 1, n++;
+    return n;
+}
+#endif
+
+/* sum over the row's stored weights of (x - zp) * w, walking the bitmap a byte at a time (zeros skipped) */
+static int32_t sparse_dot(const eo_compressed_t *c, int32_t row, int32_t n, const int8_t *x, int32_t in_off,
+                          eo_bits_t *r) {
+    const int8_t *book = row_book(c, row);
+    const uint32_t first = (uint32_t)row * (uint32_t)n, end = first + (uint32_t)n;
+    int32_t acc = 0;
+    for (uint32_t bit = first; bit < end;) {
+        uint32_t span = 8 - (bit & 7), mask = c->bitmap[bit >> 3] >> (bit & 7);
+        if (span > end - bit) {
+            span = end - bit;
+            mask &= (1u << span) - 1;
+        }
+        for (; mask; mask &= mask - 1) {
+            int32_t i = (int32_t)(bit - first) + EO_CTZ(mask);
+            acc += (x[i] + in_off) * weight_of(c, book, take(r, c->bits));
+        }
+        bit += span;
+    }
+    return acc;
 }
 
 /* The window of output pixel (oy, ox) against weight row w (k values), padding skipped: (zp - zp) * w = 0. */
@@ -81,9 +134,9 @@ void eo_conv2d_compressed(const eo_linear_t *p, const int8_t *in, int8_t *out, i
     uint16_t *offsets = (uint16_t *)(void *)(scratch + ((k + 1) & ~1));
     int8_t *values = (int8_t *)(offsets + k);
     const int fast = c->bitmap && offsets_fit(p);
-    uint32_t pos = 0;
+    eo_bits_t r = {c->values, 0, 0};
     for (int32_t oc = 0; oc < p->out_c; oc++) {
-        decode_row(c, oc, k, scratch, &pos);
+        decode_row(c, oc, k, scratch, &r);
         const int32_t taps = fast ? nonzero_taps(p, scratch, offsets, values) : 0;
         for (int32_t oy = 0; oy < p->out_h; oy++) {
             int32_t iy = oy * p->stride_h - p->pad_t;
@@ -105,19 +158,13 @@ void eo_conv2d_compressed(const eo_linear_t *p, const int8_t *in, int8_t *out, i
 void eo_fully_connected_compressed(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scratch) {
     const eo_compressed_t *c = (const eo_compressed_t *)p->weights;
     const int32_t n = p->in_c, in_off = -p->in_zp;
-    uint32_t pos = 0, bit = 0;
+    eo_bits_t r = {c->values, 0, 0};
     for (int32_t o = 0; o < p->out_c; o++) {
         int32_t acc = p->bias ? p->bias[o] : 0;
-        if (c->bitmap) { /* zeros skipped, eight at a time where a whole bitmap byte is 0 */
-            for (int32_t i = 0; i < n; i++, bit++) {
-                if ((bit & 7) == 0 && i + 8 <= n && c->bitmap[bit >> 3] == 0) {
-                    i += 7, bit += 7;
-                    continue;
-                }
-                if ((c->bitmap[bit >> 3] >> (bit & 7)) & 1) acc += (in[i] + in_off) * next_weight(c, o, &pos);
-            }
+        if (c->bitmap) {
+            acc += sparse_dot(c, o, n, in, in_off, &r);
         } else {
-            decode_row(c, o, n, scratch, &pos);
+            decode_row(c, o, n, scratch, &r);
             for (int32_t i = 0; i < n; i++) acc += (in[i] + in_off) * scratch[i];
         }
         out[o] = requant(p, acc, o);
