@@ -63,4 +63,20 @@ static int32_t arm_dot(const int8_t *x, const int8_t *w, int32_t k, int32_t in_o
     for (; i < k; i++) acc += (x[i] + in_off) * w[i];
     return acc;
 }
+/* acc[c] += (x[c] - zp) * w[c] (depthwise): four channels per word, the even ones in the bottom halves
+   after SXTB16, the odd ones after SXTB16 of the word rotated by 8; SMLABB / SMLATT take one half each */
+static void arm_mac_channels(int32_t *acc, const int8_t *x, const int8_t *w, int32_t n, int32_t in_off) {
+    const uint32_t off2 = ((uint32_t)in_off & 0xFFFFu) | ((uint32_t)in_off << 16);
+    int32_t c = 0;
+    for (; c + 4 <= n; c += 4) {
+        uint32_t xv = arm_load4(x + c), wv = arm_load4(w + c);
+        uint32_t x02 = __sadd16(__sxtb16(xv), off2), x13 = __sadd16(arm_sxtb16_ror8(xv), off2);
+        uint32_t w02 = __sxtb16(wv), w13 = arm_sxtb16_ror8(wv);
+        acc[c] = __smlabb(x02, w02, acc[c]);
+        acc[c + 1] = __smlabb(x13, w13, acc[c + 1]);
+        acc[c + 2] = __smlatt(x02, w02, acc[c + 2]);
+        acc[c + 3] = __smlatt(x13, w13, acc[c + 3]);
+    }
+    for (; c < n; c++) acc[c] += (x[c] + in_off) * w[c];
+}
 #endif

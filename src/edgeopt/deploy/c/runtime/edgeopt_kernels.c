@@ -8,13 +8,16 @@
 #if EO_ARM_DSP
 #include "edgeopt_arm.h"
 #endif
+#if EO_X86_VNNI
+#define DEPTHWISE_PIXEL x86_depthwise_pixel /* a pixel's channels in registers, over every tap */
+#endif
 
 /* gemmlowp SaturatingRoundingDoublingHighMul */
 static int32_t srdhm(int32_t a, int32_t b) {
     if (a == INT32_MIN && b == INT32_MIN) return INT32_MAX;
-    int64_t ab = (int64_t)a * (int64_t)b;
-    int64_t nudge = ab >= 0 ? (1 << 30) : (1 - (1 << 30));
-    return (int32_t)((ab + nudge) / ((int64_t)1 << 31));
+    /* the nudge (2^30, or 1 - 2^30 below zero) and the division truncating toward zero together are
+       floor((a * b + 2^30) / 2^31) for either sign: one multiply, add and shift */
+    return (int32_t)(((int64_t)a * b + ((int64_t)1 << 30)) >> 31);
 }
 
 /* gemmlowp RoundingDivideByPOT: half away from zero */
@@ -59,6 +62,10 @@ static const int8_t *weight_row(const eo_linear_t *p, int32_t row, int32_t n, in
 /* acc[c] += (x[c] - zp) * w[c] over n channels; restrict and blocks of 16 let -O2 vectorize it */
 static void mac_channels(int32_t *restrict acc, const int8_t *restrict x, const int8_t *restrict w, int32_t n,
                          int16_t off) {
+#if EO_ARM_DSP
+    arm_mac_channels(acc, x, w, n, off);
+    return;
+#endif
     int32_t c = 0;
     for (; c + 16 <= n; c += 16)
         for (int32_t j = 0; j < 16; j++) acc[c + j] += (int16_t)(x[c + j] + off) * (int16_t)w[c + j];
@@ -242,7 +249,7 @@ void eo_depthwise_conv2d(const eo_linear_t *p, const int8_t *in, int8_t *out, in
     const int32_t ic = p->in_c, oc_n = p->out_c, m = p->depth_multiplier, in_off = -p->in_zp;
     int32_t *acc = (int32_t *)(void *)scratch;
     const int8_t *w = weight_row(p, 0, p->k_h * p->k_w * oc_n, scratch + 4 * oc_n); /* 1HWC */
-#if EO_X86_VNNI
+#ifdef DEPTHWISE_PIXEL
     if (m == 1) {
         for (int32_t oy = 0; oy < p->out_h; oy++) {
             const int8_t *rows[p->k_h];
@@ -250,7 +257,8 @@ void eo_depthwise_conv2d(const eo_linear_t *p, const int8_t *in, int8_t *out, in
                 int32_t iy = oy * p->stride_h - p->pad_t + ky * p->dil_h;
                 rows[ky] = iy < 0 || iy >= p->in_h ? 0 : in + iy * p->in_w * ic;
             }
-            for (int32_t ox = 0; ox < p->out_w; ox++) x86_depthwise_pixel(p, rows, ox, w, out + (oy * p->out_w + ox) * oc_n);
+            for (int32_t ox = 0; ox < p->out_w; ox++)
+                DEPTHWISE_PIXEL(p, rows, ox, w, out + (oy * p->out_w + ox) * oc_n);
         }
         return;
     }
@@ -288,13 +296,13 @@ void eo_depthwise_conv2d_inplace(const eo_linear_t *p, int8_t *data, int8_t *scr
     int8_t *row_out = scratch + 4 * c_n, *ring = row_out + row;
     const int8_t *w = (const int8_t *)p->weights;
     for (int32_t oy = 0; oy < p->out_h; oy++) {
-#if EO_X86_VNNI
+#ifdef DEPTHWISE_PIXEL
         const int8_t *rows[p->k_h];
         for (int32_t ky = 0; ky < p->k_h; ky++) {
             int32_t iy = oy - p->pad_t + ky * p->dil_h;
             rows[ky] = iy < 0 || iy >= p->in_h ? 0 : iy < oy ? ring + (iy % ring_rows) * row : data + iy * row;
         }
-        for (int32_t ox = 0; ox < p->out_w; ox++) x86_depthwise_pixel(p, rows, ox, w, row_out + ox * c_n);
+        for (int32_t ox = 0; ox < p->out_w; ox++) DEPTHWISE_PIXEL(p, rows, ox, w, row_out + ox * c_n);
         (void)acc;
         (void)in_off;
 #else
