@@ -1,9 +1,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from qhelpers import correlated_layer
+from qhelpers import correlated_layer, images, settle_batch_norm
 
+import edgeopt as eo
 from edgeopt.quantization.gptq import gptq, hessian, im2col, patches
+from edgeopt.quantization.reconstruct import holdout
+from edgeopt.quantization.rows import LayerRows
 
 
 def test_gptq_lowers_layer_output_error_versus_rtn():
@@ -67,3 +70,55 @@ def test_patches_of_a_depthwise_conv_hold_every_channel_in_weight_order():
     index = torch.arange(0, out.shape[0], 3)
     rows = patches(x, w.shape, params, index).reshape(-1, 6, 9)
     assert torch.allclose((rows * w.reshape(6, 9)).sum(-1), out[index], atol=1e-5)
+
+
+def _small_cnn() -> torch.nn.Module:
+    """conv-ReLU, conv-ReLU, then a Linear over 256 features: with 48 calibration samples its
+    Hessian is singular."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
+    return settle_batch_norm(model, images(256, seed=99))
+
+
+def _layer_errors(model, quantized, names, x) -> dict[str, float]:
+    """Each layer's output error on `x`: the quantized model's against the float model's, after
+    the ReLU where one follows (the quantized layer's output is already clamped)."""
+    got = {}
+
+    def keep(tag, name):
+        return lambda module, args, out: got.__setitem__((tag, name), out.detach())
+
+    handles = [quantized.get_submodule(n).register_forward_hook(keep("q", n)) for n in names]
+    handles += [model.get_submodule(f).register_forward_hook(keep("f", n))
+                for n, f in names.items()]
+    with torch.no_grad():
+        model(x), quantized(x)
+    for handle in handles:
+        handle.remove()
+    return {n: float((got["q", n] - got["f", n]).pow(2).mean()) for n in names}
+
+
+def test_gptq_on_a_small_cnn_is_no_worse_than_nearest_on_unseen_inputs():
+    model, calib, unseen = _small_cnn(), images(48, seed=1), images(256, seed=2)
+    w4 = eo.QuantSpec(bits=4)
+    nearest = eo.apply(model, eo.QuantConfig(weights=w4), data=[calib])
+    refined, stats = eo.apply_with_stats(model, eo.QuantConfig(weights=w4, rounding="gptq"),
+                                         data=[calib])
+    # quantized layer -> the float module whose output it stands for (BN folded; ReLU after)
+    names = {"0": "2", "3": "5", "7": "7"}
+    near, gptq_ = (_layer_errors(model, q, names, unseen) for q in (nearest, refined))
+    assert all(gptq_[n] <= near[n] * 1.01 for n in names), (gptq_, near)
+    assert gptq_["0"] < 0.9 * near["0"]  # where its Hessian is sound, GPTQ does help
+    notes = {r["name"]: r for r in stats["quant"].layers}
+    assert all(isinstance(notes[n]["gptq_kept"], bool) for n in names)  # judged on held-out rows
+
+
+def test_holdout_keeps_whole_samples_apart():
+    rows = LayerRows(torch.arange(24.0).reshape(12, 2), torch.arange(12.0).reshape(12, 1), 3)
+    fit, held = holdout(rows)  # 4 samples of 3 rows: 3 to fit, the last to check
+    assert fit.inputs.shape == (9, 2) and torch.equal(held.target.flatten(), torch.tensor([9., 10, 11]))
+    one = LayerRows(rows.inputs[:3], rows.target[:3], 3)
+    assert holdout(one)[0] is one and holdout(one)[1] is one

@@ -291,23 +291,39 @@ def _learn_rounding(layer: nn.Module, float_model: nn.Module, name: str, rows: L
         note.update(adaround_loss_nearest=result.loss_nearest, adaround_loss=result.loss,
                     adaround_iterations=result.iterations)
         return result.iterations
-    q = _gptq_layer(layer, weight, scale, zero, qmin, qmax, rows.inputs, config)
+    fit, held = holdout(rows)
+    q = _gptq_layer(layer, weight, scale, zero, qmin, qmax, fit.inputs, config)
     if q is None:
         note["gptq"] = "skipped: grouped convolution"
         return 1
-    before = _output_loss(layer, layer.weight_q.float(), zero, scale, rows)
-    after = _output_loss(layer, q, zero, scale, rows)
+    # judged on samples GPTQ did not see: on its own rows it always wins, even when it overfits
+    before = _output_loss(layer, layer.weight_q.float(), zero, scale, held, act)
+    after = _output_loss(layer, q, zero, scale, held, act)
     if after <= before:
         layer.set_integer_weight(q)
-    note.update(gptq_loss_nearest=before, gptq_loss=min(before, after), gptq_iterations=1)
+    note.update(gptq_loss_nearest=before, gptq_loss=min(before, after), gptq_iterations=1,
+                gptq_kept=after <= before)
     return 1
+
+
+def holdout(rows: LayerRows, fraction: float = 0.25) -> tuple[LayerRows, LayerRows]:
+    """The rows of the first samples (to fit) and of the last `fraction` of them (to check);
+    rows are sample-major, `per_sample` each. One sample only: the same rows twice."""
+    samples = rows.inputs.shape[0] // max(rows.per_sample, 1)
+    if samples < 2:
+        return rows, rows
+    cut = (samples - max(1, round(samples * fraction))) * rows.per_sample
+    return (LayerRows(rows.inputs[:cut], rows.target[:cut], rows.per_sample),
+            LayerRows(rows.inputs[cut:], rows.target[cut:], rows.per_sample))
 
 
 @torch.no_grad()
 def _output_loss(layer: nn.Module, q: torch.Tensor, zero: torch.Tensor, scale: torch.Tensor,
-                 rows: LayerRows) -> float:
+                 rows: LayerRows, act: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """The layer's output error after its ReLU / ReLU6 (errors the clamp hides do not count)."""
     w = (q.reshape(scale.shape) - zero) * scale
-    return float(reconstruction_loss(rows_forward(layer, w, rows.inputs), rows.target, -1))
+    return float(reconstruction_loss(act(rows_forward(layer, w, rows.inputs)),
+                                     act(rows.target), -1))
 
 
 @torch.no_grad()
