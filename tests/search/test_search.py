@@ -99,3 +99,21 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tmp_path, args, 
     assert result.exit_code == 2 and len(lines) == 1
     assert lines[0].startswith("error:") and option in lines[0]
     assert not out.exists() and list(Path(tmp_path).iterdir()) == []
+
+
+def test_best_run_reads_the_recipes_own_files_from_the_recipe_folder(tmp_path, monkeypatch):
+    import numpy as np
+    import yaml
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "project"
+    folder.mkdir()
+    for split, n in (("train", 160), ("test", 40)):
+        x = rng.normal(size=(n, 1, 8, 8)).astype(np.float32)
+        np.savez(folder / f"{split}.npz", x=x, y=(x[:, 0, :4].sum((1, 2)) > 0).astype(np.int64))
+    recipe = {**RECIPE, "data": {"train": "train.npz", "test": "test.npz"}}
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    monkeypatch.chdir(tmp_path)  # not the recipe's folder: its relative paths must still resolve
+    result = search(folder / "recipe.yaml", target="x86-ort", out_dir=tmp_path / "s", trials=1,
+                    progress=False, settings=SearchSettings(**FAST))
+    assert result["best"]["run"] == "best" and (tmp_path / "s" / "best" / "metrics.json").exists()

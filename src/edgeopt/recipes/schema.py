@@ -55,6 +55,7 @@ class Recipe:
     source: dict[str, Any]
     target: str | None = None  # a deployment target (edgeopt.deploy.targets): does each stage fit?
     tflite: bool = False  # export.tflite: also write <stage>.tflite for every int8 stage
+    root: Path | None = None  # the folder relative paths in the recipe were resolved from
 
     def to_dict(self) -> dict[str, Any]:
         return self.source
@@ -72,10 +73,12 @@ _TOP_KEYS = {"model", "data", "metric", "seed", "epochs", "stages", "export", "m
 _STAGE_KEYS = {"name", "technique", "config", "from", "data", "speed_guard"}
 
 
-def load_recipe(recipe: str | Path | dict[str, Any] | None) -> Recipe:
+def load_recipe(recipe: str | Path | dict[str, Any] | Recipe | None) -> Recipe:
     """Parse and fully validate a recipe file, mapping or None (the built-in default)."""
     if recipe is None:
         return parse_recipe(DEFAULT_RECIPE)
+    if isinstance(recipe, Recipe):  # already parsed (e.g. derived from a user's recipe file)
+        return recipe
     if isinstance(recipe, dict):
         return parse_recipe(recipe)
     path = Path(recipe)
@@ -132,7 +135,7 @@ def parse_recipe(raw: dict[str, Any], root: Path | None = None) -> Recipe:
     target = _parse_target(raw.get("target"))
     return Recipe(model=model, data=data, metric=metric, seed=seed, epochs=epochs, stages=stages,
                   opset=opset, measure=_parse_measure(raw.get("measure", {})), source=raw,
-                  target=target, tflite=tflite)
+                  target=target, tflite=tflite, root=root)
 
 
 def _parse_target(raw: Any) -> str | None:

@@ -127,11 +127,14 @@ def _run_best(parsed: Any, best: dict[str, Any], budget: Budget, settings: Searc
               folder: Path, progress: bool) -> dict[str, Any]:
     """The best policy as a recipe, run and measured on the test split in `folder/best`."""
     from edgeopt.recipes.run import run_recipe
+    from edgeopt.recipes.schema import parse_recipe
 
     policy = Policy.from_dict(best["policy"])
     recipe = {**parsed.source, "stages": policy_stages(policy, settings.epochs),
               "target": budget.target}
-    result = run_recipe(recipe, folder / "best", progress=progress)
+    # paths in the user's recipe stay relative to its own folder, not to the cwd
+    result = run_recipe(parse_recipe(recipe, root=parsed.root), folder / "best",
+                        progress=progress)
     stage = result.stages[-1]
     return {"run": "best", "test_accuracy": stage.accuracy, "onnx_size_bytes": stage.size_bytes,
             "onnx_latency_ms": stage.latency_ms}
