@@ -15,7 +15,15 @@ import torch.nn as nn
 
 from edgeopt import __version__, distributed
 from edgeopt.atomic import write_text
-from edgeopt.recipes.journal import Journal, disk_error, publish, recipe_key, scratch
+from edgeopt.errors import OutputError
+from edgeopt.recipes.journal import (
+    Journal,
+    disk_error,
+    publish,
+    recipe_key,
+    scratch,
+    scratch_path,
+)
 from edgeopt.recipes.schema import Recipe, Stage, load_recipe
 from edgeopt.registry import Applied
 
@@ -88,6 +96,8 @@ def run_recipe(recipe: str | Path | dict[str, Any] | None, out_dir: str | Path,
         out = out.with_name(f".{out.name}.rank{rank}")
     key = recipe_key(parsed.to_dict(), parsed.model_label, parsed.data_label)
     with scratch(out, key, resume) as journal, _disk_errors(journal.folder):
+        if resume and distributed.active():
+            _follow_main(journal, scratch_path(Path(out_dir)))
         stages = _execute(parsed, journal, progress)
         result = RunResult(out_dir=out, stages=stages, recipe=parsed)
         _write_outputs(result, journal.folder)
@@ -96,6 +106,34 @@ def run_recipe(recipe: str | Path | dict[str, Any] | None, out_dir: str | Path,
         shutil.rmtree(out, ignore_errors=True)
     distributed.barrier()  # DIR is complete when any rank returns
     return result
+
+
+def _follow_main(journal: Journal, main: Path) -> None:
+    """`--resume` under torchrun: every rank continues from what rank 0 finished. The other
+    ranks replace their private scratch folder with rank 0's (stage rows and weights, ONNX files,
+    epoch checkpoints), so all of them skip the same stages and load the same epoch checkpoint
+    (a rank killed a moment earlier than rank 0 would otherwise retrain alone and hang)."""
+    distributed.barrier()  # rank 0 has claimed its folder (and recorded the recipe's key)
+    rank = distributed.rank()
+    seen = rank == 0 or (main / ".resume" / "run.json").is_file()
+    if rank and seen:
+        for item in journal.folder.iterdir():
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+        for item in main.iterdir():
+            if item.name not in (".publish", ".previous"):
+                _copy(item, journal.folder / item.name)
+    if distributed.sum_all([float(seen)])[0] < distributed.world_size():
+        raise OutputError(f"--resume under torchrun: a rank does not see rank 0's work folder "
+                          f"{str(main)!r}; resuming needs DIR on a disk every rank shares (one "
+                          "machine, or a network file system). Rerun without --resume.")
+    distributed.barrier()
+
+
+def _copy(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        shutil.copytree(src, dst)
+    else:
+        shutil.copy2(src, dst)
 
 
 @contextlib.contextmanager
