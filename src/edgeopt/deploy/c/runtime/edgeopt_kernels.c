@@ -251,6 +251,8 @@ void eo_depthwise_conv2d(const eo_linear_t *p, const int8_t *in, int8_t *out, in
     const int8_t *w = weight_row(p, 0, p->k_h * p->k_w * oc_n, scratch + 4 * oc_n); /* 1HWC */
 #ifdef DEPTHWISE_PIXEL
     if (m == 1) {
+        int32_t wide[p->k_h * p->k_w * oc_n];
+        x86_widen_weights(w, p->k_h * p->k_w * oc_n, wide);
         for (int32_t oy = 0; oy < p->out_h; oy++) {
             const int8_t *rows[p->k_h];
             for (int32_t ky = 0; ky < p->k_h; ky++) {
@@ -258,7 +260,7 @@ void eo_depthwise_conv2d(const eo_linear_t *p, const int8_t *in, int8_t *out, in
                 rows[ky] = iy < 0 || iy >= p->in_h ? 0 : in + iy * p->in_w * ic;
             }
             for (int32_t ox = 0; ox < p->out_w; ox++)
-                DEPTHWISE_PIXEL(p, rows, ox, w, out + (oy * p->out_w + ox) * oc_n);
+                DEPTHWISE_PIXEL(p, rows, ox, wide, out + (oy * p->out_w + ox) * oc_n);
         }
         return;
     }
@@ -295,6 +297,10 @@ void eo_depthwise_conv2d_inplace(const eo_linear_t *p, int8_t *data, int8_t *scr
     int32_t *acc = (int32_t *)(void *)scratch;
     int8_t *row_out = scratch + 4 * c_n, *ring = row_out + row;
     const int8_t *w = (const int8_t *)p->weights;
+#ifdef DEPTHWISE_PIXEL
+    int32_t wide[p->k_h * p->k_w * c_n];
+    x86_widen_weights(w, p->k_h * p->k_w * c_n, wide);
+#endif
     for (int32_t oy = 0; oy < p->out_h; oy++) {
 #ifdef DEPTHWISE_PIXEL
         const int8_t *rows[p->k_h];
@@ -302,7 +308,7 @@ void eo_depthwise_conv2d_inplace(const eo_linear_t *p, int8_t *data, int8_t *scr
             int32_t iy = oy - p->pad_t + ky * p->dil_h;
             rows[ky] = iy < 0 || iy >= p->in_h ? 0 : iy < oy ? ring + (iy % ring_rows) * row : data + iy * row;
         }
-        for (int32_t ox = 0; ox < p->out_w; ox++) DEPTHWISE_PIXEL(p, rows, ox, w, row_out + ox * c_n);
+        for (int32_t ox = 0; ox < p->out_w; ox++) DEPTHWISE_PIXEL(p, rows, ox, wide, row_out + ox * c_n);
         (void)acc;
         (void)in_off;
 #else

@@ -51,17 +51,13 @@ static inline __m512i x86_dp(__m512i acc, uint32_t u, const int8_t *w) {
 /* One output pixel of a conv / fully connected layer from its input window x (k int8 values): every
    output channel, 16 at a time, four partial sums per block to hide VPDPBUSD's latency. */
 static void x86_conv_pixel(const eo_linear_t *p, const int8_t *x, int8_t *o) {
-    const int32_t k = p->k_h * p->k_w * p->in_c, words = (k + 3) / 4, full = k / 4;
+    const int32_t k = p->k_h * p->k_w * p->in_c, words = (k + 3) / 4;
     uint32_t u[words];
-    for (int32_t i = 0; i < full; i++) {
-        uint32_t word;
-        memcpy(&word, x + 4 * i, 4);
-        u[i] = word ^ 0x80808080u;
-    }
-    if (full < words) { /* the last 1-3 values; the padding bytes meet zero weights */
-        uint32_t word = 0;
-        memcpy(&word, x + 4 * full, (size_t)(k - 4 * full));
-        u[full] = word ^ 0x80808080u;
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (int32_t i = 0; i < k; i += 64) { /* u = x ^ 0x80, 64 bytes at a time; padding bytes meet zero weights */
+        int32_t n = k - i < 64 ? k - i : 64, padded = 4 * words - i < 64 ? 4 * words - i : 64;
+        __m512i v = _mm512_xor_si512(_mm512_maskz_loadu_epi8(_cvtu64_mask64(~0ull >> (64 - n)), x + i), flip);
+        _mm512_mask_storeu_epi8((char *)u + i, _cvtu64_mask64(~0ull >> (64 - padded)), v);
     }
     for (int32_t oc = 0; oc < p->out_c; oc += 16) {
         const int32_t n = p->out_c - oc < 16 ? p->out_c - oc : 16;
@@ -82,30 +78,47 @@ static void x86_conv_pixel(const eo_linear_t *p, const int8_t *x, int8_t *o) {
 }
 /* (x - zp) * w for 16 channels: int32 lanes whose values fit int16, and weights with a zero upper half,
    so VPMADDWD's pair sum is the one product (|x - zp| <= 255, |w| <= 128: no int16 overflow) */
-static inline __m512i x86_mac16(__m512i acc, const int8_t *x, const int8_t *w, __m512i off, __mmask16 lanes) {
+static inline __m512i x86_mac16(__m512i acc, const int8_t *x, const int32_t *w, __m512i off, __mmask16 lanes) {
     __m512i xv = _mm512_add_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(lanes, x)), off);
-    __m512i wv = _mm512_and_si512(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(lanes, w)), _mm512_set1_epi32(0xFFFF));
-    return _mm512_add_epi32(acc, _mm512_madd_epi16(xv, wv));
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(xv, _mm512_maskz_loadu_epi32(lanes, w)));
 }
 
-/* One output pixel of a depthwise conv (multiplier 1), 16 channels at a time held in registers: rows[ky] is
-   input row iy (NULL outside the image), w the 1HWC weights. */
-static void x86_depthwise_pixel(const eo_linear_t *p, const int8_t *const *rows, int32_t ox, const int8_t *w,
+/* a depthwise layer's weights (n values) as int32 lanes with a zero upper half, once per call */
+static void x86_widen_weights(const int8_t *w, int32_t n, int32_t *out) {
+    for (int32_t i = 0; i < n; i++) out[i] = (uint16_t)(int16_t)w[i];
+}
+
+/* One output pixel of a depthwise conv (multiplier 1): rows[ky] is input row iy (NULL outside the image), w
+   the 1HWC weights widened by x86_widen_weights. The taps inside the image are listed once; then 64
+   channels at a time run through them with four accumulators in registers. */
+static void x86_depthwise_pixel(const eo_linear_t *p, const int8_t *const *rows, int32_t ox, const int32_t *w,
                                 int8_t *o) {
     const int32_t c_n = p->out_c;
     const __m512i off = _mm512_set1_epi32(-p->in_zp);
-    for (int32_t c = 0; c < c_n; c += 16) {
-        const __mmask16 lanes = (__mmask16)(c_n - c < 16 ? (1u << (c_n - c)) - 1 : 0xFFFF);
-        __m512i acc = p->bias ? _mm512_maskz_loadu_epi32(lanes, p->bias + c) : _mm512_setzero_si512();
-        for (int32_t ky = 0; ky < p->k_h; ky++) {
-            if (!rows[ky]) continue;
-            for (int32_t kx = 0; kx < p->k_w; kx++) {
-                int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
-                if (ix < 0 || ix >= p->in_w) continue;
-                acc = x86_mac16(acc, rows[ky] + ix * c_n + c, w + (ky * p->k_w + kx) * c_n + c, off, lanes);
-            }
+    const int8_t *xs[p->k_h * p->k_w];
+    const int32_t *ws[p->k_h * p->k_w];
+    int32_t taps = 0;
+    for (int32_t ky = 0; ky < p->k_h; ky++) {
+        if (!rows[ky]) continue;
+        for (int32_t kx = 0; kx < p->k_w; kx++) {
+            int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
+            if (ix < 0 || ix >= p->in_w) continue;
+            xs[taps] = rows[ky] + ix * c_n;
+            ws[taps++] = w + (ky * p->k_w + kx) * c_n;
         }
-        x86_requant_store(p, acc, c, lanes, o + c);
+    }
+    for (int32_t c = 0; c < c_n; c += 64) {
+        __mmask16 lanes[4];
+        __m512i acc[4];
+        for (int32_t j = 0; j < 4; j++) {
+            int32_t left = c_n - c - 16 * j;
+            lanes[j] = (__mmask16)(left >= 16 ? 0xFFFF : left > 0 ? (1u << left) - 1 : 0);
+            acc[j] = p->bias ? _mm512_maskz_loadu_epi32(lanes[j], p->bias + c + 16 * j) : _mm512_setzero_si512();
+        }
+        for (int32_t t = 0; t < taps; t++)
+            for (int32_t j = 0; j < 4; j++)
+                acc[j] = x86_mac16(acc[j], xs[t] + c + 16 * j, ws[t] + c + 16 * j, off, lanes[j]);
+        for (int32_t j = 0; j < 4 && lanes[j]; j++) x86_requant_store(p, acc[j], c + 16 * j, lanes[j], o + c + 16 * j);
     }
 }
 
