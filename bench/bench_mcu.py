@@ -15,7 +15,7 @@ normal inputs, so accuracy is n/a and agreement is on random inputs. dscnn and r
 mnist5k are the trained rows.
 
     .venv/bin/python bench/bench_mcu.py [--models ds_cnn_kws,resnet8] [--board-inputs 5]
-        [--samples 200] [--target cortex-m4]
+        [--samples 200] [--target cortex-m4] [--portable]
 
 `--host` instead times the generated C on this CPU beside ONNX Runtime (see bench_host):
 
@@ -26,6 +26,7 @@ mnist5k are the trained rows.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ def _model(case: Case) -> torch.nn.Module:
 
 
 def bench_one(case: Case, folder: Path, samples: int, board_inputs: int,
-              target: str) -> tuple[str, list[dict]]:
+              target: str, portable: bool = False) -> tuple[str, list[dict]]:
     from edgeopt.export import tflite
 
     calib, x, y = _data(case, samples)
@@ -97,7 +98,10 @@ def bench_one(case: Case, folder: Path, samples: int, board_inputs: int,
     xq = reference.quantize_input(graph, x).reshape(len(x), -1)
     onnx_out = _onnx(onnx_path, x)
     ref = np.stack([reference_output(graph, row) for row in xq])
-    board = run_graph_on_target(graph, get_target(target), xq[:board_inputs], folder / "mcu")
+    spec = get_target(target)
+    if portable:  # the plain C kernels, for comparison with the DSP ones
+        spec = dataclasses.replace(spec, cflags=(*spec.cflags, "-DEDGEOPT_PORTABLE"))
+    board = run_graph_on_target(graph, spec, xq[:board_inputs], folder / "mcu")
     tfl = tflite.graph_to_tflite(graph)
     tflm = tflite.run_tflm(tfl, xq.reshape(len(xq), *graph.tensors[graph.inputs[0]].shape[1:]))
     accuracy = "n/a" if y is None else f"{100 * np.mean(onnx_out.argmax(1) == y):.2f} %"
@@ -141,16 +145,42 @@ def _kib(value: int | None) -> str:
 HOST_CASES = [Case("lenet300", "lenet300", (1, 28, 28), 10), Case("lenet5", "lenet5", (1, 28, 28), 10),
               Case("dscnn", "dscnn", (1, 49, 10), 12), Case("resnet8", "resnet8", (3, 32, 32), 10),
               Case("tcn1d", "tcn1d", (3, 128), 4)]
-HOST_HEADER = ("| model | MACs | C (gcc -O2) | ONNX Runtime int8 (1 thread) | C time / ORT time | "
-               "RAM: arena + input + output | TFLM arena | C = reference |\n"
-               "|---|---|---|---|---|---|---|---|")
+HOST_HEADER = ("| model | MACs | C (gcc -O3 -march=native), via ctypes | ONNX Runtime int8 (1 thread) | "
+               "C time / ORT time | C timed inside C | RAM: arena + input + output | TFLM arena | C = reference |\n"
+               "|---|---|---|---|---|---|---|---|---|")
+HOST_CFLAGS = ("-O3", "-march=native", "-std=c99")  # what the generated Makefile's host build uses
+
+
+def _c_library(out_dir: Path):
+    """The generated C (every .c but the self-test's main) as a shared library, edgeopt_model_invoke typed."""
+    import ctypes
+    import subprocess
+
+    lib = out_dir / "libedgeopt_model.so"
+    sources = [str(p) for p in sorted(out_dir.glob("*.c")) if p.name != "selftest.c"]
+    subprocess.run(["gcc", *HOST_CFLAGS, "-shared", "-fPIC", "-o", str(lib), *sources], check=True)
+    invoke = ctypes.CDLL(str(lib)).edgeopt_model_invoke
+    invoke.argtypes, invoke.restype = [ctypes.c_void_p, ctypes.c_void_p], ctypes.c_int
+    return invoke
+
+
+def _timed(call, repeats: int) -> float:
+    """Median process CPU time of one call, in µs."""
+    runs = []
+    for _ in range(repeats):
+        start = time.process_time_ns()
+        call()
+        runs.append((time.process_time_ns() - start) / 1e3)
+    return float(np.median(runs))
 
 
 def bench_host(case: Case, folder: Path, rounds: int, repeats: int) -> str:
-    """The generated C on this CPU (host gcc -O2, batch 1, median of the self-test's timed inferences) beside
-    ONNX Runtime on the int8 ONNX file (1 thread, batch 1, median session.run from Python), interleaved round
-    by round; both timed in process CPU time, so a busy shared machine's descheduling is not counted. RAM
-    is edgeopt's planned arena plus the caller's input and output buffers."""
+    """The generated C on this CPU beside ONNX Runtime on the int8 ONNX file, both called the same way: from
+    Python, batch 1, one call at a time (the C through ctypes on the int8 input, ONNX Runtime's session.run
+    with 1 thread on the float input its graph quantizes), medians over `repeats` calls, interleaved round
+    by round, median of the rounds; process CPU time, so a busy shared machine's descheduling is not counted.
+    Also the self-test's own timing of the C inside C. RAM is edgeopt's planned arena plus the caller's
+    input and output buffers."""
     import subprocess
 
     import onnxruntime as ort
@@ -164,24 +194,26 @@ def bench_host(case: Case, folder: Path, rounds: int, repeats: int) -> str:
     xq = reference.quantize_input(graph, x[:16]).reshape(16, -1)
     info = build_c(graph, folder / f"c-{case.label}", test_inputs=xq)
     exact = run_host(info.out_dir).strip().endswith("16/16 bit-exact")
+    invoke = _c_library(info.out_dir)
+    c_in = np.ascontiguousarray(xq[0])
+    c_out = np.zeros(graph.tensors[graph.outputs[0]].size, np.int8)
+    c_args = (c_in.ctypes.data, c_out.ctypes.data)
+    invoke(*c_args)
+    exact = exact and np.array_equal(c_out, reference_output(graph, xq[0]).reshape(-1))
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     name, feed = session.get_inputs()[0].name, x[:1].astype(np.float32)
-    times: dict[str, list[float]] = {"c": [], "ort": []}
+    times: dict[str, list[float]] = {"c": [], "ort": [], "c_in_c": []}
     for _ in range(rounds):
+        times["c"].append(_timed(lambda: invoke(*c_args), repeats))
+        times["ort"].append(_timed(lambda: session.run(None, {name: feed}), repeats))
         out = subprocess.run(["make", "-s", "-C", str(info.out_dir), "host", f"REPEATS={repeats}"],
                              capture_output=True, text=True, check=True).stdout
-        times["c"].append(float(out.split("median")[1].split()[0]))
-        runs = []
-        for _ in range(repeats):
-            start = time.process_time()
-            session.run(None, {name: feed})
-            runs.append((time.process_time() - start) * 1e6)
-        times["ort"].append(float(np.median(runs)))
-    c_us, rt = (float(np.median(times[k])) for k in ("c", "ort"))
-    return (f"| {case.label} | {info.macs / 1e6:.2f} M | {c_us:.0f} µs | {rt:.0f} µs | {c_us / rt:.2f}× | "
-            f"{_kib(info.ram_bytes + info.io_bytes)} | {_kib(_tflm_arena(graph))} | "
+        times["c_in_c"].append(float(out.split("median")[1].split()[0]))
+    c_us, rt, inner = (float(np.median(times[k])) for k in ("c", "ort", "c_in_c"))
+    return (f"| {case.label} | {info.macs / 1e6:.2f} M | {c_us:.1f} µs | {rt:.1f} µs | {c_us / rt:.2f}× | "
+            f"{inner:.1f} µs | {_kib(info.ram_bytes + info.io_bytes)} | {_kib(_tflm_arena(graph))} | "
             f"{'yes' if exact else 'NO'} (16) |")
 
 
@@ -238,6 +270,8 @@ def main() -> None:
     parser.add_argument("--board-inputs", type=int, default=5, help="inputs run in qemu")
     parser.add_argument("--target", default="cortex-m4")
     parser.add_argument("--per-layer", action="store_true", help="print per-layer tables too")
+    parser.add_argument("--portable", action="store_true",
+                        help="build the plain C kernels (-DEDGEOPT_PORTABLE), not the Cortex-M DSP ones")
     args = parser.parse_args()
     if args.host:
         main_host(args)
@@ -254,7 +288,7 @@ def main() -> None:
             if case.label in wanted:
                 start = time.perf_counter()
                 row, layers = bench_one(case, Path(tmp), args.samples, args.board_inputs,
-                                        args.target)
+                                        args.target, args.portable)
                 print(row, f"<!-- {time.perf_counter() - start:.0f} s -->", flush=True)
                 tables.append(layer_table(case.label, layers))
     if args.per_layer:
