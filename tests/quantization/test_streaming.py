@@ -143,52 +143,53 @@ def test_int8_layers_are_the_in_memory_modules(checkpoint):
     assert isinstance(q.model.layers[1].mlp.down_proj, QuantizedWeightLayer)
 
 
-def _exports(monkeypatch) -> list[str]:
-    """Count the pieces really exported (the others reuse the first block's graph)."""
-    calls, real = [], stream_onnx.export_piece
-    monkeypatch.setattr(stream_onnx, "export_piece",
-                        lambda module, *a, **k: calls.append(type(module).__name__)
-                        or real(module, *a, **k))
-    return calls
+def _piece(block: torch.nn.Module, template: bool = False):
+    from edgeopt.quantization.streaming import _Block
+
+    hidden, cos, sin = torch.randn(1, 8, 64), torch.randn(1, 8, 16), torch.randn(1, 8, 16)
+    return stream_onnx.export_piece(_Block(block), (hidden, cos, sin), 21, template=template)
+
+
+def _inline(tensor, raw) -> None:
+    tensor.raw_data = bytes(raw)  # what the writer would append to the data file
 
 
 @pytest.mark.parametrize("config", [weight_only(INT8), weight_only(INT4, awq=True)],
                          ids=["rtn-int8", "awq-int4"])
-def test_blocks_reuse_the_first_blocks_graph(checkpoint, tmp_path, monkeypatch, config):
-    """Only the first block is exported; the file is byte for byte the one exporting every
-    block gives (block 0's RMSNorm gains are equal and merged by the exporter: AWQ makes them
-    differ)."""
-    folder, _, ids = checkpoint
-    calibration = ids if config.awq else None
-    calls = _exports(monkeypatch)
-    reused = quantize_checkpoint(folder, tmp_path / "reused", config, calibration=calibration)
-    assert calls == ["_Block", "_Tail"]
-    monkeypatch.setattr(stream_onnx.Template, "instantiate", lambda *args: None)
-    exported = quantize_checkpoint(folder, tmp_path / "all", config, calibration=calibration)
-    assert calls[2:] == ["_Block", "_Block", "_Tail"]
-    assert reused.onnx.read_bytes() == exported.onnx.read_bytes()
-    assert reused.external_data.read_bytes() == exported.external_data.read_bytes()
+def test_a_block_built_from_the_first_blocks_graph_is_its_export(checkpoint, config):
+    """Block 1 built from block 0's exported graph is byte for byte block 1's own export (int8:
+    block 0's equal zero points are merged by the exporter; AWQ int4: packed MatMulNBits)."""
+    from edgeopt.quantization.streaming import _Block
+
+    _, model, ids = checkpoint
+    q = quantize_decoder(copy.deepcopy(model), config, ids if config.awq else None)
+    _, template = _piece(q.model.layers[0], template=True)
+    fresh, _ = _piece(q.model.layers[1])
+    built = template.instantiate(_Block(q.model.layers[1]), _inline)
+    assert built is not None
+    assert built.SerializeToString() == fresh.SerializeToString()
 
 
 def test_a_block_that_does_not_fit_the_graph_is_exported(checkpoint, tmp_path, monkeypatch):
-    """Block 0's two equal norm gains are one initializer in its graph; block 1's differ, so
-    block 1 cannot reuse that graph and is exported itself, with the right result."""
-    _, model, ids = checkpoint
-    changed = copy.deepcopy(model)
+    """Block 0's two equal norm gains are one initializer in its graph: a block whose gains
+    differ cannot reuse it (quantize_checkpoint then exports that block itself)."""
+    from edgeopt.quantization.streaming import _Block
+
+    _, model, _ = checkpoint
+    q = quantize_decoder(copy.deepcopy(model), weight_only(INT4))
+    block0, block1 = q.model.layers
+    calls, real = [], stream_onnx.export_piece
+    monkeypatch.setattr(stream_onnx, "export_piece",
+                        lambda module, *a, **k: calls.append(module) or real(module, *a, **k))
+    writer = stream_onnx.StitchedWriter(tmp_path / "model.onnx", 21)
+    hidden, cos, sin = torch.randn(1, 8, 64), torch.randn(1, 8, 16), torch.randn(1, 8, 16)
+    writer.add("b0", _Block(block0), (hidden, cos, sin), shared="block")
+    assert writer.templates["block"].instantiate(_Block(block1), _inline) is not None
     with torch.no_grad():
-        changed.model.layers[1].post_attention_layernorm.weight.mul_(1.5)
-    folder = tmp_path / "llama"
-    changed.save_pretrained(folder)
-    calls = _exports(monkeypatch)
-    config = weight_only(INT4)
-    result = quantize_checkpoint(folder, tmp_path / "out", config)
-    assert calls == ["_Block", "_Block", "_Tail"]
-    ort = pytest.importorskip("onnxruntime")
-    session = ort.InferenceSession(str(result.onnx))
-    got = session.run(None, {"input_ids": ids.numpy()})[0]
-    with torch.no_grad():
-        want = quantize_decoder(changed, config)(ids).logits.numpy()
-    assert np.abs(got - want).max() < 0.02 * np.abs(want).max()
+        block1.post_attention_layernorm.weight.mul_(1.5)
+    assert writer.templates["block"].instantiate(_Block(block1), _inline) is None
+    writer.add("b1", _Block(block1), (hidden, cos, sin), shared="block")
+    assert len(calls) == 2 and writer.reused == 0
 
 
 @pytest.mark.parametrize("keep_reference", [False, True])

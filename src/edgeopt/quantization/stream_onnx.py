@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -82,17 +82,21 @@ class StitchedWriter:
         for function in proto.functions:
             self.functions.setdefault((function.domain, function.name), function)
 
-    def add_head(self, name: str, embedding: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-                 ) -> None:
+    def add_head(self, name: str, rows: Callable[[int, int], torch.Tensor],
+                 shape: tuple[int, int], cos: torch.Tensor, sin: torch.Tensor) -> None:
         """The first piece, built by hand: token ids -> (embedding rows, cos, sin rows of the
-        position tables [positions, dim]). The table goes from the tensor's own memory straight
-        into the data file (the exporter would hold several copies of a 32k-row table)."""
+        position tables [positions, dim]). The table [vocabulary, width] goes into the data file
+        a slice of `rows(start, stop)` at a time (the exporter would hold several copies of a
+        32k-row table)."""
         helper, prefix = onnx.helper, f"{name}/"
         ids = helper.make_tensor_value_info("input_ids", onnx.TensorProto.INT64,
                                             ["batch", "sequence"])
-        table = onnx.TensorProto(name=prefix + "embed.weight", dims=list(embedding.shape),
+        table = onnx.TensorProto(name=prefix + "embed.weight", dims=list(shape),
                                  data_type=onnx.TensorProto.FLOAT)
-        self._externalize(table, memoryview(embedding.float().contiguous().numpy()).cast("B"))
+        step = max(1, (1 << 21) // shape[1])
+        self._externalize(table, (memoryview(rows(start, start + step).float().contiguous()
+                                             .numpy()).cast("B")
+                                  for start in range(0, shape[0], step)))
         consts = [onnx.numpy_helper.from_array(t.float().contiguous().numpy(), prefix + n)
                   for n, t in (("cos", cos), ("sin", sin))]
         consts += [onnx.numpy_helper.from_array(v, prefix + n) for n, v in (
@@ -119,8 +123,10 @@ class StitchedWriter:
         self.links = [f"{name}:out{i}" for i in range(3)]
         self.opsets[""] = max(self.opsets.get("", 0), self.opset)
 
-    def _externalize(self, tensor: onnx.TensorProto, raw: memoryview | bytes | None = None
-                     ) -> None:
+    def _externalize(self, tensor: onnx.TensorProto,
+                     raw: memoryview | bytes | Iterable[memoryview] | None = None) -> None:
+        """Append the tensor's bytes (its raw_data, `raw`, or the pieces `raw` yields) to the
+        data file and point the tensor at them."""
         if raw is None:
             raw = tensor.raw_data
         else:
@@ -128,9 +134,10 @@ class StitchedWriter:
         offset = self.data.tell()
         pad = -offset % ALIGN
         self.data.write(b"\0" * pad)
-        self.data.write(raw)
+        for piece in [raw] if isinstance(raw, bytes | memoryview) else raw:
+            self.data.write(piece)
         external_data_helper.set_external_data(tensor, self.data_path.name, offset + pad,
-                                               len(raw))
+                                               self.data.tell() - offset - pad)
         tensor.ClearField("raw_data")
         tensor.data_location = onnx.TensorProto.EXTERNAL
 

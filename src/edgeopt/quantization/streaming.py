@@ -169,16 +169,16 @@ def _awq(block: nn.Module, inputs: dict[str, torch.Tensor], config: QuantConfig,
 @torch.no_grad()
 def quantize_block(block: nn.Module, config: QuantConfig, prefix: str,
                    run: Callable[[], None] | None, notes: dict[str, dict[str, Any]], *,
-                   read: Callable[[str, nn.Module], None] | None = None) -> None:
+                   reader: SafetensorsReader | None = None) -> None:
     """Quantize every Linear of `block` in place (`prefix` is its name in the model, for
     overrides and exclusions). `run()` drives the float block on its calibration inputs
-    (needed for AWQ and GPTQ). `read(name, module)`: the block arrives without weights (rounding
-    to nearest needs no block run): its other modules are read first, then each Linear just
-    before it is quantized, so one Linear's float weight is in memory at a time."""
+    (needed for AWQ and GPTQ). With a `reader` the block arrives without weights (rounding to
+    nearest needs no block run): its other modules are read first, then each Linear just before
+    it is quantized, its rows a slice at a time, so one slice of float weights is in memory."""
     names = [n for n, m in _linears(block).items()
              if not any(qgraph.matches(_join(prefix, n), m, p) for p in config.exclude)]
-    if read is not None:
-        _read_all_but(block, prefix, set(names), read)
+    if reader is not None:
+        _read_all_but(block, prefix, set(names), reader.load)
     if config.awq and run is not None:
         wanted = sorted({n for _, group in AWQ_GROUPS for n in group})
         _awq(block, _capture_inputs(block, run, wanted), config, prefix, notes)
@@ -189,14 +189,17 @@ def quantize_block(block: nn.Module, config: QuantConfig, prefix: str,
         layer = block.get_submodule(name)
         _check_group(_join(prefix, name), layer, config)
         spec = spec_for(_join(prefix, name), layer, config)
-        if read is not None:
-            read(_join(prefix, name), layer)
-        quantized = build_in_chunks(builder, layer, spec, keep_reference=name in inputs)
+        rows = None
+        if reader is not None:  # mapped, not read: only the slices read below become resident
+            reader.load(_join(prefix, name), layer)
+            rows = partial(reader.rows, f"{_join(prefix, name)}.weight")
+        quantized = build_in_chunks(builder, layer, spec, keep_reference=name in inputs,
+                                    rows=rows)
         if name in inputs:
             _gptq(quantized, inputs.pop(name), config)
         vars(quantized).pop("reference_weight", None)  # a float copy, no longer needed
         qgraph._replace_submodule(block, name, quantized)
-        del layer  # its float weight (a mapping of its own when read) goes now
+        del layer, rows  # its float weight goes now
         notes.setdefault(_join(prefix, name), {}).update(
             bits=spec.bits, group_size=spec.group_size, rounding=config.rounding.value)
 
@@ -216,12 +219,13 @@ def _read_all_but(block: nn.Module, prefix: str, later: set[str],
 
 
 def build_in_chunks(builder: LayerBuilder, layer: nn.Linear, spec: QuantSpec, *,
-                    keep_reference: bool = True, chunk: int | None = None) -> nn.Module:
+                    keep_reference: bool = True, chunk: int | None = None,
+                    rows: Callable[[int, int], torch.Tensor] | None = None) -> nn.Module:
     """`builder.build`, a slice of `chunk` output features at a time for grouped weights (by
     default about CHUNK_VALUES weights): each group's scale belongs to one output feature, so
     the integers are the same as in one piece while the float temporaries (transposed, expanded
     scales, rounding) stay a slice's size; a whole layer needs about five float copies of its
-    weight."""
+    weight. `rows(start, stop)` reads output rows of the weight (default: `layer.weight`)."""
     chunk = chunk or max(1, CHUNK_VALUES // layer.in_features)
     if spec.granularity is not Granularity.PER_GROUP or layer.out_features <= chunk:
         return builder.build(layer, spec)
@@ -229,7 +233,9 @@ def build_in_chunks(builder: LayerBuilder, layer: nn.Linear, spec: QuantSpec, *,
     for start in range(0, layer.out_features, chunk):
         piece = nn.Linear(layer.in_features, min(chunk, layer.out_features - start),
                           bias=layer.bias is not None, device="meta")
-        piece.weight = nn.Parameter(layer.weight[start:start + chunk], requires_grad=False)
+        stop = min(start + chunk, layer.out_features)
+        weight = rows(start, stop) if rows else layer.weight[start:stop]
+        piece.weight = nn.Parameter(weight.to(layer.weight.dtype), requires_grad=False)
         if layer.bias is not None:
             piece.bias = nn.Parameter(layer.bias[start:start + chunk], requires_grad=False)
         part = builder.build(piece, spec)
@@ -317,12 +323,13 @@ class _Tail(nn.Module):
 
 @torch.no_grad()
 def _run_blocks(parts: Decoder, config: QuantConfig, calibration: torch.Tensor | None,
-                load: Callable[[str, nn.Module], None], free: Callable[[nn.Module], None],
+                reader: SafetensorsReader | None, free: Callable[[nn.Module], None],
                 emit: Callable[[str, nn.Module, tuple[torch.Tensor, ...]], None],
                 notes: dict[str, dict[str, Any]]) -> None:
-    """The per-block driver shared by the streamed and the in-memory paths."""
+    """The per-block driver shared by the streamed and the in-memory (`reader` None) paths."""
     model = parts.model
-    tail = _quantized_tail(parts, config, load, free, notes)
+    load = reader.load if reader is not None else _loaded
+    tail = _quantized_tail(parts, config, reader, free, notes)
     head = _Head(model.get_submodule(parts.embed), model.get_submodule(parts.rotary),
                  model.config.max_position_embeddings)
     load(parts.embed, head.embed)
@@ -341,23 +348,27 @@ def _run_blocks(parts: Decoder, config: QuantConfig, calibration: torch.Tensor |
             quantize_block(block, config, name, partial(step, hidden, cos, sin), notes)
             hidden = step(hidden, cos, sin)  # the next block learns from this quantized one
         else:
-            quantize_block(block, config, name, None, notes, read=load)
+            quantize_block(block, config, name, None, notes, reader=reader)
         emit(name, step, (hidden[:1], cos[:1], sin[:1]))
         free(block)
     emit("tail", tail, (hidden[:1],))
 
 
-def _quantized_tail(parts: Decoder, config: QuantConfig,
-                    load: Callable[[str, nn.Module], None], free: Callable[[nn.Module], None],
-                    notes: dict[str, dict[str, Any]]) -> _Tail:
+def _loaded(name: str, module: nn.Module) -> None:
+    """In memory: every module already has its weights."""
+
+
+def _quantized_tail(parts: Decoder, config: QuantConfig, reader: SafetensorsReader | None,
+                    free: Callable[[nn.Module], None], notes: dict[str, dict[str, Any]]) -> _Tail:
     """The final norm and lm_head, quantized (round to nearest: it needs no inputs). Done first,
     before the exporter's own memory is in use: lm_head is the largest single weight."""
     model = parts.model
     tail = _Tail(model.get_submodule(parts.norm), model.get_submodule(parts.head))
+    load = reader.load if reader is not None else _loaded
     load(parts.norm, tail.norm)
     if not any(qgraph.matches(parts.head, tail.head, p) for p in config.exclude):
         holder = nn.ModuleDict({parts.head: tail.head})
-        quantize_block(holder, config, "", None, notes, read=load)
+        quantize_block(holder, config, "", None, notes, reader=reader)
         free(tail.head)  # the float weight, which the model still refers to
         tail.head = holder[parts.head]
     else:
@@ -377,7 +388,7 @@ def quantize_decoder(model: nn.Module, config: QuantConfig,
         if name == "tail":
             model.lm_head = module.head
 
-    _run_blocks(parts, config, calibration, lambda n, m: None, lambda m: None, keep_head, {})
+    _run_blocks(parts, config, calibration, None, lambda m: None, keep_head, {})
     return model
 
 
@@ -402,13 +413,15 @@ def quantize_checkpoint(source: str | Path, out_dir: str | Path, config: QuantCo
 
     def emit(name: str, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         if writer is not None and name == "head":
-            writer.add_head(name, module.embed.weight.detach(), *_position_tables(module))
+            table = module.embed.weight  # mapped; written a slice at a time from the file
+            writer.add_head(name, partial(reader.rows, f"{parts.embed}.weight"),
+                            tuple(table.shape), *_position_tables(module))
         elif writer is not None:  # the blocks share one graph
             writer.add(name, module, args, shared="block" if isinstance(module, _Block) else None)
         if save_tensors:
             tensors.append(stream_onnx.save_state(module, out / "tensors" / f"{name}.safetensors"))
 
-    _run_blocks(parts, config, calibration, reader.load, _to_meta, emit, notes)
+    _run_blocks(parts, config, calibration, reader, _to_meta, emit, notes)
     path = writer.finish() if writer is not None else None
     return StreamResult(onnx=path, external_data=writer.data_path if writer else None,
                         tensors=tensors, blocks=len(parts.blocks), layers=notes)
@@ -468,6 +481,12 @@ class SafetensorsReader:
             with self._open(str(shard), "pt") as handle:
                 for full in names:
                     _set(module, wanted[full], handle.get_tensor(self._key(full)))
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of the 2-D tensor `name`, read alone (its own small mapping, gone
+        with the returned tensor), so a large weight read in slices never becomes resident."""
+        with self._open(str(self._file(name)), "pt") as handle:
+            return handle.get_slice(self._key(name))[start:stop]
 
     def _key(self, name: str) -> str:
         if name not in self.files and name == "lm_head.weight" and self.tied:

@@ -162,20 +162,28 @@ def _lock(folder: Path, out: Path) -> int:
 def _claim(journal: Journal, key: str, resume: bool) -> None:
     """Check (resume) or reset (fresh run) the folder, then record the recipe's key."""
     run_file = journal.private / "run.json"
-    if resume and run_file.is_file():
-        try:
-            saved = json.loads(run_file.read_text(encoding="utf-8")).get("recipe_key")
-        except (OSError, ValueError, AttributeError):
-            saved = None
-        if saved != key:
-            raise ConfigError(f"--resume: the interrupted run in {str(journal.folder)!r} was made "
-                              "with a different recipe; pass the recipe it was started with, or "
-                              "rerun without --resume to start over.")
-    elif not resume:
+    if resume:
+        check_recipe(journal.folder, key)
+    else:
         for item in journal.folder.iterdir():
             shutil.rmtree(item) if item.is_dir() else item.unlink()
     journal.private.mkdir(exist_ok=True)
     write_text(run_file, json.dumps({"recipe_key": key}))
+
+
+def check_recipe(folder: Path, key: str) -> None:
+    """Refuse to resume the interrupted run in scratch folder `folder` with another recipe."""
+    run_file = folder / ".resume" / "run.json"
+    if not run_file.is_file():
+        return
+    try:
+        saved = json.loads(run_file.read_text(encoding="utf-8")).get("recipe_key")
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    if saved != key:
+        raise ConfigError(f"--resume: the interrupted run in {str(folder)!r} was made with a "
+                          "different recipe; pass the recipe it was started with, or rerun "
+                          "without --resume to start over.")
 
 
 def publish(folder: Path, out: Path) -> None:

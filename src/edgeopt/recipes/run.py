@@ -18,6 +18,7 @@ from edgeopt.atomic import write_text
 from edgeopt.errors import OutputError
 from edgeopt.recipes.journal import (
     Journal,
+    check_recipe,
     disk_error,
     publish,
     recipe_key,
@@ -95,7 +96,10 @@ def run_recipe(recipe: str | Path | dict[str, Any] | None, out_dir: str | Path,
     if rank:  # under torchrun the other ranks train in step with rank 0 in a private folder
         out = out.with_name(f".{out.name}.rank{rank}")
     key = recipe_key(parsed.to_dict(), parsed.model_label, parsed.data_label)
-    with scratch(out, key, resume) as journal, _disk_errors(journal.folder):
+    if resume and rank:  # as rank 0 does, or this rank would wait for a rank 0 that refused
+        check_recipe(scratch_path(Path(out_dir)), key)
+    # the other ranks' own folders are replaced by rank 0's (_follow_main)
+    with scratch(out, key, resume and not rank) as journal, _disk_errors(journal.folder):
         if resume and distributed.active():
             _follow_main(journal, scratch_path(Path(out_dir)))
         stages = _execute(parsed, journal, progress)
