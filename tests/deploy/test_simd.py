@@ -51,7 +51,7 @@ def test_vnni_bias_folds_the_unsigned_input_offset():
 
 
 @needs_gcc
-@pytest.mark.parametrize("name,specs", [("dscnn", ()), ("resnet8", ()), ("resnet8", POW2), ("tcn1d", ())])
+@pytest.mark.parametrize("name,specs", [("dscnn", ()), ("resnet8", ()), ("resnet8", POW2), ("tcn1d", ()), ("lenet5", ())])
 def test_simd_and_portable_builds_are_bit_exact(name, specs, tmp_path):
     _, path = quantized(name, *specs)
     graph = lower_onnx(path, calibration=inputs(name, 16, seed=1))

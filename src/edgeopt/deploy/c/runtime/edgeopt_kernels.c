@@ -99,6 +99,14 @@ static void conv_rows(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_
 
 /* short runs as byte loops (a library call costs more than a few bytes), long ones through the library */
 static void copy_or_fill(int8_t *dst, const int8_t *src, int8_t fill, int32_t n) {
+#if EO_X86_VNNI
+    if (n <= 64) { /* one masked load and store */
+        if (n <= 0) return;
+        const __mmask64 m = _cvtu64_mask64(~0ull >> (64 - n));
+        _mm512_mask_storeu_epi8(dst, m, src ? _mm512_maskz_loadu_epi8(m, src) : _mm512_set1_epi8(fill));
+        return;
+    }
+#endif
     if (n >= 32) {
         if (src) memcpy(dst, src, (size_t)n);
         else memset(dst, fill, (size_t)n);
@@ -349,25 +357,36 @@ void eo_fully_connected(const eo_linear_t *p, const int8_t *in, int8_t *out, int
 
 static int32_t clamp(int32_t v, int32_t lo, int32_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
+/* per output pixel, 64 channels at a time over the window's taps: the inner loops run along contiguous bytes */
 static void pool(const eo_pool_t *p, const int8_t *in, int8_t *out, int is_max) {
+    int32_t acc[64];
     for (int32_t oy = 0; oy < p->out_h; oy++) {
         for (int32_t ox = 0; ox < p->out_w; ox++) {
-            for (int32_t c = 0; c < p->c; c++) {
-                int32_t acc = is_max ? -128 : 0, count = 0;
+            for (int32_t c0 = 0; c0 < p->c; c0 += 64) {
+                const int32_t n = p->c - c0 < 64 ? p->c - c0 : 64;
+                int32_t count = 0;
+                for (int32_t j = 0; j < n; j++) acc[j] = is_max ? -128 : 0;
                 for (int32_t ky = 0; ky < p->k_h; ky++) {
                     int32_t iy = oy * p->stride_h - p->pad_t + ky;
                     if (iy < 0 || iy >= p->in_h) continue;
                     for (int32_t kx = 0; kx < p->k_w; kx++) {
                         int32_t ix = ox * p->stride_w - p->pad_l + kx;
                         if (ix < 0 || ix >= p->in_w) continue;
-                        int32_t v = in[(iy * p->in_w + ix) * p->c + c];
-                        if (is_max) acc = v > acc ? v : acc;
-                        else acc += v;
+                        const int8_t *x = in + (iy * p->in_w + ix) * p->c + c0;
+                        if (is_max) {
+                            for (int32_t j = 0; j < n; j++) acc[j] = x[j] > acc[j] ? x[j] : acc[j];
+                        } else {
+                            for (int32_t j = 0; j < n; j++) acc[j] += x[j];
+                        }
                         count++;
                     }
                 }
-                if (!is_max && count) acc = acc > 0 ? (acc + count / 2) / count : (acc - count / 2) / count;
-                out[(oy * p->out_w + ox) * p->c + c] = (int8_t)clamp(acc, p->act_min, p->act_max);
+                int8_t *o = out + (oy * p->out_w + ox) * p->c + c0;
+                for (int32_t j = 0; j < n; j++) {
+                    int32_t v = acc[j];
+                    if (!is_max && count) v = v > 0 ? (v + count / 2) / count : (v - count / 2) / count;
+                    o[j] = (int8_t)clamp(v, p->act_min, p->act_max);
+                }
             }
         }
     }
