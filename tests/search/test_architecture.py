@@ -16,6 +16,7 @@ from edgeopt.search.architecture import (
     build,
     candidate_spaces,
     distill_loss,
+    repeated,
     resize_splits,
     select_space,
 )
@@ -62,6 +63,27 @@ def test_distillation_teaches_at_the_teachers_resolution():
                                     reduction="batchmean", log_target=True) * 16
     ce = torch.nn.functional.cross_entropy(logits, targets)
     assert torch.allclose(loss, 0.7 * kd + 0.3 * ce, atol=1e-5)
+
+
+def test_a_repeated_architecture_reuses_the_finished_trial():
+    import optuna
+
+    study = optuna.create_study(directions=["maximize"])
+    first = study.ask()
+    first.suggest_categorical("arch:depth", (1, 2))
+    first.set_user_attr("architecture", {"depth": first.params["arch:depth"]})
+    first.set_user_attr("accuracy", 0.9)
+    first.set_user_attr("worker", "w1")
+    assert repeated(first) is None
+    study.tell(first, 0.9)
+    study.enqueue_trial(first.params)
+    again = study.ask()
+    again.suggest_categorical("arch:depth", (1, 2))
+    assert repeated(again) == {"architecture": first.user_attrs["architecture"], "accuracy": 0.9}
+    study.enqueue_trial({"arch:depth": 3 - first.params["arch:depth"]})
+    other = study.ask()
+    other.suggest_categorical("arch:depth", (1, 2))
+    assert repeated(other) is None
 
 
 def test_the_chosen_space_has_the_most_compute_among_fitting_samples():

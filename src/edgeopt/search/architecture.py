@@ -290,6 +290,9 @@ class ArchLevel:
             policy = build_space(model, ctx.example, ctx.budget.kind).suggest(trial)
         else:
             policy = uniform_policy(model, 8)
+        again = repeated(trial)
+        if again is not None:
+            return {**again, "seconds": time.perf_counter() - start}
         cost = FormulaCost(ctx.example, latency_model(ctx.example) if self.latency else None)
         costs = cost.costs(model, policy)
         if ctx.budget.fits(costs.flash_bytes, costs.ram_bytes, costs.latency_ms):
@@ -297,6 +300,17 @@ class ArchLevel:
         record = evaluate_policy(dataclasses.replace(ctx, base=model, cost=cost), policy)
         return {**record, "architecture": arch.to_dict(),
                 "seconds": time.perf_counter() - start}
+
+
+def repeated(trial: Any) -> dict[str, Any] | None:
+    """The record of a finished trial with the same parameters: TPE repeats points of a small
+    space, and retraining one from scratch would only give the same result again."""
+    from optuna.trial import TrialState
+
+    for done in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if done.params == trial.params and "architecture" in done.user_attrs:
+            return {k: v for k, v in done.user_attrs.items() if k != "worker"}
+    return None
 
 
 def architecture_context(parsed: Any, ctx: Any) -> tuple[Any, list[dict[str, Any]]]:
