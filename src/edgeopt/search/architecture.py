@@ -341,7 +341,8 @@ def seed_architecture(study: Any, family: str, spaces: list[dict[str, Any]]) -> 
         return
     chosen = next(row for row in spaces if row["chosen"])
     start = chosen["largest_fitting"] or {"depth": FAMILIES[family].default_depth, "kernel": 3}
-    study.enqueue_trial({"arch:depth": start["depth"], "arch:kernel": start["kernel"]})
+    study.enqueue_trial({"arch:depth": start["depth"], "arch:kernel": start["kernel"]},
+                        skip_if_exists=True)  # workers starting together enqueue it once
 
 
 def run_best(parsed: Any, best: dict[str, Any], budget: Any, settings: Any, folder: Path,
