@@ -22,7 +22,7 @@ from edgeopt.search.architecture import (
 )
 
 RECIPE = {"model": "dscnn", "data": "digits", "epochs": 1, "measure": {"runs": 3, "warmup": 1}}
-TINY = {"arch_epochs": 1, "space_samples": 2, "finetune_samples": 64}
+TINY = {"arch_epochs": 1, "space_samples": 1, "finetune_samples": 64}
 
 
 @pytest.mark.parametrize("family, shape, zoo_name", [
