@@ -209,3 +209,17 @@ def test_slices_of_output_features_build_the_whole_layer(keep_reference):
     assert ("reference_weight" in vars(sliced)) == keep_reference
     if keep_reference:
         assert torch.equal(sliced.reference_weight, whole.reference_weight)
+
+
+def test_lm_head_exported_narrow_and_widened_is_its_export(checkpoint):
+    """The tail exported with lm_head cut to 16 features, then given lm_head's packed tensors
+    and width, is byte for byte the tail's own export."""
+    from edgeopt.quantization.streaming import _Tail
+
+    _, model, _ = checkpoint
+    q = quantize_decoder(copy.deepcopy(model), weight_only(INT4))
+    tail = _Tail(q.model.norm, q.lm_head)
+    args = (torch.randn(1, 8, 64),)
+    built = stream_onnx.export_narrow(tail, "head", args, 21, _inline)
+    fresh, _ = stream_onnx.export_piece(tail, args, 21)
+    assert built is not None and built.SerializeToString() == fresh.SerializeToString()

@@ -10,9 +10,11 @@ an export per block (time, and the memory the exporter keeps from one export to 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from torch import nn
 from edgeopt.atomic import ensure_writable_dir
 from edgeopt.export import onnx as onnx_export
 from edgeopt.quantization import packing  # also registers the int4 export pass
+from edgeopt.quantization.modules import GroupedLinear
 
 ALIGN = 4096
 INLINE_BYTES = 1024  # smaller tensors (shape constants) stay in the graph, as onnx's helper does  # external tensors start on page boundaries (ONNX Runtime can map them)
@@ -48,12 +51,15 @@ class StitchedWriter:
         self.reused = 0  # pieces built from a template rather than exported
 
     def add(self, name: str, module: nn.Module, args: tuple[torch.Tensor, ...], *,
-            shared: str | None = None) -> None:
+            shared: str | None = None, narrow: str | None = None) -> None:
         """Append a piece. Pieces with the same `shared` key (decoder blocks) have one graph:
         the first is exported, later ones reuse it with their own tensors, or are exported too
-        when their tensors do not line up with it."""
+        when their tensors do not line up with it. `narrow`: a wide 4-bit layer of the piece
+        (lm_head), exported narrow and widened (`export_narrow`)."""
         template = self.templates.get(shared) if shared else None
         proto = template.instantiate(module, self._externalize) if template else None
+        if proto is None and narrow is not None:
+            proto = export_narrow(module, narrow, args, self.opset, self._externalize)
         if proto is None:
             proto, made = export_piece(module, args, self.opset, template=shared is not None)
             if shared and shared not in self.templates:
@@ -174,6 +180,60 @@ def export_piece(module: nn.Module, args: tuple[torch.Tensor, ...], opset: int, 
     onnx_export._strip_debug_info(proto.graph)
     made = Template.build(proto, module, state, sources) if sources is not None else None
     return proto, made
+
+
+NARROW = 16  # output features of a wide layer's stand-in
+
+
+def export_narrow(module: nn.Module, layer_name: str, args: tuple[torch.Tensor, ...], opset: int,
+                  store: Callable[..., None]) -> onnx.ModelProto | None:
+    """`module` exported with its 4-bit grouped layer `layer_name` cut to its first NARROW output
+    features, then given the layer's own packed tensors (handed to `store`) and width: neither
+    the exporter nor the packing pass holds a copy of a 32k-row lm_head. None when the layer is
+    not that kind, is narrow already, or its zero points pack differently from the stand-in's
+    (the caller exports it whole)."""
+    layer = module.get_submodule(layer_name)
+    if not isinstance(layer, GroupedLinear) or layer.spec.bits > 4 or \
+            layer.weight_q.shape[1] <= NARROW:
+        return None
+    stand_in = copy.copy(layer)
+    stand_in._buffers = {key: None if value is None else value[..., :NARROW].clone()
+                         for key, value in layer._buffers.items()}
+    with _swapped(module, layer_name, stand_in):
+        proto, _ = export_piece(module, args, opset)
+    arrays = packing.layer_nbits(layer)
+    names = {layer_name + suffix: array for suffix, array in
+             zip(packing.NBITS_SUFFIXES, arrays, strict=True)}
+    present = {t.name for t in proto.graph.initializer}
+    if {n for n, a in names.items() if a is not None} != present & names.keys():
+        return None
+    if layer.bias is not None:
+        names[f"{layer_name}.bias"] = layer.bias.detach().contiguous().numpy()
+    for tensor in proto.graph.initializer:
+        if names.get(tensor.name) is not None:
+            value = names[tensor.name]
+            del tensor.dims[:]
+            tensor.dims.extend(value.shape)
+            store(tensor, memoryview(np.ascontiguousarray(value)).cast("B"))
+    width = layer.weight_q.shape[1]
+    for node in proto.graph.node:
+        if node.op_type == "MatMulNBits" and node.name == f"{layer_name}.nbits":
+            next(a for a in node.attribute if a.name == "N").i = width
+    for value in proto.graph.output:
+        value.type.tensor_type.shape.dim[-1].dim_value = width
+    return proto
+
+
+@contextlib.contextmanager
+def _swapped(module: nn.Module, name: str, replacement: nn.Module) -> Iterator[None]:
+    parent_name, _, attr = name.rpartition(".")
+    parent = module.get_submodule(parent_name) if parent_name else module
+    original = getattr(parent, attr)
+    setattr(parent, attr, replacement)
+    try:
+        yield
+    finally:
+        setattr(parent, attr, original)
 
 
 def _sources(graph: onnx.GraphProto, state: dict[str, torch.Tensor]

@@ -416,8 +416,9 @@ def quantize_checkpoint(source: str | Path, out_dir: str | Path, config: QuantCo
             table = module.embed.weight  # mapped; written a slice at a time from the file
             writer.add_head(name, partial(reader.rows, f"{parts.embed}.weight"),
                             tuple(table.shape), *_position_tables(module))
-        elif writer is not None:  # the blocks share one graph
-            writer.add(name, module, args, shared="block" if isinstance(module, _Block) else None)
+        elif writer is not None:  # the blocks share one graph; lm_head is exported narrow
+            writer.add(name, module, args, shared="block" if isinstance(module, _Block) else None,
+                       narrow="head" if isinstance(module, _Tail) else None)
         if save_tensors:
             tensors.append(stream_onnx.save_state(module, out / "tensors" / f"{name}.safetensors"))
 
