@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -92,6 +93,47 @@ def costs(per_model: int) -> None:
         print(f"| {what} | {len(rows)} | {_spearman(p, r):.3f} | {_mape(p, r):.1f} % |")
 
 
+HELD_OUT = (("resnet8", (1, 28, 28)), ("resnet8", (3, 32, 32)), ("mobilenetv1_vww", (3, 48, 48)))
+
+
+def _scores(label: str, rows: list, coefficients: dict, table) -> None:
+    from edgeopt.search import ortfit
+
+    real = [ms for _, ms in rows]
+    fitted = [ortfit.predict(coefficients, f) for f, _ in rows]
+    layer_sum = [f["call"] * table.call_ms() + f["compute"] for f, _ in rows]
+    for what, pred in (("fitted model", fitted), ("sum of one-layer timings", layer_sum)):
+        print(f"| x86-ort latency, {what}, {label} | {len(rows)} | {_spearman(pred, real):.3f} | "
+              f"{_mape(pred, real):.1f} % |", flush=True)
+
+
+def latency(per_model: int) -> None:
+    """Fit the whole-model latency predictor on the training architectures (cached for later
+    searches), then score it on held-out policies and held-out architectures."""
+    from edgeopt.atomic import write_text
+    from edgeopt.search import ortfit
+    from edgeopt.search.latency import LatencyTable
+
+    table = LatencyTable()
+    start = time.perf_counter()
+    log = Path(tempfile.mkdtemp(prefix="bench-latency-")) / "rows.jsonl"
+    print(f"measured rows: {log}", flush=True)
+    train = ortfit.training_rows(ortfit.TRAIN_ARCHS, per_model, table, seed=0, progress=True,
+                                 log=log)
+    coefficients = ortfit.fit(train)
+    ortfit.fit_file().parent.mkdir(parents=True, exist_ok=True)
+    write_text(ortfit.fit_file(), json.dumps(coefficients, indent=1, sort_keys=True))
+    print(f"fit on {len(train)} policies in {time.perf_counter() - start:.0f} s: "
+          f"{json.dumps(coefficients)}", flush=True)
+    policies = ortfit.training_rows(ortfit.TRAIN_ARCHS, max(2, per_model // 2), table, seed=1,
+                                    log=log)
+    archs = ortfit.training_rows(HELD_OUT, per_model, table, seed=2, progress=True, log=log)
+    print("| predictor vs measured | policies | Spearman ρ | mean abs. error |")
+    _scores("training policies", train, coefficients, table)
+    _scores("held-out policies", policies, coefficients, table)
+    _scores("held-out architectures", archs, coefficients, table)
+
+
 def target(trials: int, flash: str, samples: int) -> None:
     from edgeopt.recipes.run import run_recipe
     from edgeopt.search import SearchSettings, search
@@ -157,32 +199,38 @@ def arch(trials: int, flash: str, samples: int, epochs: int, distill: bool) -> N
               f"{walls[level]:.0f} s |")
 
 
-def workers(trials: int) -> None:
+def workers(trials: int, threads_each: int | None = None) -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-workers-"))
     recipe = folder / "recipe.yaml"
     recipe.write_text(json.dumps({"model": "lenet5", "data": "digits", "epochs": 2}))
     times = {}
     for count in (1, 2):
         storage = f"sqlite:///{folder}/study{count}.db"
+        # the machine's cores shared out: one worker uses all, two use half each
+        threads = threads_each or max(1, (os.cpu_count() or 1) // count)
         command = [sys.executable, "-m", "edgeopt.cli", "search", str(recipe), "--target",
                    "cortex-m4", "--trials", str(trials), "--storage", storage, "--quiet",
-                   "--no-best", "--finetune-samples", "512"]
+                   "--no-best", "--finetune-samples", "512", "--threads", str(threads)]
         start = time.perf_counter()
         procs = [subprocess.Popen([*command, "--out", str(folder / f"out{count}-{i}")])
                  for i in range(count)]
         assert all(p.wait() == 0 for p in procs)
         times[count] = time.perf_counter() - start
-        print(f"{count} worker(s): {trials} trials in {times[count]:.1f} s", flush=True)
+        load = os.getloadavg()[0]
+        print(f"{count} worker(s), {threads} thread(s) each: {trials} trials in "
+              f"{times[count]:.1f} s (load average {load:.1f} at the end)", flush=True)
     print(f"two workers / one: {times[2] / times[1]:.2f}x the time")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("arch", "costs", "target", "workers"))
+    parser.add_argument("what", choices=("arch", "costs", "latency", "target", "workers"))
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--flash", default="48KiB")
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--per-model", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="workers: torch threads of every worker (default: cores / workers)")
     parser.add_argument("--epochs", type=int, default=3, help="arch: epochs per candidate")
     parser.add_argument("--distill", action="store_true", help="arch: distill candidates")
     args = parser.parse_args()
@@ -191,10 +239,12 @@ def main() -> None:
         arch(args.trials, args.flash, args.samples, args.epochs, args.distill)
     elif args.what == "costs":
         costs(args.per_model)
+    elif args.what == "latency":
+        latency(args.per_model)
     elif args.what == "target":
         target(args.trials, args.flash, args.samples)
     else:
-        workers(args.trials)
+        workers(args.trials, args.threads)
 
 
 if __name__ == "__main__":
