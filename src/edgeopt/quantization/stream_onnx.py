@@ -220,7 +220,9 @@ def export_narrow(module: nn.Module, layer_name: str, args: tuple[torch.Tensor, 
         if node.op_type == "MatMulNBits" and node.name == f"{layer_name}.nbits":
             next(a for a in node.attribute if a.name == "N").i = width
     for value in proto.graph.output:
-        value.type.tensor_type.shape.dim[-1].dim_value = width
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[-1].dim_value = width
     return proto
 
 
