@@ -167,17 +167,20 @@ class LatencyTable:
 
 def latency_model(example: torch.Tensor, coefficients: dict[str, float] | None = None) -> Any:
     """Predicted ms of a pruned model under a policy: the fitted whole-model model
-    (edgeopt.search.ortfit: `coefficients` when given, else this machine's cached fit, else
-    the default fit) on the layer table's timings."""
+    (edgeopt.search.ortfit) with `coefficients`, or with this machine's fit when one is cached
+    (bench/bench_search.py latency); otherwise the sum of the layer table's timings, which
+    ranked held-out architectures at least as well on a loaded machine (README)."""
     from edgeopt.search import ortfit
 
+    fitted = coefficients or ortfit.cached_fit()
+    if fitted is None:
+        return layer_sum_model(example)
     table = LatencyTable()
-    fitted = coefficients or ortfit.cached_fit() or ortfit.DEFAULT_FIT
     return lambda model, policy: ortfit.predict(fitted, ortfit.features(model, policy, example,
                                                                         table))
 
 
 def layer_sum_model(example: torch.Tensor) -> Any:
-    """The plain sum of one-layer timings (kept to compare against in the bench)."""
+    """One session call plus each layer's one-operator timing less that call."""
     table = LatencyTable()
     return lambda model, policy: table(model, policy, example)
