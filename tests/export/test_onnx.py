@@ -171,3 +171,23 @@ def test_exporter_chatter_is_silenced(tmp_path, capsys):
         export_onnx(nn.Linear(3, 2), tmp_path / "l.onnx", torch.randn(1, 3))
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_exports_share_one_torchlib_registry_and_keep_no_translation_in_it(tmp_path):
+    from torch.onnx._internal.exporter import _registration
+
+    from edgeopt.export import onnx as exporter
+
+    build = _registration.ONNXRegistry.__dict__["from_torchlib"]
+    model, x = ConvNet().eval(), torch.randn(1, 1, 8, 8)
+    first = export_onnx(model, tmp_path / "a.onnx", x).read_bytes()
+    register_translation(torch.ops.edgeopt_test.fake_quant, _qdq)
+    try:
+        export_onnx(FakeQuantNet(), tmp_path / "q.onnx", torch.randn(1, 4))
+    finally:
+        unregister_translation(torch.ops.edgeopt_test.fake_quant)
+    assert _registration.ONNXRegistry.__dict__["from_torchlib"] is build  # put back
+    assert exporter._TORCHLIB  # built once, then copied
+    assert not any(meta.is_custom for registry in exporter._TORCHLIB.values()
+                   for metas in registry.functions.values() for meta in metas)
+    assert export_onnx(model, tmp_path / "b.onnx", x).read_bytes() == first
