@@ -199,10 +199,12 @@ def arch(trials: int, flash: str, samples: int, epochs: int, distill: bool) -> N
               f"{walls[level]:.0f} s |")
 
 
-def workers(trials: int, threads_each: int | None = None) -> None:
+def workers(trials: int, threads_each: int | None = None, samples: int = 512,
+            model: str = "lenet5", data: str = "digits") -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-workers-"))
     recipe = folder / "recipe.yaml"
-    recipe.write_text(json.dumps({"model": "lenet5", "data": "digits", "epochs": 2}))
+    epochs = {"epochs": 2} if model == "lenet5" else {}  # other zoo models: cached weights
+    recipe.write_text(json.dumps({"model": model, "data": data, **epochs}))
     times = {}
     for count in (1, 2):
         storage = f"sqlite:///{folder}/study{count}.db"
@@ -210,7 +212,7 @@ def workers(trials: int, threads_each: int | None = None) -> None:
         threads = threads_each or max(1, (os.cpu_count() or 1) // count)
         command = [sys.executable, "-m", "edgeopt.cli", "search", str(recipe), "--target",
                    "cortex-m4", "--trials", str(trials), "--storage", storage, "--quiet",
-                   "--no-best", "--finetune-samples", "512", "--threads", str(threads)]
+                   "--no-best", "--finetune-samples", str(samples), "--threads", str(threads)]
         start = time.perf_counter()
         procs = [subprocess.Popen([*command, "--out", str(folder / f"out{count}-{i}")])
                  for i in range(count)]
@@ -227,24 +229,27 @@ def main() -> None:
     parser.add_argument("what", choices=("arch", "costs", "latency", "target", "workers"))
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--flash", default="48KiB")
-    parser.add_argument("--samples", type=int, default=1024)
+    parser.add_argument("--samples", type=int, default=None,
+                        help="recovery samples a trial (default: 1024; workers: 512)")
     parser.add_argument("--per-model", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None,
                         help="workers: torch threads of every worker (default: cores / workers)")
     parser.add_argument("--epochs", type=int, default=3, help="arch: epochs per candidate")
     parser.add_argument("--distill", action="store_true", help="arch: distill candidates")
+    parser.add_argument("--model", default="lenet5", help="workers: zoo model")
+    parser.add_argument("--data", default="digits", help="workers: data set")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.what == "arch":
-        arch(args.trials, args.flash, args.samples, args.epochs, args.distill)
+        arch(args.trials, args.flash, args.samples or 1024, args.epochs, args.distill)
     elif args.what == "costs":
         costs(args.per_model)
     elif args.what == "latency":
         latency(args.per_model)
     elif args.what == "target":
-        target(args.trials, args.flash, args.samples)
+        target(args.trials, args.flash, args.samples or 1024)
     else:
-        workers(args.trials, args.threads)
+        workers(args.trials, args.threads, args.samples or 512, args.model, args.data)
 
 
 if __name__ == "__main__":

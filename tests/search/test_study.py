@@ -4,6 +4,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import optuna
+import pytest
 
 from edgeopt.search.space import Space
 from edgeopt.search.study import SearchSettings, make_study, seed_uniform
@@ -41,3 +42,19 @@ def test_a_study_that_has_trials_is_not_seeded_again(tmp_path):
     params = _waiting(storage)
     assert len(params) == 6
     assert params[0] == {"bits:a": 8, "bits:b": 8, "keep:a": 1.0}
+
+
+def test_sqlite_transactions_take_the_write_lock_when_they_begin(tmp_path):
+    # Optuna claims a queued trial by reading WAITING then writing RUNNING: without the lock
+    # from the start two workers could claim the same trial
+    import sqlite3
+
+    from edgeopt.search.study import _storage
+
+    storage = _storage(f"sqlite:///{tmp_path}/s.db")
+    with storage.engine.connect() as connection, connection.begin():
+        connection.exec_driver_sql("SELECT 1")  # a read only
+        other = sqlite3.connect(tmp_path / "s.db", timeout=0)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+        other.close()

@@ -142,14 +142,36 @@ def _storage(url: str) -> Any:
             # a worker that dies leaves its trial RUNNING: heartbeats let others fail and retry it
             with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 4-5
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(url, heartbeat_interval=10, grace_period=30,
-                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                                      max_retry=1), engine_kwargs=kwargs)
+                storage = RDBStorage(
+                    url, heartbeat_interval=10, grace_period=30, engine_kwargs=kwargs,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+            return _immediate_transactions(storage) if url.startswith("sqlite") else storage
         except (OperationalError, IntegrityError):
             if attempt == 4:
                 raise
             time.sleep(1.0 + attempt)
     return None
+
+
+def _immediate_transactions(storage: Any) -> Any:
+    """Make every SQLite transaction take the write lock when it begins (BEGIN IMMEDIATE).
+
+    Optuna claims a queued trial by reading that it is WAITING and then marking it RUNNING; its
+    row lock (SELECT ... FOR UPDATE) does not exist in SQLite, and pysqlite starts transactions
+    only at the first write, so two workers could both claim one trial and the slower one fail
+    ("Cannot tell a COMPLETE trial"; measured with two workers starting together)."""
+    from sqlalchemy import event
+
+    @event.listens_for(storage.engine, "connect")
+    def _manual_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy, not pysqlite, says BEGIN
+
+    @event.listens_for(storage.engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    storage.engine.dispose()  # connections opened before the listeners are not reused
+    return storage
 
 
 def seed_uniform(study: Any, space: Space, storage: str | None = None,
