@@ -86,10 +86,10 @@ def _linear(graph: Graph, op: Op, index: int, plan: Plan, pow2: bool) -> Emitted
     fields = ", ".join(str(int(v)) for v in [*geometry, bits, int(x.qparams.zero_point),
                                                int(out.qparams.zero_point), lo, hi])
     x86 = " EO_X86_FIELDS(0, 0)"  # the portable kernel
-    if bits == 8 and op.kind != "depthwise_conv2d":  # x86 VNNI tables, compiled only there
-        decls += ["#if EO_X86_VNNI", c_array("int8_t", f"{tag}_xw", simd.vnni_weights(w.data)),
-                  c_array("int32_t", f"{tag}_xb", simd.vnni_bias(w.data, b.data, int(x.qparams.zero_point))),
-                  "#endif"]
+    tables = _x86_tables(op, w.data, b.data, int(x.qparams.zero_point)) if bits == 8 else None
+    if tables is not None:  # x86 VNNI tables, compiled only there
+        decls += ["#if EO_X86_VNNI", c_array("int8_t", f"{tag}_xw", tables[0]),
+                  c_array("int32_t", f"{tag}_xb", tables[1]), "#endif"]
         x86 = f" EO_X86_FIELDS({tag}_xw, {tag}_xb)"
     decls.append(f"static const eo_linear_t {tag} = {{{fields}, {tag}_w, {tag}_b, {mult}, {tag}_s{x86}}};")
     scratch = f"(arena + {plan.offsets[plan.scratch[index]]})" if index in plan.scratch else "0"
@@ -100,6 +100,18 @@ def _linear(graph: Graph, op: Op, index: int, plan: Plan, pow2: bool) -> Emitted
     requant = (1 if pow2 else 2) * 4 * out.shape[-1]
     return Emitted(decls, call, macs, nbytes + b.data.size * 4 + requant + LINEAR_STRUCT_BYTES, nbytes,
                    form.form if form is not None else ("int4" if bits == 4 else "dense"))
+
+
+def _x86_tables(op: Op, w: np.ndarray, b: np.ndarray, in_zp: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The VNNI weight layout and corrected bias the x86 kernels read; None: the portable kernel."""
+    if op.kind == "depthwise_conv2d":
+        if op.attrs.get("depth_multiplier", 1) != 1:
+            return None
+        return simd.vnni_depthwise_weights(w), simd.vnni_depthwise_bias(w, b, in_zp)
+    segment = None
+    if op.kind == "conv2d":
+        segment = simd.conv_segment(op.attrs["kernel"][1], op.attrs["dilation"][1], w.shape[-1])
+    return simd.vnni_weights(w, segment), simd.vnni_bias(w, b, in_zp)
 
 
 def _compressed(name: str, form: compress.Encoded) -> list[str]:

@@ -8,9 +8,6 @@
 #if EO_ARM_DSP
 #include "edgeopt_arm.h"
 #endif
-#if EO_X86_VNNI
-#define DEPTHWISE_PIXEL x86_depthwise_pixel /* a pixel's channels in registers, over every tap */
-#endif
 
 /* gemmlowp SaturatingRoundingDoublingHighMul */
 static int32_t srdhm(int32_t a, int32_t b) {
@@ -194,7 +191,7 @@ static void dot4(const int8_t *restrict x, const int8_t *restrict w, int32_t k, 
 
 static void conv_pixel(const eo_linear_t *p, const int8_t *x, int8_t *o) {
 #if EO_X86_VNNI
-    if (p->xw) {
+    if (p->xw && p->k_h == 1 && p->k_w == 1) { /* a window of one run: the VNNI layout is [16][k] blocks */
         x86_conv_pixel(p, x, o);
         return;
     }
@@ -232,6 +229,9 @@ void eo_conv2d(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scra
         conv_rows(p, in, out, scratch);
         return;
     }
+#if EO_X86_VNNI
+    if (p->xw && x86_conv(p, in, out)) return;
+#endif
     const int32_t ic = p->in_c, oc_n = p->out_c;
     const int pointwise = p->k_h == 1 && p->k_w == 1 && p->pad_t == 0 && p->pad_l == 0;
     if ((const int8_t *)out == in && !pointwise) {
@@ -257,21 +257,8 @@ void eo_depthwise_conv2d(const eo_linear_t *p, const int8_t *in, int8_t *out, in
     const int32_t ic = p->in_c, oc_n = p->out_c, m = p->depth_multiplier, in_off = -p->in_zp;
     int32_t *acc = (int32_t *)(void *)scratch;
     const int8_t *w = weight_row(p, 0, p->k_h * p->k_w * oc_n, scratch + 4 * oc_n); /* 1HWC */
-#ifdef DEPTHWISE_PIXEL
-    if (m == 1) {
-        int32_t wide[p->k_h * p->k_w * oc_n];
-        x86_widen_weights(w, p->k_h * p->k_w * oc_n, wide);
-        for (int32_t oy = 0; oy < p->out_h; oy++) {
-            const int8_t *rows[p->k_h];
-            for (int32_t ky = 0; ky < p->k_h; ky++) {
-                int32_t iy = oy * p->stride_h - p->pad_t + ky * p->dil_h;
-                rows[ky] = iy < 0 || iy >= p->in_h ? 0 : in + iy * p->in_w * ic;
-            }
-            for (int32_t ox = 0; ox < p->out_w; ox++)
-                DEPTHWISE_PIXEL(p, rows, ox, wide, out + (oy * p->out_w + ox) * oc_n);
-        }
-        return;
-    }
+#if EO_X86_VNNI
+    if (p->xw && x86_depthwise(p, in, out)) return;
 #endif
     for (int32_t oy = 0; oy < p->out_h; oy++) {
         for (int32_t ox = 0; ox < p->out_w; ox++) {
@@ -305,21 +292,10 @@ void eo_depthwise_conv2d_inplace(const eo_linear_t *p, int8_t *data, int8_t *scr
     int32_t *acc = (int32_t *)(void *)scratch;
     int8_t *row_out = scratch + 4 * c_n, *ring = row_out + row;
     const int8_t *w = (const int8_t *)p->weights;
-#ifdef DEPTHWISE_PIXEL
-    int32_t wide[p->k_h * p->k_w * c_n];
-    x86_widen_weights(w, p->k_h * p->k_w * c_n, wide);
+#if EO_X86_VNNI
+    if (p->xw && x86_depthwise(p, data, data)) return;
 #endif
     for (int32_t oy = 0; oy < p->out_h; oy++) {
-#ifdef DEPTHWISE_PIXEL
-        const int8_t *rows[p->k_h];
-        for (int32_t ky = 0; ky < p->k_h; ky++) {
-            int32_t iy = oy - p->pad_t + ky * p->dil_h;
-            rows[ky] = iy < 0 || iy >= p->in_h ? 0 : iy < oy ? ring + (iy % ring_rows) * row : data + iy * row;
-        }
-        for (int32_t ox = 0; ox < p->out_w; ox++) DEPTHWISE_PIXEL(p, rows, ox, wide, row_out + ox * c_n);
-        (void)acc;
-        (void)in_off;
-#else
         for (int32_t ox = 0; ox < p->out_w; ox++) {
             for (int32_t c = 0; c < c_n; c++) acc[c] = p->bias ? p->bias[c] : 0;
             for (int32_t ky = 0; ky < p->k_h; ky++) {
@@ -336,7 +312,6 @@ void eo_depthwise_conv2d_inplace(const eo_linear_t *p, int8_t *data, int8_t *scr
             }
             for (int32_t c = 0; c < c_n; c++) row_out[ox * c_n + c] = (int8_t)requant_ch(p, acc[c], c);
         }
-#endif
         if (ring_rows > 0) memcpy(ring + (oy % ring_rows) * row, data + oy * row, (size_t)row);
         memcpy(data + oy * row, row_out, (size_t)row);
     }

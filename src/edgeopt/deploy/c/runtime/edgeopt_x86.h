@@ -4,14 +4,325 @@
    VPDPBUSD multiplies unsigned by signed bytes, so the input goes in as u = x + 128 (x ^ 0x80) and each
    output channel's bias carries -(128 + in_zp) * sum(w), folded in at codegen (`xb`): then
    sum(u * w) + xb = sum((x - in_zp) * w) + bias, exactly, in wrapping int32 arithmetic. The weights (`xw`)
-   are reordered at codegen to [out_c / 16][ceil(k / 4)][16][4]: one 64-byte load feeds 16 output channels
-   four input values deep, and the input's four bytes are broadcast to every lane. */
+   are reordered at codegen (simd.py) to [out_c / 16][words][16][4]: one 64-byte load feeds 16 output
+   channels four input values deep, and the input's four bytes are broadcast to every lane.
+
+   Convolutions convert each input row to u8 once, into a ring of rows padded left and right with the zero
+   point (whose products cancel against xb like any other input), so every output pixel reads its window
+   straight from the ring with no bounds checks; tiles of up to 8 pixels x 4 blocks of 16 output channels
+   keep their sums in registers while the weights stream past once per tile. */
 #ifndef EDGEOPT_X86_H
 #define EDGEOPT_X86_H
 #include <immintrin.h>
 
-/* gemmlowp SaturatingRoundingDoublingHighMul for mult >= 0 (TFLite's multipliers): with the nudge and
-   C's truncating division both cases reduce to (a * b + 2^30) >> 31 (the INT32_MIN^2 case needs b < 0). */
+#define X86_RING_MAX (128 * 1024) /* stack bytes for the ring; a larger layer takes the portable kernel */
+
+/* TFLite's requantization of 16 lanes as one 64-bit rounding shift per lane (constants per channel):
+   SaturatingRoundingDoublingHighMul is floor((v * m + 2^30) / 2^31) = t and RoundingDivideByPOT(t, e) is
+   floor((t + h - [t < 0]) / 2^e) with h = 2^e / 2 (e > 0); the two floors nest, so the result is
+   (v * m + 2^30 + (h - [t < 0]) 2^31) >> (31 + e), with t < 0 exactly when v * m < -2^30. The power-of-two
+   mode uses m = 2^30 and no 2^30 nudge: (v 2^30 + (h - [v < 0]) 2^30) >> (30 + e). Even and odd lanes are
+   the low and high halves of 64-bit lanes (VPMULDQ). */
+typedef struct {
+    __m512i m_even, m_odd, k_even, k_odd, d_even, d_odd, s_even, s_odd, left, negative_below;
+} x86_rq_t;
+
+/* channel[i] < 0: an unused lane */
+static void x86_rq_prep(x86_rq_t *r, const eo_linear_t *p, const int32_t *channel) {
+    int64_t m[16], k[16], d[16], s[16];
+    int32_t left[16];
+    const int pow2 = !p->mult;
+    for (int32_t i = 0; i < 16; i++) {
+        int32_t c = channel[i], shift = c < 0 ? 0 : p->shift[c], e = shift < 0 ? -shift : 0;
+        left[i] = shift > 0 ? shift : 0;
+        m[i] = c < 0 ? 0 : pow2 ? (int64_t)1 << 30 : p->mult[c];
+        int64_t unit = (int64_t)1 << (pow2 ? 30 : 31);
+        k[i] = (pow2 ? 0 : (int64_t)1 << 30) + (((int64_t)1 << e) >> 1) * unit;
+        d[i] = e > 0 ? unit : 0;
+        s[i] = (pow2 ? 30 : 31) + e;
+    }
+    const __m512i even = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0), odd = _mm512_add_epi64(even, _mm512_set1_epi64(1));
+    r->m_even = _mm512_permutex2var_epi64(_mm512_loadu_si512(m), even, _mm512_loadu_si512(m + 8));
+    r->m_odd = _mm512_permutex2var_epi64(_mm512_loadu_si512(m), odd, _mm512_loadu_si512(m + 8));
+    r->k_even = _mm512_permutex2var_epi64(_mm512_loadu_si512(k), even, _mm512_loadu_si512(k + 8));
+    r->k_odd = _mm512_permutex2var_epi64(_mm512_loadu_si512(k), odd, _mm512_loadu_si512(k + 8));
+    r->d_even = _mm512_permutex2var_epi64(_mm512_loadu_si512(d), even, _mm512_loadu_si512(d + 8));
+    r->d_odd = _mm512_permutex2var_epi64(_mm512_loadu_si512(d), odd, _mm512_loadu_si512(d + 8));
+    r->s_even = _mm512_permutex2var_epi64(_mm512_loadu_si512(s), even, _mm512_loadu_si512(s + 8));
+    r->s_odd = _mm512_permutex2var_epi64(_mm512_loadu_si512(s), odd, _mm512_loadu_si512(s + 8));
+    r->left = _mm512_loadu_si512(left);
+    r->negative_below = _mm512_set1_epi64(pow2 ? 0 : -((int64_t)1 << 30));
+}
+
+/* the layer's output zero point and activation range, broadcast */
+typedef struct {
+    __m512i zp, lo, hi;
+} x86_out_t;
+
+static inline x86_out_t x86_out(const eo_linear_t *p) {
+    x86_out_t o = {_mm512_set1_epi32(p->out_zp), _mm512_set1_epi32(p->act_min), _mm512_set1_epi32(p->act_max)};
+    return o;
+}
+
+/* one half (even or odd lanes, in the low dwords of 64-bit lanes) of x86_rq */
+static inline __m512i x86_rq_half(__m512i v, __m512i m, __m512i k, __m512i d, __m512i s, __m512i below) {
+    __m512i prod = _mm512_mul_epi32(v, m), z = _mm512_add_epi64(prod, k);
+    z = _mm512_mask_sub_epi64(z, _mm512_cmplt_epi64_mask(prod, below), z, d);
+    return _mm512_srav_epi64(z, s);
+}
+
+/* 16 int32 accumulators -> requantized, offset by the zero point and clamped (int32 lanes) */
+static inline __m512i x86_rq(const x86_rq_t *r, __m512i acc, const x86_out_t *o) {
+    __m512i v = _mm512_sllv_epi32(acc, r->left);
+    __m512i even = x86_rq_half(v, r->m_even, r->k_even, r->d_even, r->s_even, r->negative_below);
+    __m512i odd = x86_rq_half(_mm512_srli_epi64(v, 32), r->m_odd, r->k_odd, r->d_odd, r->s_odd, r->negative_below);
+    v = _mm512_add_epi32(_mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32)), o->zp);
+    return _mm512_min_epi32(_mm512_max_epi32(v, o->lo), o->hi);
+}
+
+static inline __mmask16 x86_lanes(int32_t n) { return (__mmask16)(n >= 16 ? 0xFFFF : n > 0 ? (1u << n) - 1 : 0); }
+
+/* 16 accumulators of output channels oc.. (lanes past `lanes` are ignored) to int8, stored at o */
+static void x86_requant_store(const eo_linear_t *p, __m512i acc, int32_t oc, __mmask16 lanes, int8_t *o) {
+    int32_t channel[16];
+    for (int32_t i = 0; i < 16; i++) channel[i] = (lanes >> i) & 1 ? oc + i : -1;
+    x86_rq_t r;
+    x86_rq_prep(&r, p, channel);
+    const x86_out_t out = x86_out(p);
+    _mm_mask_storeu_epi8(o, lanes, _mm512_cvtepi32_epi8(x86_rq(&r, acc, &out)));
+}
+
+static inline __m512i x86_dp(__m512i acc, uint32_t u, const int8_t *w) {
+    return _mm512_dpbusd_epi32(acc, _mm512_set1_epi32((int32_t)u), _mm512_loadu_si512((const void *)w));
+}
+
+/* One output pixel of a fully connected layer (or a 1x1 conv) from its input x (k int8 values): every
+   output channel, 16 at a time, four partial sums per block to hide VPDPBUSD's latency. */
+static void x86_conv_pixel(const eo_linear_t *p, const int8_t *x, int8_t *o) {
+    const int32_t k = p->k_h * p->k_w * p->in_c, words = (k + 3) / 4;
+    uint32_t u[words];
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (int32_t i = 0; i < k; i += 64) { /* u = x ^ 0x80, 64 bytes at a time; padding bytes meet zero weights */
+        int32_t n = k - i < 64 ? k - i : 64, padded = 4 * words - i < 64 ? 4 * words - i : 64;
+        __m512i v = _mm512_xor_si512(_mm512_maskz_loadu_epi8(_cvtu64_mask64(~0ull >> (64 - n)), x + i), flip);
+        _mm512_mask_storeu_epi8((char *)u + i, _cvtu64_mask64(~0ull >> (64 - padded)), v);
+    }
+    for (int32_t oc = 0; oc < p->out_c; oc += 16) {
+        const __mmask16 lanes = x86_lanes(p->out_c - oc);
+        const int8_t *w = p->xw + (int64_t)oc * words * 4;
+        __m512i a0 = _mm512_maskz_loadu_epi32(lanes, p->xb + oc), a1 = _mm512_setzero_si512(), a2 = a1, a3 = a1;
+        int32_t i = 0;
+        for (; i + 4 <= words; i += 4, w += 256) {
+            a0 = x86_dp(a0, u[i], w);
+            a1 = x86_dp(a1, u[i + 1], w + 64);
+            a2 = x86_dp(a2, u[i + 2], w + 128);
+            a3 = x86_dp(a3, u[i + 3], w + 192);
+        }
+        for (; i < words; i++, w += 64) a0 = x86_dp(a0, u[i], w);
+        __m512i acc = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
+        x86_requant_store(p, acc, oc, lanes, o + oc);
+    }
+}
+
+/* The ring of input rows as u8, each padded to the columns the windows reach (zero point outside the
+   image), and one row of zero point for the rows above and below it. Rows are converted in order, once. */
+typedef struct {
+    uint8_t *rows, *outside;
+    int32_t slots, row_bytes, next;
+} x86_ring_t;
+
+/* bytes of one ring row: the padded columns and 64 bytes of slack for reads past the last window */
+static int32_t x86_ring_row_bytes(const eo_linear_t *p) {
+    int32_t right = (p->out_w - 1) * p->stride_w - p->pad_l + (p->k_w - 1) * p->dil_w - (p->in_w - 1);
+    return ((p->pad_l + p->in_w + (right > 0 ? right : 0)) * p->in_c + 64 + 63) & ~63;
+}
+
+static int32_t x86_ring_slots(const eo_linear_t *p) { return (p->k_h - 1) * p->dil_h + 1; }
+
+/* Points rows[ky] at input row oy * stride - pad_t + ky * dil_h in the ring (its column 0 is column -pad_l),
+   converting the rows not yet there. Rows before `next` were converted earlier: an in-place layer may have
+   written over them since. */
+static void x86_ring_rows(const eo_linear_t *p, x86_ring_t *ring, const int8_t *in, int32_t oy, const uint8_t **rows) {
+    const int32_t first = oy * p->stride_h - p->pad_t, width = p->in_w * p->in_c;
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (int32_t ky = 0; ky < p->k_h; ky++) {
+        int32_t iy = first + ky * p->dil_h;
+        if (iy < 0 || iy >= p->in_h) {
+            rows[ky] = ring->outside;
+            continue;
+        }
+        uint8_t *dst = ring->rows + (iy % ring->slots) * ring->row_bytes;
+        rows[ky] = dst;
+        if (iy < ring->next) continue;
+        const int8_t *src = in + iy * width;
+        dst += p->pad_l * p->in_c;
+        for (int32_t i = 0; i < width; i += 64) {
+            __mmask64 m = _cvtu64_mask64(width - i >= 64 ? ~0ull : ~0ull >> (64 - (width - i)));
+            _mm512_mask_storeu_epi8(dst + i, m, _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, src + i), flip));
+        }
+        ring->next = iy + 1;
+    }
+}
+
+/* What a conv tile reads: segments (kernel rows, or taps when dilated) of words 4-byte words each */
+typedef struct {
+    const eo_linear_t *p;
+    const uint8_t **segment; /* this output row's segment starts at output column 0 */
+    const x86_rq_t *rq;      /* per block of 16 output channels */
+    x86_out_t out;
+    int32_t segments, words_per_segment, words, step; /* step: input bytes between neighbouring output pixels */
+} x86_conv_t;
+
+/* P output pixels from column ox x NB blocks of 16 output channels from block `block`, sums in registers */
+static inline __attribute__((always_inline)) void x86_tile(const x86_conv_t *c, int32_t ox, int32_t block,
+                                                           int8_t *o, const int P, const int NB) {
+    const eo_linear_t *p = c->p;
+    const int64_t block_bytes = (int64_t)c->words * 64;
+    __m512i acc[8][4];
+#pragma GCC unroll 4
+    for (int b = 0; b < NB; b++) {
+        __m512i init = _mm512_maskz_loadu_epi32(x86_lanes(p->out_c - 16 * (block + b)), p->xb + 16 * (block + b));
+#pragma GCC unroll 8
+        for (int i = 0; i < P; i++) acc[i][b] = init;
+    }
+    const int8_t *w = p->xw + block * block_bytes;
+    for (int32_t s = 0; s < c->segments; s++) {
+        const uint8_t *x = c->segment[s] + ox * c->step;
+        for (int32_t j = 0; j < c->words_per_segment; j++, x += 4, w += 64) {
+            __m512i wv[4];
+#pragma GCC unroll 4
+            for (int b = 0; b < NB; b++) wv[b] = _mm512_loadu_si512((const void *)(w + b * block_bytes));
+#pragma GCC unroll 8
+            for (int i = 0; i < P; i++) {
+                uint32_t u4;
+                memcpy(&u4, x + i * c->step, 4);
+                const __m512i u = _mm512_set1_epi32((int32_t)u4);
+#pragma GCC unroll 4
+                for (int b = 0; b < NB; b++) acc[i][b] = _mm512_dpbusd_epi32(acc[i][b], u, wv[b]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < P; i++)
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) {
+            const __mmask16 lanes = x86_lanes(p->out_c - 16 * (block + b));
+            _mm_mask_storeu_epi8(o + i * p->out_c + 16 * (block + b), lanes,
+                                 _mm512_cvtepi32_epi8(x86_rq(&c->rq[block + b], acc[i][b], &c->out)));
+        }
+}
+
+typedef void (*x86_tile_fn)(const x86_conv_t *, int32_t, int32_t, int8_t *);
+#define X86_TILE(P, NB) \
+    static void x86_tile_##P##_##NB(const x86_conv_t *c, int32_t ox, int32_t b, int8_t *o) { x86_tile(c, ox, b, o, P, NB); }
+#define X86_TILES_4(NB) X86_TILE(1, NB) X86_TILE(2, NB) X86_TILE(3, NB) X86_TILE(4, NB)
+X86_TILES_4(1) X86_TILES_4(2) X86_TILES_4(3) X86_TILES_4(4)
+X86_TILE(5, 1) X86_TILE(6, 1) X86_TILE(7, 1) X86_TILE(8, 1) X86_TILE(5, 2) X86_TILE(6, 2)
+/* [blocks - 1][pixels - 1]; the widest tile per block count keeps its sums and weights in 32 registers */
+static const x86_tile_fn x86_tiles[4][8] = {
+    {x86_tile_1_1, x86_tile_2_1, x86_tile_3_1, x86_tile_4_1, x86_tile_5_1, x86_tile_6_1, x86_tile_7_1, x86_tile_8_1},
+    {x86_tile_1_2, x86_tile_2_2, x86_tile_3_2, x86_tile_4_2, x86_tile_5_2, x86_tile_6_2, 0, 0},
+    {x86_tile_1_3, x86_tile_2_3, x86_tile_3_3, x86_tile_4_3, 0, 0, 0, 0},
+    {x86_tile_1_4, x86_tile_2_4, x86_tile_3_4, x86_tile_4_4, 0, 0, 0, 0},
+};
+static const int32_t x86_tile_pixels[4] = {8, 6, 4, 4};
+
+/* A conv with 8-bit weights in the VNNI layout, out == in allowed (in-place layers: stride 1, same grid,
+   out_c <= in_c, so output row y covers only input rows <= y, which the ring already holds). Returns 0,
+   doing nothing, when the ring would not fit X86_RING_MAX. */
+static int x86_conv(const eo_linear_t *p, const int8_t *in, int8_t *out) {
+    const int32_t slots = x86_ring_slots(p), row_bytes = x86_ring_row_bytes(p), blocks = (p->out_c + 15) / 16;
+    if ((int64_t)(slots + 1) * row_bytes > X86_RING_MAX) return 0;
+    uint8_t ring_bytes[(slots + 1) * row_bytes];
+    memset(ring_bytes, (uint8_t)(p->in_zp ^ 0x80), sizeof ring_bytes);
+    x86_ring_t ring = {ring_bytes, ring_bytes + slots * row_bytes, slots, row_bytes, 0};
+    x86_rq_t rq[blocks];
+    for (int32_t b = 0; b < blocks; b++) {
+        int32_t channel[16];
+        for (int32_t i = 0; i < 16; i++) channel[i] = 16 * b + i < p->out_c ? 16 * b + i : -1;
+        x86_rq_prep(&rq[b], p, channel);
+    }
+    const int dilated = p->dil_w != 1;
+    const int32_t segments = dilated ? p->k_h * p->k_w : p->k_h;
+    const int32_t per_segment = ((dilated ? 1 : p->k_w) * p->in_c + 3) / 4;
+    const uint8_t *rows[p->k_h], *segment[segments];
+    x86_conv_t c = {p, segment, rq, x86_out(p), segments, per_segment, segments * per_segment, p->stride_w * p->in_c};
+    const int32_t nb = blocks < 4 ? blocks : 4;
+    for (int32_t oy = 0; oy < p->out_h; oy++) {
+        x86_ring_rows(p, &ring, in, oy, rows);
+        for (int32_t s = 0; s < segments; s++)
+            segment[s] = rows[dilated ? s / p->k_w : s] + (dilated ? (s % p->k_w) * p->dil_w * p->in_c : 0);
+        int8_t *o = out + (int64_t)oy * p->out_w * p->out_c;
+        for (int32_t b = 0; b < blocks; b += nb) {
+            const int32_t n = blocks - b < nb ? blocks - b : nb, wide = x86_tile_pixels[n - 1];
+            for (int32_t ox = 0; ox < p->out_w; ox += wide) {
+                const int32_t pixels = p->out_w - ox < wide ? p->out_w - ox : wide;
+                x86_tiles[n - 1][pixels - 1](&c, ox, b, o + ox * p->out_c);
+            }
+        }
+    }
+    return 1;
+}
+
+/* A depthwise conv (multiplier 1) with the VNNI layout (simd.vnni_depthwise_weights), out == in allowed
+   (same shape, stride 1). Per output pixel and 64 channels, four taps' bytes are interleaved per channel
+   (VPUNPCKLBW/HBW, then LWD/HWD) into the dwords VPDPBUSD sums: channel 16k + 4r + j of a group lands in
+   vector r, 128-bit lane k, dword j, the order of the codegen's weights and bias, and two saturating packs
+   (values already clamped) bring the bytes back into channel order. Returns 0 as x86_conv does. */
+static int x86_depthwise(const eo_linear_t *p, const int8_t *in, int8_t *out) {
+    const int32_t slots = x86_ring_slots(p), row_bytes = x86_ring_row_bytes(p), c_n = p->out_c;
+    const int32_t groups = (c_n + 63) / 64, taps = p->k_h * p->k_w, quads = (taps + 3) / 4;
+    if ((int64_t)(slots + 1) * row_bytes > X86_RING_MAX) return 0;
+    uint8_t ring_bytes[(slots + 1) * row_bytes];
+    memset(ring_bytes, (uint8_t)(p->in_zp ^ 0x80), sizeof ring_bytes);
+    x86_ring_t ring = {ring_bytes, ring_bytes + slots * row_bytes, slots, row_bytes, 0};
+    x86_rq_t rq[4 * groups];
+    for (int32_t v = 0; v < 4 * groups; v++) { /* vector r of group g: channels 64g + 16k + 4r + j */
+        int32_t channel[16];
+        for (int32_t i = 0; i < 16; i++) {
+            int32_t ch = 64 * (v / 4) + 16 * (i / 4) + 4 * (v % 4) + i % 4;
+            channel[i] = ch < c_n ? ch : -1;
+        }
+        x86_rq_prep(&rq[v], p, channel);
+    }
+    const x86_out_t o = x86_out(p);
+    const uint8_t *rows[p->k_h], *tap[4 * quads];
+    for (int32_t oy = 0; oy < p->out_h; oy++) {
+        x86_ring_rows(p, &ring, in, oy, rows);
+        for (int32_t t = 0; t < 4 * quads; t++) /* padding taps read tap 0 against zero weights */
+            tap[t] = t < taps ? rows[t / p->k_w] + (t % p->k_w) * p->dil_w * c_n : tap[0];
+        for (int32_t ox = 0; ox < p->out_w; ox++) {
+            const int32_t at = ox * p->stride_w * c_n;
+            int8_t *dst = out + ((int64_t)oy * p->out_w + ox) * c_n;
+            for (int32_t g = 0; g < groups; g++) {
+                const int8_t *w = p->xw + (int64_t)g * quads * 256;
+                __m512i acc[4];
+                for (int32_t r = 0; r < 4; r++) acc[r] = _mm512_loadu_si512((const void *)(p->xb + 64 * g + 16 * r));
+                for (int32_t q = 0; q < quads; q++, w += 256) {
+                    const uint8_t *const *t4 = tap + 4 * q;
+                    const int32_t c0 = at + 64 * g;
+                    __m512i x0 = _mm512_loadu_si512(t4[0] + c0), x1 = _mm512_loadu_si512(t4[1] + c0);
+                    __m512i x2 = _mm512_loadu_si512(t4[2] + c0), x3 = _mm512_loadu_si512(t4[3] + c0);
+                    __m512i lo01 = _mm512_unpacklo_epi8(x0, x1), hi01 = _mm512_unpackhi_epi8(x0, x1);
+                    __m512i lo23 = _mm512_unpacklo_epi8(x2, x3), hi23 = _mm512_unpackhi_epi8(x2, x3);
+                    acc[0] = _mm512_dpbusd_epi32(acc[0], _mm512_unpacklo_epi16(lo01, lo23), _mm512_loadu_si512(w));
+                    acc[1] = _mm512_dpbusd_epi32(acc[1], _mm512_unpackhi_epi16(lo01, lo23), _mm512_loadu_si512(w + 64));
+                    acc[2] = _mm512_dpbusd_epi32(acc[2], _mm512_unpacklo_epi16(hi01, hi23), _mm512_loadu_si512(w + 128));
+                    acc[3] = _mm512_dpbusd_epi32(acc[3], _mm512_unpackhi_epi16(hi01, hi23), _mm512_loadu_si512(w + 192));
+                }
+                const x86_rq_t *r = rq + 4 * g;
+                __m512i bytes = _mm512_packs_epi16(_mm512_packs_epi32(x86_rq(r, acc[0], &o), x86_rq(r + 1, acc[1], &o)),
+                                                   _mm512_packs_epi32(x86_rq(r + 2, acc[2], &o), x86_rq(r + 3, acc[3], &o)));
+                const int32_t n = c_n - 64 * g;
+                _mm512_mask_storeu_epi8(dst + 64 * g, _cvtu64_mask64(n >= 64 ? ~0ull : ~0ull >> (64 - n)), bytes);
+            }
+        }
+    }
+    return 1;
+}
+
+/* gemmlowp SaturatingRoundingDoublingHighMul for b >= 0 (TFLite's multipliers): with the nudge and C's
+   truncating division both cases reduce to (a * b + 2^30) >> 31 (the INT32_MIN^2 case needs b < 0). */
 static inline __m512i x86_srdhm(__m512i a, __m512i b) {
     const __m512i half = _mm512_set1_epi64((int64_t)1 << 30);
     __m512i even = _mm512_srai_epi64(_mm512_add_epi64(_mm512_mul_epi32(a, b), half), 31);
@@ -30,96 +341,6 @@ static inline __m512i x86_rdpot(__m512i x, __m512i exponent) {
                                       one);
     __m512i up = _mm512_maskz_mov_epi32(_mm512_cmpgt_epi32_mask(remainder, threshold), one);
     return _mm512_add_epi32(_mm512_srav_epi32(x, exponent), up);
-}
-
-/* 16 accumulators of output channels oc.. (lanes past `lanes` are ignored) to int8, stored at o */
-static inline void x86_requant_store(const eo_linear_t *p, __m512i acc, int32_t oc, __mmask16 lanes, int8_t *o) {
-    const __m512i zero = _mm512_setzero_si512();
-    __m512i shift = _mm512_maskz_loadu_epi32(lanes, p->shift + oc);
-    __m512i left = _mm512_max_epi32(shift, zero), right = _mm512_max_epi32(_mm512_sub_epi32(zero, shift), zero);
-    __m512i v = _mm512_sllv_epi32(acc, left);
-    if (p->mult) v = x86_srdhm(v, _mm512_maskz_loadu_epi32(lanes, p->mult + oc));
-    v = _mm512_add_epi32(x86_rdpot(v, right), _mm512_set1_epi32(p->out_zp));
-    v = _mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32(p->act_min)), _mm512_set1_epi32(p->act_max));
-    _mm_mask_storeu_epi8(o, lanes, _mm512_cvtepi32_epi8(v));
-}
-
-static inline __m512i x86_dp(__m512i acc, uint32_t u, const int8_t *w) {
-    return _mm512_dpbusd_epi32(acc, _mm512_set1_epi32((int32_t)u), _mm512_loadu_si512((const void *)w));
-}
-
-/* One output pixel of a conv / fully connected layer from its input window x (k int8 values): every
-   output channel, 16 at a time, four partial sums per block to hide VPDPBUSD's latency. */
-static void x86_conv_pixel(const eo_linear_t *p, const int8_t *x, int8_t *o) {
-    const int32_t k = p->k_h * p->k_w * p->in_c, words = (k + 3) / 4;
-    uint32_t u[words];
-    const __m512i flip = _mm512_set1_epi8((char)0x80);
-    for (int32_t i = 0; i < k; i += 64) { /* u = x ^ 0x80, 64 bytes at a time; padding bytes meet zero weights */
-        int32_t n = k - i < 64 ? k - i : 64, padded = 4 * words - i < 64 ? 4 * words - i : 64;
-        __m512i v = _mm512_xor_si512(_mm512_maskz_loadu_epi8(_cvtu64_mask64(~0ull >> (64 - n)), x + i), flip);
-        _mm512_mask_storeu_epi8((char *)u + i, _cvtu64_mask64(~0ull >> (64 - padded)), v);
-    }
-    for (int32_t oc = 0; oc < p->out_c; oc += 16) {
-        const int32_t n = p->out_c - oc < 16 ? p->out_c - oc : 16;
-        const __mmask16 lanes = (__mmask16)((1u << n) - 1);
-        const int8_t *w = p->xw + (int64_t)oc * words * 4;
-        __m512i a0 = _mm512_maskz_loadu_epi32(lanes, p->xb + oc), a1 = _mm512_setzero_si512(), a2 = a1, a3 = a1;
-        int32_t i = 0;
-        for (; i + 4 <= words; i += 4, w += 256) {
-            a0 = x86_dp(a0, u[i], w);
-            a1 = x86_dp(a1, u[i + 1], w + 64);
-            a2 = x86_dp(a2, u[i + 2], w + 128);
-            a3 = x86_dp(a3, u[i + 3], w + 192);
-        }
-        for (; i < words; i++, w += 64) a0 = x86_dp(a0, u[i], w);
-        __m512i acc = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
-        x86_requant_store(p, acc, oc, lanes, o + oc);
-    }
-}
-/* (x - zp) * w for 16 channels: int32 lanes whose values fit int16, and weights with a zero upper half,
-   so VPMADDWD's pair sum is the one product (|x - zp| <= 255, |w| <= 128: no int16 overflow) */
-static inline __m512i x86_mac16(__m512i acc, const int8_t *x, const int32_t *w, __m512i off, __mmask16 lanes) {
-    __m512i xv = _mm512_add_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(lanes, x)), off);
-    return _mm512_add_epi32(acc, _mm512_madd_epi16(xv, _mm512_maskz_loadu_epi32(lanes, w)));
-}
-
-/* a depthwise layer's weights (n values) as int32 lanes with a zero upper half, once per call */
-static void x86_widen_weights(const int8_t *w, int32_t n, int32_t *out) {
-    for (int32_t i = 0; i < n; i++) out[i] = (uint16_t)(int16_t)w[i];
-}
-
-/* One output pixel of a depthwise conv (multiplier 1): rows[ky] is input row iy (NULL outside the image), w
-   the 1HWC weights widened by x86_widen_weights. The taps inside the image are listed once; then 64
-   channels at a time run through them with four accumulators in registers. */
-static void x86_depthwise_pixel(const eo_linear_t *p, const int8_t *const *rows, int32_t ox, const int32_t *w,
-                                int8_t *o) {
-    const int32_t c_n = p->out_c;
-    const __m512i off = _mm512_set1_epi32(-p->in_zp);
-    const int8_t *xs[p->k_h * p->k_w];
-    const int32_t *ws[p->k_h * p->k_w];
-    int32_t taps = 0;
-    for (int32_t ky = 0; ky < p->k_h; ky++) {
-        if (!rows[ky]) continue;
-        for (int32_t kx = 0; kx < p->k_w; kx++) {
-            int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
-            if (ix < 0 || ix >= p->in_w) continue;
-            xs[taps] = rows[ky] + ix * c_n;
-            ws[taps++] = w + (ky * p->k_w + kx) * c_n;
-        }
-    }
-    for (int32_t c = 0; c < c_n; c += 64) {
-        __mmask16 lanes[4];
-        __m512i acc[4];
-        for (int32_t j = 0; j < 4; j++) {
-            int32_t left = c_n - c - 16 * j;
-            lanes[j] = (__mmask16)(left >= 16 ? 0xFFFF : left > 0 ? (1u << left) - 1 : 0);
-            acc[j] = p->bias ? _mm512_maskz_loadu_epi32(lanes[j], p->bias + c + 16 * j) : _mm512_setzero_si512();
-        }
-        for (int32_t t = 0; t < taps; t++)
-            for (int32_t j = 0; j < 4; j++)
-                acc[j] = x86_mac16(acc[j], xs[t] + c + 16 * j, ws[t] + c + 16 * j, off, lanes[j]);
-        for (int32_t j = 0; j < 4 && lanes[j]; j++) x86_requant_store(p, acc[j], c + 16 * j, lanes[j], o + c + 16 * j);
-    }
 }
 
 /* TFLite ADD, 16 elements at a time (see eo_add) */
