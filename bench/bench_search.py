@@ -93,45 +93,81 @@ def costs(per_model: int) -> None:
         print(f"| {what} | {len(rows)} | {_spearman(p, r):.3f} | {_mape(p, r):.1f} % |")
 
 
-HELD_OUT = (("resnet8", (1, 28, 28)), ("resnet8", (3, 32, 32)), ("mobilenetv1_vww", (3, 48, 48)))
+# (zoo family, native input shape): the held-out validation set is drawn from the architecture
+# level's own space (edgeopt.search.architecture); nothing in the predictor is fitted to it
+LATENCY_FAMILIES = (("dscnn", (1, 28, 28)), ("resnet8", (3, 32, 32)),
+                    ("mobilenetv1_vww", (3, 64, 64)))
 
 
-def _scores(label: str, rows: list, coefficients: dict, table) -> None:
-    from edgeopt.search import ortfit
+def _latency_candidate(family: str, native: tuple[int, ...], rng: random.Random):
+    """A random architecture of `family` (width, resolution, depth, kernel) and a random policy
+    of it (bits 4 / 8 / float per layer, float in about a third, channel keep ratios)."""
+    from edgeopt.search import architecture as A
+    from edgeopt.search.space import FLOAT
 
-    real = [ms for _, ms in rows]
-    fitted = [ortfit.predict(coefficients, f) for f, _ in rows]
-    layer_sum = [f["call"] * table.call_ms() + f["compute"] for f, _ in rows]
-    for what, pred in (("fitted model", fitted), ("sum of one-layer timings", layer_sum)):
-        print(f"| x86-ort latency, {what}, {label} | {len(rows)} | {_spearman(pred, real):.3f} | "
-              f"{_mape(pred, real):.1f} % |", flush=True)
+    fam = A.FAMILIES[family]
+    arch = A.Arch(family, rng.choice(A.WIDTHS), round(native[1] * rng.choice(A.SCALES)),
+                  rng.choice(fam.depths), rng.choice(fam.kernels))
+    shape = A.resized_shape(native, arch.resolution)
+    model = A.build(**arch.to_dict(), input_shape=list(native), num_classes=10).eval()
+    example = torch.randn(1, *shape)
+    space = build_space(model, example, "host")
+    bits = (4, 8, FLOAT) if rng.random() < 0.35 else (4, 8)
+    policy = Policy(bits={n: rng.choice(bits) for n in space.layers},
+                    keep={g: rng.choice(space.keep_choices) for g in space.groups})
+    return arch, policy, pruned_copy(model, example, policy.keep), example
 
 
-def latency(per_model: int) -> None:
-    """Fit the whole-model latency predictor on the training architectures (cached for later
-    searches), then score it on held-out policies and held-out architectures."""
-    from edgeopt.atomic import write_text
-    from edgeopt.search import ortfit
-    from edgeopt.search.latency import LatencyTable
+def _time_interleaved(models: list, rounds: int, runs: int) -> list[float]:
+    """Median ms of each whole model in ORT (ORT_ENABLE_ALL, 1 thread, thread CPU time): each
+    round times every model once, so drift on a shared machine hits all of them alike."""
+    from edgeopt.search.latency import _session, time_session
 
-    table = LatencyTable()
-    start = time.perf_counter()
-    log = Path(tempfile.mkdtemp(prefix="bench-latency-")) / "rows.jsonl"
-    print(f"measured rows: {log}", flush=True)
-    train = ortfit.training_rows(ortfit.TRAIN_ARCHS, per_model, table, seed=0, progress=True,
-                                 log=log)
-    coefficients = ortfit.fit(train)
-    ortfit.fit_file().parent.mkdir(parents=True, exist_ok=True)
-    write_text(ortfit.fit_file(), json.dumps(coefficients, indent=1, sort_keys=True))
-    print(f"fit on {len(train)} policies in {time.perf_counter() - start:.0f} s: "
-          f"{json.dumps(coefficients)}", flush=True)
-    policies = ortfit.training_rows(ortfit.TRAIN_ARCHS, max(2, per_model // 2), table, seed=1,
-                                    log=log)
-    archs = ortfit.training_rows(HELD_OUT, per_model, table, seed=2, progress=True, log=log)
-    print("| predictor vs measured | policies | Spearman ρ | mean abs. error |")
-    _scores("training policies", train, coefficients, table)
-    _scores("held-out policies", policies, coefficients, table)
-    _scores("held-out architectures", archs, coefficients, table)
+    sessions = [(_session(m, "all"), feed) for m, feed in models]
+    medians = [[] for _ in sessions]
+    for _ in range(rounds):
+        for index, (session, feed) in enumerate(sessions):
+            medians[index].append(time_session(session, feed, runs=runs, warmup=5))
+    return [statistics.median(m) for m in medians]
+
+
+def latency(per_model: int, rounds: int = 7) -> None:
+    """The kernel-level x86-ort predictor against ORT timing each whole model, on random
+    architecture-level candidates of the zoo families with random policies."""
+    from edgeopt.profile import profile
+    from edgeopt.search.latency import KernelTable, exported, predict_onnx
+
+    table = KernelTable()
+    rng = random.Random(13)
+    rows, models = [], []
+    for family, native in LATENCY_FAMILIES:
+        for _ in range(per_model):
+            torch.manual_seed(len(rows))
+            arch, policy, pruned, example = _latency_candidate(family, native, rng)
+            start = time.perf_counter()
+            onnx_model = exported(pruned, policy, example)
+            export_s = time.perf_counter() - start
+            feed = {onnx_model.graph.input[0].name: example.numpy()}
+            fresh = len(table.table)
+            pred = predict_onnx(onnx_model, feed, table)
+            rows.append({"family": family, "arch": arch.label(), "policy": policy.label(),
+                         "pred_ms": pred, "macs": int(profile(pruned, example).macs),
+                         "export_s": export_s, "predict_s": time.perf_counter() - start - export_s,
+                         "new_kernels": len(table.table) - fresh})
+            models.append((onnx_model, feed))
+            print(json.dumps(rows[-1]), flush=True)
+    for row, ms in zip(rows, _time_interleaved(models, rounds, runs=30)):
+        row["ort_ms"] = ms
+    print(json.dumps([[r["pred_ms"], r["ort_ms"], r["macs"]] for r in rows]))
+    print(f"load average {os.getloadavg()}; kernel table {table.path} ({len(table.table)} keys)")
+    print("| held-out candidates | n | Spearman ρ (predictor) | mean abs. error | ρ of MACs |")
+    for label, subset in [*((f, [r for r in rows if r["family"] == f])
+                            for f, _ in LATENCY_FAMILIES), ("all", rows)]:
+        pred, real = [r["pred_ms"] for r in subset], [r["ort_ms"] for r in subset]
+        print(f"| {label} | {len(subset)} | {_spearman(pred, real):.3f} | "
+              f"{_mape(pred, real):.1f} % | {_spearman([r['macs'] for r in subset], real):.3f} |")
+    print(f"per candidate: export {statistics.median(r['export_s'] for r in rows):.2f} s, "
+          f"predict {statistics.median(r['predict_s'] for r in rows):.3f} s (medians)")
 
 
 def target(trials: int, flash: str, samples: int) -> None:

@@ -1,26 +1,42 @@
-"""Latency on x86-ort from a per-layer lookup table of ONNX Runtime timings.
+"""Latency on x86-ort, predicted kernel by kernel over the graph ONNX Runtime really runs.
 
-Each Conv / Linear layer is keyed by its shapes and number format; a key not yet in the table
-is measured once (a one-operator ONNX graph: Conv or QLinearConv, Gemm or QLinearMatMul,
-median CPU time of runs on one thread) and cached in the user cache folder. The table's timings
-(less one session call, timed on an Identity graph) are one feature of the whole-model
-predictor in edgeopt.search.ortfit, which adds the per-operator and Q/DQ costs they miss.
+A candidate is quantized as its policy's stage would quantize it and exported (as the search's
+final measurement does); ONNX Runtime optimizes the export (QLinearConv, QLinearAdd, QGemm,
+layout Transposes, DQ -> float op -> Q islands for float layers, NCHWc float convolutions ...)
+and the optimized graph is run once to learn every value's shape and dtype. Each node is then
+keyed by its domain, op type, attributes and its inputs' and outputs' dtypes and shapes; a key
+not yet in the lookup table is timed once as a one-node graph (the node's own constant inputs,
+its real input values fed, no further optimization) and cached in the user cache folder. So
+every operator the runtime runs is covered (Adds, pools, Q / DQ, reshapes, transposes) and a
+new architecture needs no refit: nothing is fitted. The prediction is
+
+    call + sum over nodes of (one-node time - call) + (nodes - 1) * per_node
+
+where `call` is one session run of a one-node graph and `per_node` the executor's cost of one
+more node (a chain of Identity nodes), both timed once. Timings are the median CPU time of the
+calling thread over runs on one ORT thread: other jobs on a shared machine count less.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
+from onnx import helper, numpy_helper
 from torch import nn
 
 from edgeopt.search.space import FLOAT, Policy
+
+_CHAIN = 33  # Identity nodes in the graph that times the per-node cost
 
 
 def cache_tag() -> str:
@@ -33,104 +49,110 @@ def cache_tag() -> str:
 def _cache_file() -> Path:
     from platformdirs import user_cache_dir
 
-    return Path(user_cache_dir("edgeopt")) / "latency" / f"lut-cpu-{cache_tag()}.json"
+    return Path(user_cache_dir("edgeopt")) / "latency" / f"kernels-cpu-{cache_tag()}.json"
 
 
-def layer_keys(model: nn.Module, example: torch.Tensor, bits: dict[str, int]) -> list[str]:
-    """One key per Conv / Linear layer: kind, input shape, weight shape, stride/pad/groups, format."""
-    keys: list[str] = []
-
-    def hook(name: str) -> Any:
-        def record(module: nn.Module, inputs: Any, _: Any) -> None:
-            fmt = "f32" if bits.get(name, 8) == FLOAT else "i8"
-            shape = tuple(inputs[0].shape[1:])
-            if isinstance(module, nn.Linear):
-                entry: list[Any] = ["gemm", module.in_features, module.out_features, fmt]
-            else:
-                entry = ["conv", list(shape), list(module.weight.shape), list(module.stride),
-                         list(module.padding), module.groups, list(module.dilation), fmt]
-            keys.append(json.dumps(entry))
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
-               if isinstance(m, nn.Conv2d | nn.Conv1d | nn.Linear)]
-    try:
-        with torch.no_grad():
-            model.eval()(example[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    return keys
-
-
-_CALL = json.dumps(["call"])  # a session call that only copies its input: the fixed cost
-
-
-def _graph(key: str) -> tuple[Any, dict[str, np.ndarray]]:
-    """A one-operator ONNX model for `key` and its input feed."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    parts = json.loads(key)
-    rng = np.random.default_rng(0)
-    if parts[0] == "call":
-        graph = helper.make_graph(
-            [helper.make_node("Identity", ["x"], ["y"])], "call",
-            [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 16])],
-            [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 16])])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-        return model, {"x": np.zeros((1, 16), np.uint8)}
-    fmt = parts[-1]
-    if parts[0] == "gemm":
-        cin, cout = parts[1], parts[2]
-        x_shape, w = [1, cin], rng.standard_normal((cin, cout)).astype(np.float32)
-        attrs: dict[str, Any] = {}
-        op = "MatMul"
-    else:
-        _, shape, weight_shape, stride, pad, groups, dil, _ = parts
-        x_shape = [1, *shape]
-        w = rng.standard_normal(weight_shape).astype(np.float32)
-        attrs = {"strides": stride, "pads": pad * 2, "group": groups, "dilations": dil}
-        op = "Conv"
-    if fmt == "f32":
-        inits = [numpy_helper.from_array(w, "w")]
-        node = helper.make_node(op, ["x", "w"], ["y"], **attrs)
-        x_type, x = TensorProto.FLOAT, rng.standard_normal(x_shape).astype(np.float32)
-    else:
-        q = {"xs": np.float32(0.02), "xz": np.uint8(128), "ws": np.float32(0.01),
-             "wz": np.int8(0), "ys": np.float32(0.05), "yz": np.uint8(128)}
-        inits = [numpy_helper.from_array(np.array(v), k) for k, v in q.items()]
-        inits.append(numpy_helper.from_array(rng.integers(-127, 127, w.shape).astype(np.int8), "w"))
-        qop = "QLinearMatMul" if op == "MatMul" else "QLinearConv"
-        node = helper.make_node(qop, ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], **attrs)
-        x_type, x = TensorProto.UINT8, rng.integers(0, 255, x_shape).astype(np.uint8)
-    y_type = TensorProto.FLOAT if fmt == "f32" else TensorProto.UINT8
-    graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("x", x_type, x_shape)],
-                              [helper.make_tensor_value_info("y", y_type, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    return model, {"x": x}
-
-
-def measure_key(key: str, runs: int = 60) -> float:
-    """Median milliseconds of one layer in ONNX Runtime (1 thread)."""
+def _session(model: onnx.ModelProto, optimization: str = "disable",
+             optimized_path: str | None = None) -> Any:
     import onnxruntime as ort
 
-    model, feed = _graph(key)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    for _ in range(5):
+    from edgeopt.runtime.inspect import session_options
+
+    options = session_options(1, optimization)
+    if optimized_path is not None:
+        options.optimized_model_filepath = optimized_path
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def optimized_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph ORT runs for `model` on this machine (ORT_ENABLE_ALL, one thread)."""
+    with tempfile.TemporaryDirectory(prefix="edgeopt-latency-") as tmp:
+        path = os.path.join(tmp, "optimized.onnx")
+        _session(model, "all", path)
+        return onnx.load(path)
+
+
+def node_values(optimized: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every value of the optimized graph on `feed`: its nodes' inputs, as ORT computes them."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(optimized)
+    known = {o.name for o in probe.graph.output}
+    for node in probe.graph.node:
+        # an output without a type: ORT takes it from the node that makes it
+        probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in node.output
+                                  if n and n not in known)
+    session = _session(probe)
+    names = [o.name for o in session.get_outputs()]
+    return {**feed, **dict(zip(names, session.run(names, feed)))}
+
+
+def _attribute(attr: onnx.AttributeProto) -> Any:
+    value = helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, onnx.TensorProto):
+        return [value.data_type, list(value.dims)]
+    if isinstance(value, list):
+        return [v.decode(errors="replace") if isinstance(v, bytes) else v for v in value]
+    return value if isinstance(value, int | float | str) else str(value)
+
+
+def _describe(array: np.ndarray) -> list[Any]:
+    return [str(array.dtype), list(array.shape)]
+
+
+def kernel_key(node: onnx.NodeProto, values: dict[str, np.ndarray], constants: set[str]) -> str:
+    """What decides a node's time: domain, op, attributes, inputs' and outputs' dtype / shape
+    (constant inputs marked: ORT pre-packs constant weights)."""
+    inputs = [[*_describe(values[n]), n in constants] if n else None for n in node.input]
+    outputs = [_describe(values[n]) if n else None for n in node.output]
+    attrs = sorted((a.name, _attribute(a)) for a in node.attribute)
+    return json.dumps([node.domain, node.op_type, attrs, inputs, outputs])
+
+
+def _one_node(node: onnx.NodeProto, values: dict[str, np.ndarray], constants: set[str],
+              opsets: list[Any]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A graph of `node` alone: its constant inputs as initializers, the others fed."""
+    fed = [n for n in dict.fromkeys(node.input) if n and n not in constants]
+    graph = helper.make_graph(
+        [node], "kernel",
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(values[n].dtype),
+                                       values[n].shape) for n in fed],
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(values[n].dtype),
+                                       values[n].shape) for n in node.output if n],
+        [numpy_helper.from_array(values[n], n) for n in dict.fromkeys(node.input)
+         if n in constants])
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = onnx.IR_VERSION
+    return model, {n: values[n] for n in fed}
+
+
+def time_session(session: Any, feed: dict[str, Any], runs: int = 40, warmup: int = 5) -> float:
+    """Median ms of the calling thread's CPU time per run."""
+    for _ in range(warmup):
         session.run(None, feed)
     times = []
-    for _ in range(runs):  # this thread's CPU time: other jobs on a shared machine do not count
+    for _ in range(runs):
         start = time.thread_time_ns()
         session.run(None, feed)
         times.append(time.thread_time_ns() - start)
     return float(np.median(times)) / 1e6
 
 
-class LatencyTable:
-    """key -> ms, measured on first use and kept in a JSON file shared by later searches."""
+def _identity_chain(length: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    names = ["x", *[f"v{i}" for i in range(length)]]
+    nodes = [helper.make_node("Identity", [a], [b]) for a, b in zip(names, names[1:])]
+    info = [helper.make_tensor_value_info(n, onnx.TensorProto.UINT8, [1, 16])
+            for n in (names[0], names[-1])]
+    model = helper.make_model(helper.make_graph(nodes, "chain", info[:1], info[1:]),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    return model, {"x": np.zeros((1, 16), np.uint8)}
+
+
+class KernelTable:
+    """kernel key -> ms of a one-node graph, measured on first use and kept in a JSON file that
+    later searches share; "call" and "per_node" are the fixed costs (module docstring)."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or _cache_file()
@@ -139,21 +161,19 @@ class LatencyTable:
         except (OSError, ValueError):
             self.table = {}
 
-    def ms(self, key: str) -> float:
-        """The timing of `key`, measured (and saved) on first use."""
+    def ms(self, key: str, build: Any) -> float:
+        """The time of `key`; `build()` gives (one-node model, feed) when it must be measured."""
         if key not in self.table:
-            self.table[key] = measure_key(key)
+            model, feed = build()
+            self.table[key] = time_session(_session(model), feed)
             self._save()
         return self.table[key]
 
-    def call_ms(self) -> float:
-        return self.ms(_CALL)
-
-    def __call__(self, model: nn.Module, policy: Policy, example: torch.Tensor) -> float:
-        keys = layer_keys(model, example, policy.bits)
-        # every one-layer timing includes one session call; the model pays it once
-        call = self.call_ms()
-        return call + float(sum(max(0.0, self.ms(k) - call) for k in keys))
+    def overheads(self) -> tuple[float, float]:
+        """(call, per_node) in ms."""
+        call = self.ms("call", lambda: _identity_chain(1))
+        chain = self.ms(f"chain{_CHAIN}", lambda: _identity_chain(_CHAIN))
+        return call, max(0.0, chain - call) / (_CHAIN - 1)
 
     def _save(self) -> None:
         from edgeopt.atomic import write_text
@@ -165,22 +185,57 @@ class LatencyTable:
             pass  # a read-only cache only costs re-measuring
 
 
-def latency_model(example: torch.Tensor, coefficients: dict[str, float] | None = None) -> Any:
-    """Predicted ms of a pruned model under a policy: the fitted whole-model model
-    (edgeopt.search.ortfit) with `coefficients`, or with this machine's fit when one is cached
-    (bench/bench_search.py latency); otherwise the sum of the layer table's timings, which
-    ranked held-out architectures at least as well on a loaded machine (README)."""
-    from edgeopt.search import ortfit
+def predict_onnx(model: onnx.ModelProto, feed: dict[str, np.ndarray],
+                 table: KernelTable) -> float:
+    """Predicted ms of one ORT run of `model` on `feed` (one thread, ORT_ENABLE_ALL)."""
+    optimized = optimized_graph(model)
+    values = node_values(optimized, feed)
+    constants = {t.name for t in optimized.graph.initializer}
+    values.update((t.name, numpy_helper.to_array(t)) for t in optimized.graph.initializer)
+    opsets = list(optimized.opset_import)
+    call, per_node = table.overheads()
+    total = call + (len(optimized.graph.node) - 1) * per_node
+    for node in optimized.graph.node:
+        key = kernel_key(node, values, constants)
+        total += max(0.0, table.ms(key, lambda n=node: _one_node(n, values, constants, opsets))
+                     - call)
+    return total
 
-    fitted = coefficients or ortfit.cached_fit()
-    if fitted is None:
-        return layer_sum_model(example)
-    table = LatencyTable()
-    return lambda model, policy: ortfit.predict(fitted, ortfit.features(model, policy, example,
-                                                                        table))
+
+def quantized(pruned: nn.Module, policy: Policy, example: torch.Tensor) -> nn.Module:
+    """`pruned` quantized as the policy's stage would (PTQ on random inputs: timing only)."""
+    import edgeopt as eo
+
+    overrides = {k: eo.QuantSpec(bits=b) for k, b in policy.bits.items() if b not in (8, FLOAT)}
+    floats = tuple(k for k, b in policy.bits.items() if b == FLOAT)
+    calib = [(torch.randn(4, *example.shape[1:]), None)]
+    config = eo.QuantConfig(weight_overrides=overrides, exclude=floats, calibration_samples=4)
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):  # no calibration bar
+        return eo.apply(pruned, config, data=calib)
 
 
-def layer_sum_model(example: torch.Tensor) -> Any:
-    """One session call plus each layer's one-operator timing less that call."""
-    table = LatencyTable()
-    return lambda model, policy: table(model, policy, example)
+def exported(pruned: nn.Module, policy: Policy, example: torch.Tensor) -> onnx.ModelProto:
+    """The candidate as the search's final measurement exports it (QDQ ONNX)."""
+    from edgeopt.export.onnx import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="edgeopt-latency-") as tmp:
+        # timing only: random weights may round a value differently in ORT, which is no error
+        path = export_onnx(quantized(pruned, policy, example), Path(tmp) / "m.onnx", example,
+                           check=False)
+        return onnx.load(str(path))
+
+
+def latency_model(example: torch.Tensor, table: KernelTable | None = None) -> Any:
+    """(pruned model, policy) -> predicted ms on x86-ort, remembered per structure and bits."""
+    table = table or KernelTable()
+    memo: dict[tuple[Any, ...], float] = {}
+
+    def predict(model: nn.Module, policy: Policy) -> float:
+        key = (repr(model), tuple(example.shape), tuple(sorted(policy.bits.items())))
+        if key not in memo:
+            onnx_model = exported(model, policy, example)
+            feed = {onnx_model.graph.input[0].name: example[:1].numpy().astype(np.float32)}
+            memo[key] = predict_onnx(onnx_model, feed, table)
+        return memo[key]
+
+    return predict
