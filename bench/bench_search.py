@@ -5,6 +5,7 @@ two workers against one.
     .venv/bin/python bench/bench_search.py target --trials 24    # resnet8 under a flash budget
     .venv/bin/python bench/bench_search.py workers --trials 8    # 1 vs 2 workers, one SQLite study
     .venv/bin/python bench/bench_search.py arch --trials 10 --flash 16KiB --epochs 12 [--distill]
+    .venv/bin/python bench/bench_search.py mcu --per-model 4 [--target cortex-m4] [--fit]
 
 costs: random policies (bits 4/8 per layer, keep ratios) on zoo architectures the predictors
 were not tuned on; predicted flash / RAM against what edgeopt.deploy's C export stores and
@@ -91,6 +92,32 @@ def costs(per_model: int) -> None:
                              ("latency vs ORT model", "lat_pred", "lat_ort")):
         p, r = [x[pred] for x in rows], [x[real] for x in rows]
         print(f"| {what} | {len(rows)} | {_spearman(p, r):.3f} | {_mape(p, r):.1f} % |")
+
+
+def mcu(target: str, per_family: int, refit: bool) -> None:
+    """The MCU instruction predictor (fitted on synthetic networks; --fit measures them again)
+    against qemu counts of held-out zoo architectures and policies, predicted from shapes as a
+    search does."""
+    from edgeopt.search import mcu as predictor
+    from edgeopt.search import mcufit
+
+    table = predictor.load_table(target)
+    if refit or table is None:
+        table = mcufit.fit_target(target)
+    print(f"table: sources {table['sources']} (now {predictor.sources_hash()}), "
+          f"{table['nets']} training nets, in-sample median layer error "
+          f"{table['layer_error_pct']} %", flush=True)
+    rows = mcufit.validate(target, table, per_family)
+    families = ("dscnn", "resnet8", "mobilenetv1_vww")
+    print("| predictor vs measured | models | Spearman ρ | mean abs. error |")
+    for label, keep in (("held-out architectures", lambda r: r["model"].split()[0] in families),
+                        ("held-out policies", lambda r: r["model"].split()[0] not in families),
+                        ("all", lambda r: True)):
+        chosen = [r for r in rows if keep(r)]
+        pred, real = [r["predicted"] for r in chosen], [r["measured"] for r in chosen]
+        if len(chosen) > 2:
+            print(f"| {target} instructions, {label} | {len(chosen)} | "
+                  f"{_spearman(pred, real):.3f} | {_mape(pred, real):.1f} % |")
 
 
 # (zoo family, native input shape): the held-out validation set is drawn from the architecture
@@ -262,7 +289,7 @@ def workers(trials: int, threads_each: int | None = None, samples: int = 512,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("arch", "costs", "latency", "target", "workers"))
+    parser.add_argument("what", choices=("arch", "costs", "latency", "mcu", "target", "workers"))
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--flash", default="48KiB")
     parser.add_argument("--samples", type=int, default=None,
@@ -274,12 +301,16 @@ def main() -> None:
     parser.add_argument("--distill", action="store_true", help="arch: distill candidates")
     parser.add_argument("--model", default="lenet5", help="workers: zoo model")
     parser.add_argument("--data", default="digits", help="workers: data set")
+    parser.add_argument("--target", default="cortex-m4", help="mcu: the MCU target")
+    parser.add_argument("--fit", action="store_true", help="mcu: measure and fit the table again")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.what == "arch":
         arch(args.trials, args.flash, args.samples or 1024, args.epochs, args.distill)
     elif args.what == "costs":
         costs(args.per_model)
+    elif args.what == "mcu":
+        mcu(args.target, args.per_model, args.fit)
     elif args.what == "latency":
         latency(args.per_model)
     elif args.what == "target":

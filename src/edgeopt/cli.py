@@ -221,7 +221,12 @@ def deploy(run_dir: Path, stage: str, target: str, out_dir: Path, max_inputs: in
 @click.option("--target", required=True, help="cortex-m4, cortex-m7 or x86-ort.")
 @click.option("--flash", default=None, help="Flash budget, e.g. 256KiB (default: the target's).")
 @click.option("--ram", default=None, help="RAM budget, e.g. 64KiB (default: the target's).")
-@click.option("--latency-ms", type=float, default=None, help="Latency budget (x86-ort).")
+@click.option("--latency-ms", type=float, default=None,
+              help="Latency budget in ms (MCU targets: predicted instructions at --clock-mhz).")
+@click.option("--clock-mhz", type=float, default=None,
+              help="MCU targets: core clock latency assumes (cortex-m4 168, cortex-m7 216).")
+@click.option("--cpi", type=float, default=None,
+              help="MCU targets: cycles per emulator-counted instruction (default 1.0).")
 @click.option("--trials", type=int, required=True,
               help="Trials in the study (all workers together).")
 @click.option("--timeout", type=float, default=None, help="Stop starting trials after this many s.")
@@ -250,7 +255,8 @@ def deploy(run_dir: Path, stage: str, target: str, out_dir: Path, max_inputs: in
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def search(recipe: Path | None, target: str, flash: str | None, ram: str | None,
-           latency_ms: float | None, trials: int, timeout: float | None, out_dir: Path,
+           latency_ms: float | None, clock_mhz: float | None, cpi: float | None, trials: int,
+           timeout: float | None, out_dir: Path,
            storage: str | None, study_name: str, sampler: str, finetune_samples: int,
            level: str, arch_epochs: int, space_samples: int, distill: bool,
            no_best: bool, threads: int | None, quiet: bool) -> None:
@@ -261,7 +267,8 @@ def search(recipe: Path | None, target: str, flash: str | None, ram: str | None,
     from edgeopt.search import search as run_search
 
     result = run_search(recipe, target=target, out_dir=out_dir, trials=trials, flash=flash,
-                        ram=ram, latency_ms=latency_ms, timeout=timeout, storage=storage,
+                        ram=ram, latency_ms=latency_ms, clock_mhz=clock_mhz, cpi=cpi,
+                        timeout=timeout, storage=storage,
                         settings=SearchSettings(sampler=sampler, study_name=study_name,
                                                 finetune_samples=finetune_samples,
                                                 level=level, arch_epochs=arch_epochs,

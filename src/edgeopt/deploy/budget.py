@@ -85,6 +85,20 @@ def stage_fit(onnx_path: Path, target: Target) -> dict[str, Any]:
 
     io = graph.tensors[graph.outputs[0]].size  # the arena holds the input
     verdict = fits(target, weight_bytes(graph), plan_memory(graph).arena_bytes + io)
-    return {**budgets, "deployable": True, **verdict,
+    return {**budgets, "deployable": True, **verdict, **predicted_speed(graph, target),
             "note": "estimated: weights + per-channel requantization (no code); arena (with "
                     "the input) + output"}
+
+
+def predicted_speed(graph: Graph, target: Target) -> dict[str, Any]:
+    """Instructions per inference predicted per layer (edgeopt.search.mcu, the table a search
+    uses) and the latency they take at the target's assumed clock; {} without a table."""
+    from edgeopt.deploy.c.compress import choose
+    from edgeopt.search import mcu
+
+    table = mcu.load_table(target.name)
+    if table is None:
+        return {}
+    instructions = mcu.predict(table, mcu.ir_layers(graph, choose(graph)))
+    return {"instructions_predicted": round(instructions),
+            "latency_ms_predicted": target.latency_ms(instructions)}

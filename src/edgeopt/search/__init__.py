@@ -51,8 +51,11 @@ def search(recipe: str | Path | dict[str, Any] | None, *, target: str, out_dir: 
            trials: int, flash: str | int | None = None, ram: str | int | None = None,
            latency_ms: float | None = None, timeout: float | None = None,
            storage: str | None = None, settings: SearchSettings | None = None,
-           progress: bool = True) -> dict[str, Any]:
-    """Run (or resume, or join) a search; returns what pareto.json holds."""
+           progress: bool = True, clock_mhz: float | None = None,
+           cpi: float | None = None) -> dict[str, Any]:
+    """Run (or resume, or join) a search; returns what pareto.json holds. On an MCU target
+    latency_ms is predicted instructions × `cpi` / `clock_mhz` (the target's assumptions by
+    default: edgeopt.deploy.targets)."""
     from edgeopt.atomic import atomic_dir, ensure_writable_dir
     from edgeopt.recipes.schema import load_recipe
     from edgeopt.search import output, seeds
@@ -62,7 +65,7 @@ def search(recipe: str | Path | dict[str, Any] | None, *, target: str, out_dir: 
 
     settings = settings or SearchSettings()
     _check(trials, timeout, settings)
-    budget = make_budget(target, flash, ram, latency_ms)
+    budget = make_budget(target, flash, ram, latency_ms, clock_mhz, cpi)
     storage = check_storage(storage)
     parsed = load_recipe(recipe)
     check_level(parsed, settings.level)
@@ -101,23 +104,26 @@ def _context(parsed: Any, budget: Budget, settings: SearchSettings, progress: bo
     import torch
 
     from edgeopt.recipes.baseline import load_baseline, load_splits
-    from edgeopt.search.cost import FormulaCost
-    from edgeopt.search.latency import latency_model
+    from edgeopt.search.cost import FormulaCost, latency_for
     from edgeopt.search.space import build_space
     from edgeopt.search.study import OBJECTIVES, Context
 
     splits = load_splits(parsed)
-    base = load_baseline(parsed, splits, progress).eval()
     example = splits.test[0][0].unsqueeze(0)
+    latency = latency_for(budget, example)
+    if budget.latency_ms is not None and latency is None:
+        raise invalid("--latency-ms", f"a target with an instruction table; {budget.target} has "
+                      "none (python -m edgeopt.search.mcufit --target "
+                      f"{budget.target} fits one)", budget.latency_ms)
+    base = load_baseline(parsed, splits, progress).eval()
     generator = torch.Generator().manual_seed(settings.seed)
     count = min(settings.finetune_samples, len(splits.train))
     indices = torch.randperm(len(splits.train), generator=generator)[:count].tolist()
     train = torch.utils.data.Subset(splits.train, indices)
-    latency = latency_model(example) if budget.kind == "host" else None
-    if budget.latency_ms is not None and latency is None:
-        raise invalid("--latency-ms", f"used with a host target (x86-ort); {budget.target} "
-                      "latency is not predicted", budget.latency_ms)
-    objectives = tuple(k for k in OBJECTIVES if k != "latency_ms" or latency is not None)
+    # on an MCU latency is recorded always, an objective only under a latency budget (a study
+    # begun without one keeps its objectives when resumed)
+    timed = latency is not None and (budget.kind == "host" or budget.latency_ms is not None)
+    objectives = tuple(k for k in OBJECTIVES if k != "latency_ms" or timed)
     return Context(base=base, splits=splits, train=train, example=example,
                    space=build_space(base, example, budget.kind), budget=budget,
                    cost=FormulaCost(example, latency), settings=settings, objectives=objectives)

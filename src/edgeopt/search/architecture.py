@@ -269,15 +269,14 @@ class ArchLevel:
     space: ArchSpace
     level: str  # "architecture" (uniform int8) or "both" (the policy of the built model too)
     native: tuple[int, ...]  # the data set's input shape
-    latency: bool  # predict latency (host targets)
+    latency: bool  # predict latency (the policy level does)
 
     def evaluate(self, ctx: Any, trial: Any) -> dict[str, Any]:
         """A trial: suggest an architecture (and policy), cost it, train it if it fits, then
         quantize and score it as the policy level does."""
         import time
 
-        from edgeopt.search.cost import FormulaCost
-        from edgeopt.search.latency import latency_model
+        from edgeopt.search.cost import FormulaCost, latency_for
         from edgeopt.search.study import evaluate_policy
 
         start = time.perf_counter()
@@ -293,7 +292,8 @@ class ArchLevel:
         again = repeated(trial)
         if again is not None:
             return {**again, "seconds": time.perf_counter() - start}
-        cost = FormulaCost(ctx.example, latency_model(ctx.example) if self.latency else None)
+        cost = FormulaCost(ctx.example, latency_for(ctx.budget, ctx.example) if self.latency
+                           else None)
         costs = cost.costs(model, policy)
         if ctx.budget.fits(costs.flash_bytes, costs.ram_bytes, costs.latency_ms):
             model = train_candidate(arch, ctx.splits, self.native, ctx.settings, ctx.base)

@@ -7,6 +7,7 @@ option and nothing is written.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from pathlib import Path
 
@@ -39,6 +40,8 @@ class Budget:
     flash_bytes: int | None
     ram_bytes: int | None
     latency_ms: float | None
+    clock_hz: float | None = None  # MCU targets: the clock latency assumes (the target's default)
+    cycles_per_instruction: float | None = None  # MCU targets: cycles per counted instruction
 
     def violations(self, flash: int, ram: int, latency: float | None) -> list[float]:
         """Optuna constraint values: <= 0 where a limit is met (relative excess otherwise)."""
@@ -55,9 +58,20 @@ class Budget:
         return dataclasses.asdict(self)
 
 
+def _positive(value: float | None, option: str, valid: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise invalid(option, valid, value)
+    return float(value)
+
+
 def make_budget(target: str, flash: str | int | None = None, ram: str | int | None = None,
-                latency_ms: float | None = None) -> Budget:
-    """The target's budgets, narrowed by the options given."""
+                latency_ms: float | None = None, clock_mhz: float | None = None,
+                cpi: float | None = None) -> Budget:
+    """The target's budgets, narrowed by the options given; on an MCU target the clock and
+    cycles per instruction that turn predicted instructions into milliseconds (the target's
+    assumptions unless given)."""
     from edgeopt.deploy.targets import get_target
 
     try:
@@ -68,10 +82,17 @@ def make_budget(target: str, flash: str | int | None = None, ram: str | int | No
         raise invalid("--target", f"one of {', '.join(names())}", target) from None
     flash_bytes = parse_bytes(flash, "--flash") or profile.flash_bytes
     ram_bytes = parse_bytes(ram, "--ram") or profile.ram_bytes
-    if latency_ms is not None and not latency_ms > 0:
-        raise invalid("--latency-ms", "a positive number of milliseconds", latency_ms)
+    latency_ms = _positive(latency_ms, "--latency-ms", "a positive number of milliseconds")
+    clock = _positive(clock_mhz, "--clock-mhz", "a positive clock in MHz (e.g. 168)")
+    cpi = _positive(cpi, "--cpi", "a positive number of cycles per instruction (e.g. 1.0)")
+    if not profile.is_mcu and (clock, cpi) != (None, None):
+        raise invalid("--clock-mhz" if clock is not None else "--cpi", "given only with an MCU "
+                      "target (cortex-m4, cortex-m7): x86-ort latency is measured", clock or cpi)
+    if profile.is_mcu:
+        clock = clock * 1e6 if clock is not None else profile.clock_hz
+        cpi = cpi if cpi is not None else profile.cycles_per_instruction
     return Budget(target=target, kind=profile.kind, flash_bytes=flash_bytes, ram_bytes=ram_bytes,
-                  latency_ms=latency_ms)
+                  latency_ms=latency_ms, clock_hz=clock, cycles_per_instruction=cpi)
 
 
 _SCHEMES = ("sqlite", "postgresql", "mysql")

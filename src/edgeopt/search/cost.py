@@ -10,7 +10,8 @@ export stores (edgeopt.deploy.budget counts the same things):
             (inputs and outputs of the step both held), int8 tensors 1 byte an element, outputs
             of float layers 4; batch norm, activations and reshapes write in place.
 
-Latency on the host comes from a per-layer ONNX Runtime lookup table (edgeopt.search.latency).
+Latency on the host comes from ONNX Runtime timings (edgeopt.search.latency); on an MCU target
+from instructions predicted per layer (edgeopt.search.mcu) at the target's assumed clock.
 Pruning is simulated on shapes only (widths scaled by keep ratios, rounded as the pruner does).
 """
 
@@ -172,6 +173,21 @@ class FormulaCost:
 
     def _ram(self, pruned: nn.Module, policy: Policy) -> int:
         return peak_bytes(schedule(pruned, self.example, policy.bits))
+
+
+def latency_for(budget: Any, example: torch.Tensor) -> Any:
+    """The latency predictor of `budget`'s target (None where there is none: an MCU target with
+    no instruction table)."""
+    if budget.kind == "host":
+        from edgeopt.search.latency import latency_model
+
+        return latency_model(example)
+    from edgeopt.deploy.targets import get_target
+    from edgeopt.search import mcu
+
+    target = dataclasses.replace(get_target(budget.target), clock_hz=budget.clock_hz,
+                                 cycles_per_instruction=budget.cycles_per_instruction)
+    return mcu.latency_model(target, example)
 
 
 def _macs(model: nn.Module, example: torch.Tensor) -> int:
