@@ -13,6 +13,12 @@ from test_simd import needs_gcc, needs_vnni
 
 from edgeopt.deploy import reference
 from edgeopt.deploy.c import build_c
+from edgeopt.deploy.c.simd import (
+    conv_segment,
+    vnni_depthwise_bias,
+    vnni_depthwise_weights,
+    vnni_weights,
+)
 from edgeopt.deploy.ir import Graph, Op, QParams, Tensor
 
 # (kind, out_c, kernel, stride, dilation, padding (top, left, bottom, right))
@@ -81,3 +87,28 @@ def test_vnni_kernels_edge_cases_are_bit_exact(pow2, tmp_path):
         done = subprocess.run(["make", "-s", "-C", str(info.out_dir), "host", f"CFLAGS={flags} -Wall -Werror"],
                               capture_output=True, text=True)
         assert done.stdout.strip() == "edgeopt selftest: 4/4 bit-exact", (flags, done.stdout, done.stderr)
+
+
+def test_conv_weights_pad_each_contiguous_run_to_whole_words():
+    w = np.arange(2 * 3 * 3 * 3).reshape(2, 3, 3, 3).astype(np.int8)  # OHWI: a kernel row is 9 input bytes
+    packed = vnni_weights(w, conv_segment(3, 1, 3))
+    assert packed.shape == (1, 9, 16, 4)  # 3 kernel rows x 3 words, not ceil(27 / 4) = 7
+    row1 = w[1, 1].reshape(-1)  # channel 1, kernel row 1: words 3..5
+    assert packed[0, 3:6, 1].reshape(-1).tolist() == [*row1, 0, 0, 0]
+    assert conv_segment(3, 2, 5) == 5  # dilated: one tap per run
+
+
+def test_depthwise_weights_interleave_four_taps_per_channel_in_lane_order():
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, size=(1, 3, 3, 70)).astype(np.int8)
+    packed = vnni_depthwise_weights(w)
+    assert packed.shape == (2, 3, 64, 4)  # ceil(70 / 64) groups, ceil(9 / 4) quads of taps
+    taps = w.reshape(9, 70)
+    for g, q, pos, b in [(0, 0, 0, 0), (0, 1, 5, 2), (0, 2, 37, 0), (1, 0, 17, 3)]:
+        r, k, j = pos // 16, (pos // 4) % 4, pos % 4  # vector r, 128-bit lane k, dword j
+        assert packed[g, q, pos, b] == taps[4 * q + b, 64 * g + 16 * k + 4 * r + j]
+    assert not packed[0, 2, :, 1:].any()  # taps 9..11 are padding
+    bias = vnni_depthwise_bias(w, np.arange(70, dtype=np.int32), 3)
+    want = np.arange(70) - 131 * taps.astype(np.int64).sum(axis=0)
+    assert bias.shape == (128,) and bias[16 * 1 + 4 * 2 + 3] == want[16 * 2 + 4 * 1 + 3]
+    assert bias[64 + 16 * 1 + 1] == want[64 + 4 * 1 + 1] and bias[64 + 4] == 0  # group 1; channel 80: padding

@@ -71,26 +71,13 @@ static void mac_channels(int32_t *restrict acc, const int8_t *restrict x, const 
 
 /* 4-bit weights: output channel outermost, its row unpacked once into scratch */
 static void conv_rows(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scratch) {
-    const int32_t ic = p->in_c, oc_n = p->out_c, k = p->k_h * p->k_w * ic, in_off = -p->in_zp;
+    const int32_t oc_n = p->out_c, k = p->k_h * p->k_w * p->in_c;
     for (int32_t oc = 0; oc < oc_n; oc++) {
         const int8_t *w = weight_row(p, oc, k, scratch);
-        for (int32_t oy = 0; oy < p->out_h; oy++) {
-            for (int32_t ox = 0; ox < p->out_w; ox++) {
-                int32_t acc = p->bias ? p->bias[oc] : 0;
-                for (int32_t ky = 0; ky < p->k_h; ky++) {
-                    int32_t iy = oy * p->stride_h - p->pad_t + ky * p->dil_h;
-                    if (iy < 0 || iy >= p->in_h) continue;
-                    for (int32_t kx = 0; kx < p->k_w; kx++) {
-                        int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
-                        if (ix < 0 || ix >= p->in_w) continue;
-                        const int8_t *x = in + ((int32_t)iy * p->in_w + ix) * ic;
-                        const int8_t *wk = w + (ky * p->k_w + kx) * ic;
-                        for (int32_t c = 0; c < ic; c++) acc += (x[c] + in_off) * wk[c];
-                    }
-                }
-                out[(oy * p->out_w + ox) * oc_n + oc] = (int8_t)requant_ch(p, acc, oc);
-            }
-        }
+        for (int32_t oy = 0; oy < p->out_h; oy++)
+            for (int32_t ox = 0; ox < p->out_w; ox++)
+                out[(oy * p->out_w + ox) * oc_n + oc] =
+                    (int8_t)requant_ch(p, (p->bias ? p->bias[oc] : 0) + eo_window_dot(p, in, w, oy, ox), oc);
     }
 }
 

@@ -53,6 +53,25 @@ typedef struct {
 } eo_mean_t;
 
 int32_t eo_requantize(int32_t acc, int32_t mult, int32_t shift); /* TFLite MultiplyByQuantizedMultiplier */
+
+/* sum of (x - in_zp) * w over the window of output pixel (oy, ox), w one output channel's k_h x k_w x in_c
+   weights; taps in the padding are skipped ((zp - zp) * w = 0). For the kernels that take one weight row at
+   a time (4-bit and compressed weights). */
+static inline int32_t eo_window_dot(const eo_linear_t *p, const int8_t *in, const int8_t *w, int32_t oy, int32_t ox) {
+    const int32_t ic = p->in_c, in_off = -p->in_zp;
+    int32_t acc = 0;
+    for (int32_t ky = 0; ky < p->k_h; ky++) {
+        int32_t iy = oy * p->stride_h - p->pad_t + ky * p->dil_h;
+        if (iy < 0 || iy >= p->in_h) continue;
+        for (int32_t kx = 0; kx < p->k_w; kx++) {
+            int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
+            if (ix < 0 || ix >= p->in_w) continue;
+            const int8_t *x = in + (iy * p->in_w + ix) * ic, *wk = w + (ky * p->k_w + kx) * ic;
+            for (int32_t i = 0; i < ic; i++) acc += (x[i] + in_off) * wk[i];
+        }
+    }
+    return acc;
+}
 void eo_conv2d(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scratch);
 void eo_depthwise_conv2d(const eo_linear_t *p, const int8_t *in, int8_t *out, int8_t *scratch);
 void eo_depthwise_conv2d_inplace(const eo_linear_t *p, int8_t *data, int8_t *scratch);

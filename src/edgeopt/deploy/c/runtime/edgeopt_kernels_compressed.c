@@ -89,23 +89,6 @@ static int32_t sparse_dot(const eo_compressed_t *c, int32_t row, int32_t n, cons
     return acc;
 }
 
-/* The window of output pixel (oy, ox) against weight row w (k values), padding skipped: (zp - zp) * w = 0. */
-static int32_t window_dot(const eo_linear_t *p, const int8_t *in, const int8_t *w, int32_t oy, int32_t ox) {
-    const int32_t ic = p->in_c, in_off = -p->in_zp;
-    int32_t acc = 0;
-    for (int32_t ky = 0; ky < p->k_h; ky++) {
-        int32_t iy = oy * p->stride_h - p->pad_t + ky * p->dil_h;
-        if (iy < 0 || iy >= p->in_h) continue;
-        for (int32_t kx = 0; kx < p->k_w; kx++) {
-            int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
-            if (ix < 0 || ix >= p->in_w) continue;
-            const int8_t *x = in + (iy * p->in_w + ix) * ic, *wk = w + (ky * p->k_w + kx) * ic;
-            for (int32_t i = 0; i < ic; i++) acc += (x[i] + in_off) * wk[i];
-        }
-    }
-    return acc;
-}
-
 /* Whether every offset in a window (from its first input byte) fits 16 bits */
 static int offsets_fit(const eo_linear_t *p) {
     return ((p->k_h - 1) * p->dil_h * p->in_w + (p->k_w - 1) * p->dil_w + 1) * p->in_c <= 65536;
@@ -147,7 +130,7 @@ void eo_conv2d_compressed(const eo_linear_t *p, const int8_t *in, int8_t *out, i
                     const int8_t *x = in + (iy * p->in_w + ix) * ic;
                     for (int32_t t = 0; t < taps; t++) acc += (x[offsets[t]] + in_off) * values[t];
                 } else {
-                    acc += window_dot(p, in, scratch, oy, ox);
+                    acc += eo_window_dot(p, in, scratch, oy, ox);
                 }
                 out[(oy * p->out_w + ox) * p->out_c + oc] = requant(p, acc, oc);
             }

@@ -27,15 +27,16 @@ typedef struct {
     __m512i m_even, m_odd, k_even, k_odd, d_even, d_odd, s_even, s_odd, left, negative_below;
 } x86_rq_t;
 
-/* channel[i] < 0: an unused lane */
-static void x86_rq_prep(x86_rq_t *r, const eo_linear_t *p, const int32_t *channel) {
+/* lane i takes mult[channel[i]] (mult NULL: the power-of-two mode) and shift[channel[i]]; channel[i] < 0:
+   an unused lane */
+static void x86_rq_prep(x86_rq_t *r, const int32_t *mult, const int32_t *shift_of, const int32_t *channel) {
     int64_t m[16], k[16], d[16], s[16];
     int32_t left[16];
-    const int pow2 = !p->mult;
+    const int pow2 = !mult;
     for (int32_t i = 0; i < 16; i++) {
-        int32_t c = channel[i], shift = c < 0 ? 0 : p->shift[c], e = shift < 0 ? -shift : 0;
+        int32_t c = channel[i], shift = c < 0 ? 0 : shift_of[c], e = shift < 0 ? -shift : 0;
         left[i] = shift > 0 ? shift : 0;
-        m[i] = c < 0 ? 0 : pow2 ? (int64_t)1 << 30 : p->mult[c];
+        m[i] = c < 0 ? 0 : pow2 ? (int64_t)1 << 30 : mult[c];
         int64_t unit = (int64_t)1 << (pow2 ? 30 : 31);
         k[i] = (pow2 ? 0 : (int64_t)1 << 30) + (((int64_t)1 << e) >> 1) * unit;
         d[i] = e > 0 ? unit : 0;
@@ -71,12 +72,17 @@ static inline __m512i x86_rq_half(__m512i v, __m512i m, __m512i k, __m512i d, __
     return _mm512_srav_epi64(z, s);
 }
 
-/* 16 int32 accumulators -> requantized, offset by the zero point and clamped (int32 lanes) */
-static inline __m512i x86_rq(const x86_rq_t *r, __m512i acc, const x86_out_t *o) {
+/* 16 int32 values -> TFLite's MultiplyByQuantizedMultiplier of each (int32 lanes) */
+static inline __m512i x86_rq_raw(const x86_rq_t *r, __m512i acc) {
     __m512i v = _mm512_sllv_epi32(acc, r->left);
     __m512i even = x86_rq_half(v, r->m_even, r->k_even, r->d_even, r->s_even, r->negative_below);
     __m512i odd = x86_rq_half(_mm512_srli_epi64(v, 32), r->m_odd, r->k_odd, r->d_odd, r->s_odd, r->negative_below);
-    v = _mm512_add_epi32(_mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32)), o->zp);
+    return _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+}
+
+/* 16 int32 accumulators -> requantized, offset by the zero point and clamped (int32 lanes) */
+static inline __m512i x86_rq(const x86_rq_t *r, __m512i acc, const x86_out_t *o) {
+    __m512i v = _mm512_add_epi32(x86_rq_raw(r, acc), o->zp);
     return _mm512_min_epi32(_mm512_max_epi32(v, o->lo), o->hi);
 }
 
@@ -87,7 +93,7 @@ static void x86_requant_store(const eo_linear_t *p, __m512i acc, int32_t oc, __m
     int32_t channel[16];
     for (int32_t i = 0; i < 16; i++) channel[i] = (lanes >> i) & 1 ? oc + i : -1;
     x86_rq_t r;
-    x86_rq_prep(&r, p, channel);
+    x86_rq_prep(&r, p->mult, p->shift, channel);
     const x86_out_t out = x86_out(p);
     _mm_mask_storeu_epi8(o, lanes, _mm512_cvtepi32_epi8(x86_rq(&r, acc, &out)));
 }
@@ -215,17 +221,15 @@ static inline __attribute__((always_inline)) void x86_tile(const x86_conv_t *c, 
 typedef void (*x86_tile_fn)(const x86_conv_t *, int32_t, int32_t, int8_t *);
 #define X86_TILE(P, NB) \
     static void x86_tile_##P##_##NB(const x86_conv_t *c, int32_t ox, int32_t b, int8_t *o) { x86_tile(c, ox, b, o, P, NB); }
-#define X86_TILES_4(NB) X86_TILE(1, NB) X86_TILE(2, NB) X86_TILE(3, NB) X86_TILE(4, NB)
-X86_TILES_4(1) X86_TILES_4(2) X86_TILES_4(3) X86_TILES_4(4)
-X86_TILE(5, 1) X86_TILE(6, 1) X86_TILE(7, 1) X86_TILE(8, 1) X86_TILE(5, 2) X86_TILE(6, 2)
-/* [blocks - 1][pixels - 1]; the widest tile per block count keeps its sums and weights in 32 registers */
-static const x86_tile_fn x86_tiles[4][8] = {
-    {x86_tile_1_1, x86_tile_2_1, x86_tile_3_1, x86_tile_4_1, x86_tile_5_1, x86_tile_6_1, x86_tile_7_1, x86_tile_8_1},
-    {x86_tile_1_2, x86_tile_2_2, x86_tile_3_2, x86_tile_4_2, x86_tile_5_2, x86_tile_6_2, 0, 0},
-    {x86_tile_1_3, x86_tile_2_3, x86_tile_3_3, x86_tile_4_3, 0, 0, 0, 0},
-    {x86_tile_1_4, x86_tile_2_4, x86_tile_3_4, x86_tile_4_4, 0, 0, 0, 0},
-};
-static const int32_t x86_tile_pixels[4] = {8, 6, 4, 4};
+X86_TILE(8, 1) X86_TILE(4, 1) X86_TILE(2, 1) X86_TILE(1, 1) X86_TILE(6, 2) X86_TILE(4, 2) X86_TILE(2, 2) X86_TILE(1, 2)
+X86_TILE(4, 3) X86_TILE(2, 3) X86_TILE(1, 3) X86_TILE(4, 4) X86_TILE(2, 4) X86_TILE(1, 4)
+/* per count of blocks, tile widths from the widest (sums and weights fill the 32 registers) down: a row is
+   covered greedily, so every width exists once per block count (fewer copies: a faster build) */
+static const x86_tile_fn x86_tiles[4][4] = {{x86_tile_8_1, x86_tile_4_1, x86_tile_2_1, x86_tile_1_1},
+                                            {x86_tile_6_2, x86_tile_4_2, x86_tile_2_2, x86_tile_1_2},
+                                            {x86_tile_4_3, x86_tile_2_3, x86_tile_1_3, 0},
+                                            {x86_tile_4_4, x86_tile_2_4, x86_tile_1_4, 0}};
+static const int32_t x86_tile_pixels[4][4] = {{8, 4, 2, 1}, {6, 4, 2, 1}, {4, 2, 1, 0}, {4, 2, 1, 0}};
 
 /* A conv with 8-bit weights in the VNNI layout, out == in allowed (in-place layers: stride 1, same grid,
    out_c <= in_c, so output row y covers only input rows <= y, which the ring already holds). Returns 0,
@@ -240,7 +244,7 @@ static int x86_conv(const eo_linear_t *p, const int8_t *in, int8_t *out) {
     for (int32_t b = 0; b < blocks; b++) {
         int32_t channel[16];
         for (int32_t i = 0; i < 16; i++) channel[i] = 16 * b + i < p->out_c ? 16 * b + i : -1;
-        x86_rq_prep(&rq[b], p, channel);
+        x86_rq_prep(&rq[b], p->mult, p->shift, channel);
     }
     const int dilated = p->dil_w != 1;
     const int32_t segments = dilated ? p->k_h * p->k_w : p->k_h;
@@ -254,11 +258,10 @@ static int x86_conv(const eo_linear_t *p, const int8_t *in, int8_t *out) {
             segment[s] = rows[dilated ? s / p->k_w : s] + (dilated ? (s % p->k_w) * p->dil_w * p->in_c : 0);
         int8_t *o = out + (int64_t)oy * p->out_w * p->out_c;
         for (int32_t b = 0; b < blocks; b += nb) {
-            const int32_t n = blocks - b < nb ? blocks - b : nb, wide = x86_tile_pixels[n - 1];
-            for (int32_t ox = 0; ox < p->out_w; ox += wide) {
-                const int32_t pixels = p->out_w - ox < wide ? p->out_w - ox : wide;
-                x86_tiles[n - 1][pixels - 1](&c, ox, b, o + ox * p->out_c);
-            }
+            const int32_t n = blocks - b < nb ? blocks - b : nb;
+            for (int32_t t = 0, ox = 0; ox < p->out_w; t++)
+                for (const int32_t wide = x86_tile_pixels[n - 1][t]; p->out_w - ox >= wide; ox += wide)
+                    x86_tiles[n - 1][t](&c, ox, b, o + ox * p->out_c);
         }
     }
     return 1;
@@ -283,7 +286,7 @@ static int x86_depthwise(const eo_linear_t *p, const int8_t *in, int8_t *out) {
             int32_t ch = 64 * (v / 4) + 16 * (i / 4) + 4 * (v % 4) + i % 4;
             channel[i] = ch < c_n ? ch : -1;
         }
-        x86_rq_prep(&rq[v], p, channel);
+        x86_rq_prep(&rq[v], p->mult, p->shift, channel);
     }
     const x86_out_t o = x86_out(p);
     const uint8_t *rows[p->k_h], *tap[4 * quads];
@@ -321,16 +324,6 @@ static int x86_depthwise(const eo_linear_t *p, const int8_t *in, int8_t *out) {
     return 1;
 }
 
-/* gemmlowp SaturatingRoundingDoublingHighMul for b >= 0 (TFLite's multipliers): with the nudge and C's
-   truncating division both cases reduce to (a * b + 2^30) >> 31 (the INT32_MIN^2 case needs b < 0). */
-static inline __m512i x86_srdhm(__m512i a, __m512i b) {
-    const __m512i half = _mm512_set1_epi64((int64_t)1 << 30);
-    __m512i even = _mm512_srai_epi64(_mm512_add_epi64(_mm512_mul_epi32(a, b), half), 31);
-    __m512i odd = _mm512_srai_epi64(_mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(a, 32),
-                                                                       _mm512_srli_epi64(b, 32)), half), 31);
-    return _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-}
-
 /* gemmlowp RoundingDivideByPOT with a per-lane exponent: half away from zero */
 static inline __m512i x86_rdpot(__m512i x, __m512i exponent) {
     const __m512i one = _mm512_set1_epi32(1);
@@ -343,30 +336,31 @@ static inline __m512i x86_rdpot(__m512i x, __m512i exponent) {
     return _mm512_add_epi32(_mm512_srav_epi32(x, exponent), up);
 }
 
-/* TFLite ADD, 16 elements at a time (see eo_add) */
+/* TFLite ADD, 16 elements at a time (see eo_add): each rescaling is one x86_rq_raw (right shifts only) */
 static void x86_add(const eo_add_t *p, const int8_t *a, const int8_t *b, int8_t *out) {
+    const int32_t m[3] = {p->m1, p->m2, p->mo}, shift[3] = {p->s1, p->s2, p->so};
+    x86_rq_t rq[3];
+    for (int32_t j = 0; j < 3; j++) {
+        int32_t lane[16];
+        for (int32_t i = 0; i < 16; i++) lane[i] = j;
+        x86_rq_prep(&rq[j], m, shift, lane);
+    }
+    const __m512i zp1 = _mm512_set1_epi32(p->in1_zp), zp2 = _mm512_set1_epi32(p->in2_zp);
+    const __m512i zp = _mm512_set1_epi32(p->out_zp), lo = _mm512_set1_epi32(p->act_min), hi = _mm512_set1_epi32(p->act_max);
     for (int32_t i = 0; i < p->size; i += 16) {
-        const __mmask16 lanes = (__mmask16)(p->size - i < 16 ? (1u << (p->size - i)) - 1 : 0xFFFF);
-        __m512i x = _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(lanes, a + i)),
-                                     _mm512_set1_epi32(p->in1_zp));
-        __m512i y = _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(lanes, b + i)),
-                                     _mm512_set1_epi32(p->in2_zp));
+        const __mmask16 lanes = x86_lanes(p->size - i);
+        __m512i x = _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(lanes, a + i)), zp1);
+        __m512i y = _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(lanes, b + i)), zp2);
         __m512i total;
         if (p->pow2) {
             total = _mm512_add_epi32(_mm512_slli_epi32(x, (unsigned)p->s1), _mm512_slli_epi32(y, (unsigned)p->s2));
             total = p->so >= 0 ? _mm512_slli_epi32(total, (unsigned)p->so)
                                : x86_rdpot(total, _mm512_set1_epi32(-p->so));
         } else {
-            __m512i sx = x86_rdpot(x86_srdhm(_mm512_slli_epi32(x, 20), _mm512_set1_epi32(p->m1)),
-                                   _mm512_set1_epi32(-p->s1));
-            __m512i sy = x86_rdpot(x86_srdhm(_mm512_slli_epi32(y, 20), _mm512_set1_epi32(p->m2)),
-                                   _mm512_set1_epi32(-p->s2));
-            total = x86_rdpot(x86_srdhm(_mm512_add_epi32(sx, sy), _mm512_set1_epi32(p->mo)),
-                              _mm512_set1_epi32(-p->so));
+            __m512i sx = x86_rq_raw(&rq[0], _mm512_slli_epi32(x, 20)), sy = x86_rq_raw(&rq[1], _mm512_slli_epi32(y, 20));
+            total = x86_rq_raw(&rq[2], _mm512_add_epi32(sx, sy));
         }
-        total = _mm512_add_epi32(total, _mm512_set1_epi32(p->out_zp));
-        total = _mm512_min_epi32(_mm512_max_epi32(total, _mm512_set1_epi32(p->act_min)),
-                                 _mm512_set1_epi32(p->act_max));
+        total = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(total, zp), lo), hi);
         _mm_mask_storeu_epi8(out + i, lanes, _mm512_cvtepi32_epi8(total));
     }
 }
