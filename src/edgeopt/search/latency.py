@@ -2,19 +2,22 @@
 
 A candidate is quantized as its policy's stage would quantize it and exported (as the search's
 final measurement does); ONNX Runtime optimizes the export (QLinearConv, QLinearAdd, QGemm,
-layout Transposes, DQ -> float op -> Q islands for float layers, NCHWc float convolutions ...)
-and the optimized graph is run once to learn every value's shape and dtype. Each node is then
+layout Transposes, DQ -> float op -> Q islands where no int8 kernel exists such as ReduceMean,
+NCHWc float convolutions where activations stay float ...) and the optimized graph is run once to learn every value's shape and dtype. Each node is then
 keyed by its domain, op type, attributes and its inputs' and outputs' dtypes and shapes; a key
 not yet in the lookup table is timed once as a one-node graph (the node's own constant inputs,
-its real input values fed, no further optimization) and cached in the user cache folder. So
-every operator the runtime runs is covered (Adds, pools, Q / DQ, reshapes, transposes) and a
-new architecture needs no refit: nothing is fitted. The prediction is
+its real input values fed and its inputs and outputs bound once, no further optimization) and
+cached in the user cache folder. So every operator the runtime runs is covered (Adds, pools,
+Q / DQ, reshapes, layout transposes) and a new architecture needs no refit: nothing is fitted.
+The prediction is
 
-    call + sum over nodes of (one-node time - call) + (nodes - 1) * per_node
+    call + sum over nodes of (one-node time - node) + (nodes - 1) * per_node
 
-where `call` is one session run of a one-node graph and `per_node` the executor's cost of one
-more node (a chain of Identity nodes), both timed once. Timings are the median CPU time of the
-calling thread over runs on one ORT thread: other jobs on a shared machine count less.
+where `call` is one session run of a one-node graph as a search runs a model (numpy in and
+out), `node` the same graph's bound run (what every one-node time includes besides its kernel)
+and `per_node` the executor's cost of one more node (a chain of Identity nodes), each timed
+once. Timings are the median CPU time of the calling thread over runs on one ORT thread: other
+jobs on a shared machine count less.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def cache_tag() -> str:
 def _cache_file() -> Path:
     from platformdirs import user_cache_dir
 
-    return Path(user_cache_dir("edgeopt")) / "latency" / f"kernels-cpu-{cache_tag()}.json"
+    return Path(user_cache_dir("edgeopt")) / "latency" / f"kernels-cpu-v2-{cache_tag()}.json"
 
 
 def _session(model: onnx.ModelProto, optimization: str = "disable",
@@ -130,12 +133,34 @@ def _one_node(node: onnx.NodeProto, values: dict[str, np.ndarray], constants: se
 
 def time_session(session: Any, feed: dict[str, Any], runs: int = 40, warmup: int = 5) -> float:
     """Median ms of the calling thread's CPU time per run."""
+    return _median_ms(lambda: session.run(None, feed), runs, warmup)
+
+
+def time_bound(session: Any, feed: dict[str, np.ndarray], runs: int = 40,
+               warmup: int = 5) -> float:
+    """`time_session` with inputs and outputs bound once to ORT values: a one-node graph's
+    time without the numpy conversions and output allocations a model pays only once."""
+    import onnxruntime as ort
+
+    binding = session.io_binding()
+    for name, value in feed.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value))
+    names = [o.name for o in session.get_outputs()]
+    for name in names:
+        binding.bind_output(name, "cpu")
+    session.run_with_iobinding(binding)  # allocates the outputs once; they are reused below
+    for name, value in zip(names, binding.get_outputs()):
+        binding.bind_ortvalue_output(name, value)
+    return _median_ms(lambda: session.run_with_iobinding(binding), runs, warmup)
+
+
+def _median_ms(run: Any, runs: int, warmup: int) -> float:
     for _ in range(warmup):
-        session.run(None, feed)
+        run()
     times = []
     for _ in range(runs):
         start = time.thread_time_ns()
-        session.run(None, feed)
+        run()
         times.append(time.thread_time_ns() - start)
     return float(np.median(times)) / 1e6
 
@@ -152,7 +177,8 @@ def _identity_chain(length: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]
 
 class KernelTable:
     """kernel key -> ms of a one-node graph, measured on first use and kept in a JSON file that
-    later searches share; "call" and "per_node" are the fixed costs (module docstring)."""
+    later searches share; "call", "node" and the Identity chain give the fixed costs (module
+    docstring)."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or _cache_file()
@@ -165,15 +191,20 @@ class KernelTable:
         """The time of `key`; `build()` gives (one-node model, feed) when it must be measured."""
         if key not in self.table:
             model, feed = build()
-            self.table[key] = time_session(_session(model), feed)
+            self.table[key] = time_bound(_session(model), feed)
             self._save()
         return self.table[key]
 
-    def overheads(self) -> tuple[float, float]:
-        """(call, per_node) in ms."""
-        call = self.ms("call", lambda: _identity_chain(1))
+    def overheads(self) -> tuple[float, float, float]:
+        """(call, node, per_node) in ms: a model run as a search calls it (numpy in and out),
+        the bound one-node graph every kernel's time is less, and one more node."""
+        if "call" not in self.table:
+            model, feed = _identity_chain(1)
+            self.table["call"] = time_session(_session(model), feed)
+            self._save()
+        node = self.ms("node", lambda: _identity_chain(1))
         chain = self.ms(f"chain{_CHAIN}", lambda: _identity_chain(_CHAIN))
-        return call, max(0.0, chain - call) / (_CHAIN - 1)
+        return self.table["call"], node, max(0.0, chain - node) / (_CHAIN - 1)
 
     def _save(self) -> None:
         from edgeopt.atomic import write_text
@@ -193,12 +224,12 @@ def predict_onnx(model: onnx.ModelProto, feed: dict[str, np.ndarray],
     constants = {t.name for t in optimized.graph.initializer}
     values.update((t.name, numpy_helper.to_array(t)) for t in optimized.graph.initializer)
     opsets = list(optimized.opset_import)
-    call, per_node = table.overheads()
+    call, bound, per_node = table.overheads()
     total = call + (len(optimized.graph.node) - 1) * per_node
     for node in optimized.graph.node:
         key = kernel_key(node, values, constants)
         total += max(0.0, table.ms(key, lambda n=node: _one_node(n, values, constants, opsets))
-                     - call)
+                     - bound)
     return total
 
 
