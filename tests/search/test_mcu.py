@@ -163,3 +163,29 @@ def test_bad_latency_options_are_one_error_line_and_nothing_written(tmp_path, ar
     assert result.exit_code == 2 and len(lines) == 1
     assert lines[0].startswith("error:") and option in lines[0]
     assert not out.exists() and list(Path(tmp_path).iterdir()) == []
+
+
+def test_budget_guided_seeds_start_from_8_bit_when_4_bit_misses_the_latency_budget():
+    from types import SimpleNamespace
+
+    from edgeopt.search.budget import Budget
+    from edgeopt.search.cost import FormulaCost
+    from edgeopt.search.seeds import budget_guided
+    from edgeopt.search.space import build_space
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(16 * 6 * 6, 4)).eval()
+    example = torch.randn(1, 1, 6, 6)
+    space = build_space(model, example, "mcu")
+    cost = FormulaCost(example, mcu.latency_model(get_target("cortex-m4"), example))
+    ms = {(b, k): cost.latency_ms(model, space.uniform(b, k)) for b in (4, 8) for k in (0.5, 1.0)}
+    assert ms[8, 0.5] < ms[8, 1.0] < ms[4, 0.5]  # 4-bit: slower even at half width
+    limit = (ms[8, 0.5] + ms[8, 1.0]) / 2
+    budget = Budget(target="cortex-m4", kind="mcu", flash_bytes=None, ram_bytes=None,
+                    latency_ms=limit)
+    seeds = budget_guided(SimpleNamespace(base=model, space=space, budget=budget, cost=cost))
+    assert seeds and all(set(p.bits.values()) == {8} for p in seeds)
+    assert all(cost.latency_ms(model, p) <= limit for p in seeds)
+    assert any(k < 1.0 for k in seeds[0].keep.values())

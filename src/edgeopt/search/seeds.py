@@ -59,12 +59,16 @@ def spend_leftover(ctx: Any, policy: Policy, weights: dict[str, int]) -> Policy:
 
 
 def budget_guided(ctx: Any) -> list[Policy]:
-    """The seeds (none when even the narrowest 4-bit policy does not fit)."""
+    """The seeds (none when even the narrowest 4-bit and 8-bit policies do not fit). Under a
+    latency budget on an MCU, where 4-bit layers run slower than 8-bit ones, the narrowest
+    4-bit policy may miss it: the shrinking then starts from 8-bit."""
     weights = {n: m.weight.numel() for n, m in ctx.base.named_modules()
                if n in ctx.space.layers}
-    if _excess(ctx, ctx.space.uniform(4, min(ctx.space.keep_choices)))[0] > 0:
-        return []  # even the narrowest 4-bit policy is over budget
-    fitted = shrink_to_fit(ctx, ctx.space.uniform(4, 1.0))
+    starts = [b for b in (4, 8) if b in ctx.space.bit_choices
+              and _excess(ctx, ctx.space.uniform(b, min(ctx.space.keep_choices)))[0] <= 0]
+    if not starts:
+        return []  # even the narrowest policies are over budget
+    fitted = shrink_to_fit(ctx, ctx.space.uniform(starts[0], 1.0))
     if fitted is None:
         return []
     seeds = [fitted, spend_leftover(ctx, fitted, weights)]
