@@ -27,32 +27,31 @@ typedef struct {
     __m512i m_even, m_odd, k_even, k_odd, d_even, d_odd, s_even, s_odd, left, negative_below;
 } x86_rq_t;
 
-/* lane i takes mult[channel[i]] (mult NULL: the power-of-two mode) and shift[channel[i]]; channel[i] < 0:
-   an unused lane */
-static void x86_rq_prep(x86_rq_t *r, const int32_t *mult, const int32_t *shift_of, const int32_t *channel) {
-    int64_t m[16], k[16], d[16], s[16];
-    int32_t left[16];
-    const int pow2 = !mult;
-    for (int32_t i = 0; i < 16; i++) {
-        int32_t c = channel[i], shift = c < 0 ? 0 : shift_of[c], e = shift < 0 ? -shift : 0;
-        left[i] = shift > 0 ? shift : 0;
-        m[i] = c < 0 ? 0 : pow2 ? (int64_t)1 << 30 : mult[c];
-        int64_t unit = (int64_t)1 << (pow2 ? 30 : 31);
-        k[i] = (pow2 ? 0 : (int64_t)1 << 30) + (((int64_t)1 << e) >> 1) * unit;
-        d[i] = e > 0 ? unit : 0;
-        s[i] = (pow2 ? 30 : 31) + e;
-    }
-    const __m512i even = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0), odd = _mm512_add_epi64(even, _mm512_set1_epi64(1));
-    r->m_even = _mm512_permutex2var_epi64(_mm512_loadu_si512(m), even, _mm512_loadu_si512(m + 8));
-    r->m_odd = _mm512_permutex2var_epi64(_mm512_loadu_si512(m), odd, _mm512_loadu_si512(m + 8));
-    r->k_even = _mm512_permutex2var_epi64(_mm512_loadu_si512(k), even, _mm512_loadu_si512(k + 8));
-    r->k_odd = _mm512_permutex2var_epi64(_mm512_loadu_si512(k), odd, _mm512_loadu_si512(k + 8));
-    r->d_even = _mm512_permutex2var_epi64(_mm512_loadu_si512(d), even, _mm512_loadu_si512(d + 8));
-    r->d_odd = _mm512_permutex2var_epi64(_mm512_loadu_si512(d), odd, _mm512_loadu_si512(d + 8));
-    r->s_even = _mm512_permutex2var_epi64(_mm512_loadu_si512(s), even, _mm512_loadu_si512(s + 8));
-    r->s_odd = _mm512_permutex2var_epi64(_mm512_loadu_si512(s), odd, _mm512_loadu_si512(s + 8));
-    r->left = _mm512_loadu_si512(left);
+/* The constants of 16 lanes from their multipliers and shifts (pow2: the power-of-two mode, mult unused) */
+static inline void x86_rq_prep(x86_rq_t *r, __m512i mult, __m512i shift, int pow2) {
+    const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1), low = _mm512_set1_epi64(0xFFFFFFFF);
+    const unsigned unit = pow2 ? 30 : 31; /* k, d in units of 2^unit */
+    __m512i e = _mm512_max_epi32(_mm512_sub_epi32(zero, shift), zero);
+    __m512i h = _mm512_srli_epi32(_mm512_sllv_epi32(one, e), 1), d = _mm512_min_epi32(e, one);
+    __m512i s = _mm512_add_epi32(e, _mm512_set1_epi32((int32_t)unit));
+    __m512i nudge = _mm512_set1_epi64(pow2 ? 0 : (int64_t)1 << 30);
+    if (pow2) mult = _mm512_set1_epi32(1 << 30);
+    r->m_even = mult;
+    r->m_odd = _mm512_srli_epi64(mult, 32);
+    r->k_even = _mm512_add_epi64(_mm512_slli_epi64(_mm512_and_si512(h, low), unit), nudge);
+    r->k_odd = _mm512_add_epi64(_mm512_slli_epi64(_mm512_srli_epi64(h, 32), unit), nudge);
+    r->d_even = _mm512_slli_epi64(_mm512_and_si512(d, low), unit);
+    r->d_odd = _mm512_slli_epi64(_mm512_srli_epi64(d, 32), unit);
+    r->s_even = _mm512_and_si512(s, low);
+    r->s_odd = _mm512_srli_epi64(s, 32);
+    r->left = _mm512_max_epi32(shift, zero);
     r->negative_below = _mm512_set1_epi64(pow2 ? 0 : -((int64_t)1 << 30));
+}
+
+/* the constants of the 16 output channels from oc (lanes past `lanes`: multiplier and shift 0) */
+static inline void x86_rq_channels(x86_rq_t *r, const eo_linear_t *p, int32_t oc, __mmask16 lanes) {
+    __m512i mult = p->mult ? _mm512_maskz_loadu_epi32(lanes, p->mult + oc) : _mm512_setzero_si512();
+    x86_rq_prep(r, mult, _mm512_maskz_loadu_epi32(lanes, p->shift + oc), !p->mult);
 }
 
 /* the layer's output zero point and activation range, broadcast */
@@ -90,10 +89,8 @@ static inline __mmask16 x86_lanes(int32_t n) { return (__mmask16)(n >= 16 ? 0xFF
 
 /* 16 accumulators of output channels oc.. (lanes past `lanes` are ignored) to int8, stored at o */
 static void x86_requant_store(const eo_linear_t *p, __m512i acc, int32_t oc, __mmask16 lanes, int8_t *o) {
-    int32_t channel[16];
-    for (int32_t i = 0; i < 16; i++) channel[i] = (lanes >> i) & 1 ? oc + i : -1;
     x86_rq_t r;
-    x86_rq_prep(&r, p->mult, p->shift, channel);
+    x86_rq_channels(&r, p, oc, lanes);
     const x86_out_t out = x86_out(p);
     _mm_mask_storeu_epi8(o, lanes, _mm512_cvtepi32_epi8(x86_rq(&r, acc, &out)));
 }
@@ -241,11 +238,7 @@ static int x86_conv(const eo_linear_t *p, const int8_t *in, int8_t *out) {
     memset(ring_bytes, (uint8_t)(p->in_zp ^ 0x80), sizeof ring_bytes);
     x86_ring_t ring = {ring_bytes, ring_bytes + slots * row_bytes, slots, row_bytes, 0};
     x86_rq_t rq[blocks];
-    for (int32_t b = 0; b < blocks; b++) {
-        int32_t channel[16];
-        for (int32_t i = 0; i < 16; i++) channel[i] = 16 * b + i < p->out_c ? 16 * b + i : -1;
-        x86_rq_prep(&rq[b], p->mult, p->shift, channel);
-    }
+    for (int32_t b = 0; b < blocks; b++) x86_rq_channels(&rq[b], p, 16 * b, x86_lanes(p->out_c - 16 * b));
     const int dilated = p->dil_w != 1;
     const int32_t segments = dilated ? p->k_h * p->k_w : p->k_h;
     const int32_t per_segment = ((dilated ? 1 : p->k_w) * p->in_c + 3) / 4;
@@ -281,12 +274,13 @@ static int x86_depthwise(const eo_linear_t *p, const int8_t *in, int8_t *out) {
     x86_ring_t ring = {ring_bytes, ring_bytes + slots * row_bytes, slots, row_bytes, 0};
     x86_rq_t rq[4 * groups];
     for (int32_t v = 0; v < 4 * groups; v++) { /* vector r of group g: channels 64g + 16k + 4r + j */
-        int32_t channel[16];
+        int32_t mult[16], shift[16];
         for (int32_t i = 0; i < 16; i++) {
             int32_t ch = 64 * (v / 4) + 16 * (i / 4) + 4 * (v % 4) + i % 4;
-            channel[i] = ch < c_n ? ch : -1;
+            mult[i] = ch < c_n && p->mult ? p->mult[ch] : 0;
+            shift[i] = ch < c_n ? p->shift[ch] : 0;
         }
-        x86_rq_prep(&rq[v], p->mult, p->shift, channel);
+        x86_rq_prep(&rq[v], _mm512_loadu_si512(mult), _mm512_loadu_si512(shift), !p->mult);
     }
     const x86_out_t o = x86_out(p);
     const uint8_t *rows[p->k_h], *tap[4 * quads];
@@ -340,11 +334,7 @@ static inline __m512i x86_rdpot(__m512i x, __m512i exponent) {
 static void x86_add(const eo_add_t *p, const int8_t *a, const int8_t *b, int8_t *out) {
     const int32_t m[3] = {p->m1, p->m2, p->mo}, shift[3] = {p->s1, p->s2, p->so};
     x86_rq_t rq[3];
-    for (int32_t j = 0; j < 3; j++) {
-        int32_t lane[16];
-        for (int32_t i = 0; i < 16; i++) lane[i] = j;
-        x86_rq_prep(&rq[j], m, shift, lane);
-    }
+    for (int32_t j = 0; j < 3; j++) x86_rq_prep(&rq[j], _mm512_set1_epi32(m[j]), _mm512_set1_epi32(shift[j]), 0);
     const __m512i zp1 = _mm512_set1_epi32(p->in1_zp), zp2 = _mm512_set1_epi32(p->in2_zp);
     const __m512i zp = _mm512_set1_epi32(p->out_zp), lo = _mm512_set1_epi32(p->act_min), hi = _mm512_set1_epi32(p->act_max);
     for (int32_t i = 0; i < p->size; i += 16) {
