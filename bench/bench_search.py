@@ -158,14 +158,14 @@ def _time_interleaved(models: list, rounds: int, runs: int) -> list[float]:
     return [statistics.median(m) for m in medians]
 
 
-def latency(per_model: int, rounds: int = 7) -> None:
+def latency(per_model: int, seed: int = 13, rounds: int = 7) -> None:
     """The kernel-level x86-ort predictor against ORT timing each whole model, on random
     architecture-level candidates of the zoo families with random policies."""
     from edgeopt.profile import profile
     from edgeopt.search.latency import KernelTable, exported, predict_onnx
 
     table = KernelTable()
-    rng = random.Random(13)
+    rng = random.Random(seed)
     rows, models = [], []
     for family, native in LATENCY_FAMILIES:
         for _ in range(per_model):
@@ -302,6 +302,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="workers: torch threads of every worker (default: cores / workers)")
     parser.add_argument("--epochs", type=int, default=3, help="arch: epochs per candidate")
+    parser.add_argument("--seed", type=int, default=13, help="latency: the candidates' seed")
     parser.add_argument("--distill", action="store_true", help="arch: distill candidates")
     parser.add_argument("--model", default="lenet5", help="workers: zoo model")
     parser.add_argument("--data", default="digits", help="workers: data set")
@@ -316,7 +317,7 @@ def main() -> None:
     elif args.what == "mcu":
         mcu(args.target, args.per_model, args.fit)
     elif args.what == "latency":
-        latency(args.per_model)
+        latency(args.per_model, args.seed)
     elif args.what == "target":
         target(args.trials, args.flash, args.samples or 1024)
     else:
