@@ -111,7 +111,7 @@ def kernel_key(node: onnx.NodeProto, values: dict[str, np.ndarray], constants: s
     inputs = [[*_describe(values[n]), n in constants] if n else None for n in node.input]
     outputs = [_describe(values[n]) if n else None for n in node.output]
     attrs = sorted((a.name, _attribute(a)) for a in node.attribute)
-    return json.dumps([node.domain, node.op_type, attrs, inputs, outputs])
+    return json.dumps([node.domain, node.op_type, attrs, inputs, outputs], default=str)
 
 
 def _one_node(node: onnx.NodeProto, values: dict[str, np.ndarray], constants: set[str],
