@@ -82,8 +82,9 @@ def test_clock_options_are_refused_on_the_host_target():
         make_budget("x86-ort", clock_mhz=100)
 
 
-def test_the_packaged_table_covers_every_kernel_a_search_policy_produces():
-    table = json.loads(mcu.DEFAULT_TABLE.read_text())["cortex-m4"]
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m7"])
+def test_the_packaged_table_covers_every_kernel_a_search_policy_produces(target):
+    table = json.loads(mcu.DEFAULT_TABLE.read_text())[target]
     assert SEARCH_VARIANTS <= set(table["coefficients"])
     assert all(v >= 0 for row in table["coefficients"].values() for v in row)
 
