@@ -5,6 +5,7 @@ asserted beyond a 16x difference in work (bench/bench_search.py latency scores t
 import json
 
 import numpy as np
+import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
@@ -38,6 +39,7 @@ def _counting(monkeypatch):
 
     monkeypatch.setattr(latency, "time_session", fake)
     monkeypatch.setattr(latency, "time_bound", fake)
+    monkeypatch.setattr(latency.KernelTable, "slowdown", lambda self: 1.0)
     return calls
 
 
@@ -55,6 +57,16 @@ def test_each_kernel_key_is_measured_once_and_cached_on_disk(tmp_path, monkeypat
     assert latency.predict_onnx(model, feed, reloaded) == first and len(calls) == measured
     ops = {json.loads(k)[1] for k in reloaded.table if k.startswith("[")}
     assert {"Add", "GlobalAveragePool"} <= ops
+
+
+def test_keys_timed_while_the_machine_runs_slower_are_scaled_back(tmp_path, monkeypatch):
+    speed = {"slower": 1.0}  # every kernel, the reference included, takes this factor longer
+    monkeypatch.setattr(latency, "time_bound",
+                        lambda session, feed, runs=40, warmup=5: 0.01 * speed["slower"])
+    table = latency.KernelTable(tmp_path / "lut.json")
+    assert table.ms("a", lambda: _float_graph(4)) == pytest.approx(0.01)
+    speed["slower"] = 2.0
+    assert table.ms("b", lambda: _float_graph(4)) == pytest.approx(0.01)
 
 
 def test_keys_tell_shapes_and_constant_inputs_apart():

@@ -3,12 +3,14 @@
 A candidate is quantized as its policy's stage would quantize it and exported (as the search's
 final measurement does); ONNX Runtime optimizes the export (QLinearConv, QLinearAdd, QGemm,
 layout Transposes, DQ -> float op -> Q islands where no int8 kernel exists such as ReduceMean,
-NCHWc float convolutions where activations stay float ...) and the optimized graph is run once to learn every value's shape and dtype. Each node is then
-keyed by its domain, op type, attributes and its inputs' and outputs' dtypes and shapes; a key
-not yet in the lookup table is timed once as a one-node graph (the node's own constant inputs,
-its real input values fed and its inputs and outputs bound once, no further optimization) and
-cached in the user cache folder. So every operator the runtime runs is covered (Adds, pools,
-Q / DQ, reshapes, layout transposes) and a new architecture needs no refit: nothing is fitted.
+NCHWc float convolutions where activations stay float ...) and the optimized graph is run once
+to learn every value's shape and dtype. Each node is then keyed by its domain, op type,
+attributes and its inputs' and outputs' dtypes and shapes; a key not yet in the lookup table is
+timed once as a one-node graph (the node's own constant inputs, its real input values fed and
+its inputs and outputs bound once, no further optimization) and cached in the user cache
+folder, scaled by a reference kernel's time when the table began over its time now
+(`KernelTable.slowdown`). So every operator the runtime runs is covered (Adds, pools, Q / DQ,
+reshapes, layout transposes) and a new architecture needs no refit: nothing is fitted.
 The prediction is
 
     call + sum over nodes of (one-node time - node) + (nodes - 1) * per_node
@@ -52,7 +54,7 @@ def cache_tag() -> str:
 def _cache_file() -> Path:
     from platformdirs import user_cache_dir
 
-    return Path(user_cache_dir("edgeopt")) / "latency" / f"kernels-cpu-v2-{cache_tag()}.json"
+    return Path(user_cache_dir("edgeopt")) / "latency" / f"kernels-cpu-v3-{cache_tag()}.json"
 
 
 def _session(model: onnx.ModelProto, optimization: str = "disable",
@@ -175,6 +177,24 @@ def _identity_chain(length: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]
     return model, {"x": np.zeros((1, 16), np.uint8)}
 
 
+def _reference_kernel() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A QLinearConv (16 -> 32 channels, 3x3, 16x16 uint8 input): the kind of kernel that
+    dominates the models searched here."""
+    rng = np.random.default_rng(0)
+    consts = {"xs": np.float32(0.02), "xz": np.uint8(128), "w": rng.integers(
+        -127, 127, (32, 16, 3, 3)).astype(np.int8), "ws": np.float32(0.01), "wz": np.int8(0),
+        "ys": np.float32(0.05), "yz": np.uint8(128)}
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"],
+                            pads=[1, 1, 1, 1])
+    graph = helper.make_graph(
+        [node], "reference", [helper.make_tensor_value_info("x", onnx.TensorProto.UINT8,
+                                                            [1, 16, 16, 16])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.UINT8, [1, 32, 16, 16])],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return model, {"x": rng.integers(0, 255, (1, 16, 16, 16)).astype(np.uint8)}
+
+
 class KernelTable:
     """kernel key -> ms of a one-node graph, measured on first use and kept in a JSON file that
     later searches share; "call", "node" and the Identity chain give the fixed costs (module
@@ -186,21 +206,33 @@ class KernelTable:
             self.table: dict[str, float] = json.loads(self.path.read_text())
         except (OSError, ValueError):
             self.table = {}
+        self._reference: tuple[Any, dict[str, np.ndarray]] | None = None
 
     def ms(self, key: str, build: Any) -> float:
         """The time of `key`; `build()` gives (one-node model, feed) when it must be measured."""
         if key not in self.table:
             model, feed = build()
-            self.table[key] = time_bound(_session(model), feed)
+            self.table[key] = time_bound(_session(model), feed) * self.slowdown()
             self._save()
         return self.table[key]
+
+    def slowdown(self) -> float:
+        """The reference kernel's time when the table began over its time now: on a shared
+        machine the same kernel's CPU time moves up to 2x with the neighbours' load, and keys
+        timed in different minutes must add up as if timed in one."""
+        if self._reference is None:
+            model, feed = _reference_kernel()
+            self._reference = (_session(model), feed)
+        now = time_bound(*self._reference, runs=60)
+        self.table.setdefault("reference", now)
+        return self.table["reference"] / now
 
     def overheads(self) -> tuple[float, float, float]:
         """(call, node, per_node) in ms: a model run as a search calls it (numpy in and out),
         the bound one-node graph every kernel's time is less, and one more node."""
         if "call" not in self.table:
             model, feed = _identity_chain(1)
-            self.table["call"] = time_session(_session(model), feed)
+            self.table["call"] = time_session(_session(model), feed) * self.slowdown()
             self._save()
         node = self.ms("node", lambda: _identity_chain(1))
         chain = self.ms(f"chain{_CHAIN}", lambda: _identity_chain(_CHAIN))
