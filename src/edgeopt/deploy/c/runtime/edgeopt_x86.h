@@ -95,6 +95,13 @@ static void x86_requant_store(const eo_linear_t *p, __m512i acc, int32_t oc, __m
     _mm_mask_storeu_epi8(o, lanes, _mm512_cvtepi32_epi8(x86_rq(&r, acc, &out)));
 }
 
+/* acc += VPDPBUSD(u, 64 weight bytes at w), in asm: with the intrinsic gcc copies the depthwise sums between
+   registers around every use (the tied accumulator operand) */
+static inline __m512i x86_dpbusd(__m512i acc, __m512i u, const int8_t *w) {
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "m"(*(const struct { int8_t b[64]; } *)(const void *)w));
+    return acc;
+}
+
 static inline __m512i x86_dp(__m512i acc, uint32_t u, const int8_t *w) {
     return _mm512_dpbusd_epi32(acc, _mm512_set1_epi32((int32_t)u), _mm512_loadu_si512((const void *)w));
 }
@@ -183,11 +190,10 @@ static inline __attribute__((always_inline)) void x86_tile(const x86_conv_t *c, 
     const int64_t block_bytes = (int64_t)c->words * 64;
     __m512i acc[8][4];
 #pragma GCC unroll 4
-    for (int b = 0; b < NB; b++) {
-        __m512i init = _mm512_maskz_loadu_epi32(x86_lanes(p->out_c - 16 * (block + b)), p->xb + 16 * (block + b));
+    for (int b = 0; b < NB; b++)
 #pragma GCC unroll 8
-        for (int i = 0; i < P; i++) acc[i][b] = init;
-    }
+        for (int i = 0; i < P; i++) acc[i][b] = _mm512_setzero_si512(); /* the bias after the loop: gcc then
+                                                                       keeps each sum in one register */
     const int8_t *w = p->xw + block * block_bytes;
     for (int32_t s = 0; s < c->segments; s++) {
         const uint8_t *x = c->segment[s] + ox * c->step;
@@ -210,8 +216,9 @@ static inline __attribute__((always_inline)) void x86_tile(const x86_conv_t *c, 
 #pragma GCC unroll 4
         for (int b = 0; b < NB; b++) {
             const __mmask16 lanes = x86_lanes(p->out_c - 16 * (block + b));
+            const __m512i sum = _mm512_add_epi32(acc[i][b], _mm512_maskz_loadu_epi32(lanes, p->xb + 16 * (block + b)));
             _mm_mask_storeu_epi8(o + i * p->out_c + 16 * (block + b), lanes,
-                                 _mm512_cvtepi32_epi8(x86_rq(&c->rq[block + b], acc[i][b], &c->out)));
+                                 _mm512_cvtepi32_epi8(x86_rq(&c->rq[block + b], sum, &c->out)));
         }
 }
 
@@ -294,7 +301,7 @@ static int x86_depthwise(const eo_linear_t *p, const int8_t *in, int8_t *out) {
             for (int32_t g = 0; g < groups; g++) {
                 const int8_t *w = p->xw + (int64_t)g * quads * 256;
                 __m512i acc[4];
-                for (int32_t r = 0; r < 4; r++) acc[r] = _mm512_loadu_si512((const void *)(p->xb + 64 * g + 16 * r));
+                for (int32_t r = 0; r < 4; r++) acc[r] = _mm512_setzero_si512(); /* bias after: no copies */
                 for (int32_t q = 0; q < quads; q++, w += 256) {
                     const uint8_t *const *t4 = tap + 4 * q;
                     const int32_t c0 = at + 64 * g;
@@ -302,11 +309,13 @@ static int x86_depthwise(const eo_linear_t *p, const int8_t *in, int8_t *out) {
                     __m512i x2 = _mm512_loadu_si512(t4[2] + c0), x3 = _mm512_loadu_si512(t4[3] + c0);
                     __m512i lo01 = _mm512_unpacklo_epi8(x0, x1), hi01 = _mm512_unpackhi_epi8(x0, x1);
                     __m512i lo23 = _mm512_unpacklo_epi8(x2, x3), hi23 = _mm512_unpackhi_epi8(x2, x3);
-                    acc[0] = _mm512_dpbusd_epi32(acc[0], _mm512_unpacklo_epi16(lo01, lo23), _mm512_loadu_si512(w));
-                    acc[1] = _mm512_dpbusd_epi32(acc[1], _mm512_unpackhi_epi16(lo01, lo23), _mm512_loadu_si512(w + 64));
-                    acc[2] = _mm512_dpbusd_epi32(acc[2], _mm512_unpacklo_epi16(hi01, hi23), _mm512_loadu_si512(w + 128));
-                    acc[3] = _mm512_dpbusd_epi32(acc[3], _mm512_unpackhi_epi16(hi01, hi23), _mm512_loadu_si512(w + 192));
+                    acc[0] = x86_dpbusd(acc[0], _mm512_unpacklo_epi16(lo01, lo23), w);
+                    acc[1] = x86_dpbusd(acc[1], _mm512_unpackhi_epi16(lo01, lo23), w + 64);
+                    acc[2] = x86_dpbusd(acc[2], _mm512_unpacklo_epi16(hi01, hi23), w + 128);
+                    acc[3] = x86_dpbusd(acc[3], _mm512_unpackhi_epi16(hi01, hi23), w + 192);
                 }
+                for (int32_t r = 0; r < 4; r++)
+                    acc[r] = _mm512_add_epi32(acc[r], _mm512_loadu_si512((const void *)(p->xb + 64 * g + 16 * r)));
                 const x86_rq_t *r = rq + 4 * g;
                 __m512i bytes = _mm512_packs_epi16(_mm512_packs_epi32(x86_rq(r, acc[0], &o), x86_rq(r + 1, acc[1], &o)),
                                                    _mm512_packs_epi32(x86_rq(r + 2, acc[2], &o), x86_rq(r + 3, acc[3], &o)));
