@@ -184,10 +184,12 @@ def torch_layers(model: nn.Module, example: torch.Tensor, bits: dict[str, int]) 
 # ---------------------------------------------------------------- the fitted table
 
 def sources_hash() -> str:
-    """The C the counts depend on: the kernels, the emitter and the board harness."""
+    """The C the counts depend on: the kernels and the emitter (not the x86-only header, which
+    an Arm build does not compile)."""
     from edgeopt.deploy.c import RUNTIME, emit
 
-    paths = sorted(RUNTIME.glob("*.[ch]")) + [Path(emit.__file__)]
+    paths = [p for p in sorted(RUNTIME.glob("*.[ch]")) if p.name != "edgeopt_x86.h"]
+    paths.append(Path(emit.__file__))
     digest = hashlib.sha256()
     for path in paths:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
