@@ -190,3 +190,22 @@ def test_budget_guided_seeds_start_from_8_bit_when_4_bit_misses_the_latency_budg
     assert seeds and all(set(p.bits.values()) == {8} for p in seeds)
     assert all(cost.latency_ms(model, p) <= limit for p in seeds)
     assert any(k < 1.0 for k in seeds[0].keep.values())
+
+
+def test_space_selection_counts_an_mcu_latency_budget():
+    import functools
+
+    from edgeopt.search.architecture import candidate_spaces, select_space
+    from edgeopt.search.cost import latency_for
+
+    native = (1, 8, 8)
+    spaces = candidate_spaces("dscnn", native, widths=(0.25, 1.0), scales=(0.5, 1.0))
+    free = make_budget("cortex-m4")
+    _, loose = select_space(spaces, free, native, 10, samples=2, bits=8, seed=0)
+    assert all(r["fitting"] == 2 for r in loose)
+    budget = make_budget("cortex-m4", latency_ms=4.0)  # 672,000 instructions at 168 MHz
+    chosen, rows = select_space(spaces, budget, native, 10, samples=2, bits=8, seed=0,
+                                latency=functools.partial(latency_for, budget))
+    assert any(r["fitting"] < 2 for r in rows) and any(r["fitting"] for r in rows)  # it decides
+    assert rows[[(s.width_mult, s.resolution) for s in spaces].index(
+        (chosen.width_mult, chosen.resolution))]["chosen"]

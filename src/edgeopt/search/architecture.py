@@ -202,18 +202,24 @@ def arch_costs(arch: Arch, native: tuple[int, ...], classes: int, bits: int,
 
 
 def select_space(spaces: list[ArchSpace], budget: Any, native: tuple[int, ...], classes: int,
-                 *, samples: int, bits: int, seed: int) -> tuple[ArchSpace, list[dict[str, Any]]]:
+                 *, samples: int, bits: int, seed: int,
+                 latency: Callable[[torch.Tensor], Any] | None = None
+                 ) -> tuple[ArchSpace, list[dict[str, Any]]]:
     """TinyNAS's choice: the space whose fitting samples have the highest mean MACs (when none
-    fits anywhere: the space with the smallest samples, so the search still reports them)."""
-    cost = functools.lru_cache(maxsize=None)(
-        lambda arch: arch_costs(arch, native, classes, bits))
+    fits anywhere: the space with the smallest samples, so the search still reports them).
+    latency: example input -> latency predictor, when the latency budget counts here too."""
+    def one(arch: Arch) -> Any:
+        example = torch.zeros(1, *resized_shape(native, arch.resolution))
+        return arch_costs(arch, native, classes, bits, latency and latency(example))
+
+    cost = functools.lru_cache(maxsize=None)(one)
     rows = []
     for index, space in enumerate(spaces):
         rng = random.Random(seed * 1000 + index)
         archs = [space.sample(rng) for _ in range(samples)]
         costs = [cost(arch) for arch in archs]
         fitting = [(c, a) for c, a in zip(costs, archs)
-                   if budget.fits(c.flash_bytes, c.ram_bytes, None)]
+                   if budget.fits(c.flash_bytes, c.ram_bytes, c.latency_ms)]
         largest = max(fitting, key=lambda f: f[0].macs, default=(None, None))[1]
         rows.append({"width_mult": space.width_mult, "resolution": space.resolution,
                      "samples": samples, "fitting": len(fitting),
@@ -321,9 +327,15 @@ def architecture_context(parsed: Any, ctx: Any) -> tuple[Any, list[dict[str, Any
     settings = ctx.settings
     native = tuple(ctx.splits.input_shape)
     bits = 8 if settings.level == "architecture" else 4  # the cheapest unpruned policy
+    latency = None
+    if ctx.budget.kind == "mcu" and ctx.budget.latency_ms is not None:  # cheap to predict there
+        from edgeopt.search.cost import latency_for
+
+        bits = 8  # on an MCU 8-bit layers are the fastest
+        latency = functools.partial(latency_for, ctx.budget)
     space, rows = select_space(candidate_spaces(parsed.model, native), ctx.budget, native,
                                ctx.splits.num_classes, samples=settings.space_samples,
-                               bits=bits, seed=settings.seed)
+                               bits=bits, seed=settings.seed, latency=latency)
     splits = resize_splits(ctx.splits, space.resolution)
     level = ArchLevel(space=space, level=settings.level, native=native,
                       latency=ctx.cost.latency is not None)
