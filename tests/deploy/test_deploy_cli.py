@@ -52,6 +52,10 @@ def test_int8_stage_on_cortex_m4(run_dir, tmp_path):
     assert report["flash_bytes"] > report["weights_flash_bytes"] > 2000
     assert report["ram_bytes"] >= report["arena_bytes"] > 0 and report["fits"] is True
     assert report["instructions_per_inference"] > 10_000
+    # latency at the target's assumed clock; a search's per-layer prediction for this graph
+    assert report["latency_ms"] == pytest.approx(report["instructions_per_inference"] / 168e3)
+    predicted, measured = report["instructions_predicted"], report["instructions_per_inference"]
+    assert abs(predicted - measured) < 0.15 * measured
     layers = report["layers"]
     assert [layer["kind"] for layer in layers][0] == "conv2d"
     assert 0.5 * report["instructions_per_inference"] < sum(

@@ -114,8 +114,13 @@ def _deploy_mcu(onnx_path: Path, target: Target, x: np.ndarray, y: np.ndarray | 
     onnx_out = _onnx_outputs(onnx_path, x)
     out_q = graph.tensors[graph.outputs[0]].qparams
     dequantized = (outputs.astype(np.float32) - int(out_q.zero_point)) * float(out_q.scale)
+    from edgeopt.deploy.budget import predicted_speed
+
     return {
         **result,
+        # at the target's assumed clock: qemu counts instructions, not cycles
+        "latency_ms": target.latency_ms(result["instructions_per_inference"]),
+        **predicted_speed(graph, target),  # what a search predicted for this graph
         "inputs": len(x),
         "bit_exact_with_reference": bool(np.array_equal(outputs, expected)),
         "outputs_differing_from_reference": int((outputs != expected).any(axis=1).sum()),
