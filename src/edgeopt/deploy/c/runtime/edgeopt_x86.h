@@ -211,15 +211,20 @@ static inline __attribute__((always_inline)) void x86_tile(const x86_conv_t *c, 
             }
         }
     }
+    __mmask16 lanes[4];
+    __m512i bias[4];
+#pragma GCC unroll 4
+    for (int b = 0; b < NB; b++) {
+        lanes[b] = x86_lanes(p->out_c - 16 * (block + b));
+        bias[b] = _mm512_maskz_loadu_epi32(lanes[b], p->xb + 16 * (block + b));
+    }
 #pragma GCC unroll 8
     for (int i = 0; i < P; i++)
 #pragma GCC unroll 4
-        for (int b = 0; b < NB; b++) {
-            const __mmask16 lanes = x86_lanes(p->out_c - 16 * (block + b));
-            const __m512i sum = _mm512_add_epi32(acc[i][b], _mm512_maskz_loadu_epi32(lanes, p->xb + 16 * (block + b)));
-            _mm_mask_storeu_epi8(o + i * p->out_c + 16 * (block + b), lanes,
-                                 _mm512_cvtepi32_epi8(x86_rq(&c->rq[block + b], sum, &c->out)));
-        }
+        for (int b = 0; b < NB; b++)
+            _mm_mask_storeu_epi8(o + i * p->out_c + 16 * (block + b), lanes[b],
+                                 _mm512_cvtepi32_epi8(x86_rq(&c->rq[block + b], _mm512_add_epi32(acc[i][b], bias[b]),
+                                                             &c->out)));
 }
 
 typedef void (*x86_tile_fn)(const x86_conv_t *, int32_t, int32_t, int8_t *);
