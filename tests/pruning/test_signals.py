@@ -42,3 +42,20 @@ def test_batch_norm_recalibration_matches_the_data_statistics():
         pre = model.stem[0](x)
     assert torch.allclose(model.stem[1].running_mean, pre.mean(dim=(0, 2, 3)), atol=1e-4)
     assert model.stem[1].momentum == momentum and not model.training
+
+
+def test_recalibration_keeps_the_statistics_of_a_norm_that_sees_one_value_per_channel():
+    from edgeopt.pruning.signals import recalibrate_batch_norm
+
+    torch.manual_seed(0)
+    # the second norm sees a 1x1 map: one example gives it one value per channel
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.BatchNorm2d(4)).eval()
+    model[3].running_mean.fill_(0.5)
+    x = torch.randn(1, 1, 8, 8) * 3 + 1
+    assert recalibrate_batch_norm(model, [x], batches=1, batch_size=1) == 2
+    with torch.no_grad():
+        pre = model[0](x)
+    assert torch.allclose(model[1].running_mean, pre.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.equal(model[3].running_mean, torch.full((4,), 0.5))
+    assert not model[3].training and int(model[3].num_batches_tracked) == 0

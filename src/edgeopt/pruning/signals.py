@@ -113,20 +113,38 @@ def recalibrate_batch_norm(model: nn.Module, data: Any, *, batches: int, batch_s
              and m.track_running_stats]
     if not norms or data is None or batches < 1:
         return 0
-    saved = [(m, m.momentum, m.training) for m in norms]
+    saved = [(m, m.momentum, m.training, _running_stats(m)) for m in norms]
     was_training = model.training
     model.eval()
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches seen
         m.train()
+    handles = [m.register_forward_pre_hook(_estimate_only_from_several_values) for m in norms]
     try:
         _forward_batches(model, data, batches, batch_size)
     finally:
-        for m, momentum, training in saved:
+        for handle in handles:
+            handle.remove()
+        for m, momentum, training, stats in saved:
             m.momentum, m.training = momentum, training
+            if int(m.num_batches_tracked) == 0:  # never saw a usable batch: keep the old ones
+                for name, value in stats.items():
+                    getattr(m, name).copy_(value)
         model.train(was_training)
     return len(norms)
+
+
+def _running_stats(norm: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: getattr(norm, name).clone()
+            for name in ("running_mean", "running_var", "num_batches_tracked")}
+
+
+def _estimate_only_from_several_values(norm: nn.Module, inputs: tuple[Any, ...]) -> None:
+    """A batch with one value per channel (one example on a 1x1 map) has no variance to
+    estimate, and batch norm refuses it in training mode: that batch leaves the statistics."""
+    x = inputs[0]
+    norm.training = x.numel() > x.shape[1]
 
 
 class MovementTracker:
