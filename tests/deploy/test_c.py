@@ -118,3 +118,19 @@ def test_the_input_lives_in_the_arena_and_its_bytes_are_reused():
     later = [b for b, (lo, _) in plan.lifetimes.items() if lo > plan.lifetimes[buf][1]]
     assert any(plan.offsets[b] < end and start < plan.offsets[b] + plan.sizes[b] for b in later)  # reused
     assert plan.arena_bytes == plan.peak_live_bytes()
+
+
+def test_a_size_the_kernels_int16_fields_cannot_hold_is_refused(tmp_path):
+    import torch
+
+    from edgeopt.errors import ExportError
+
+    torch.manual_seed(0)
+    # 8 x 64 x 64 = 32768 inputs to the fully connected layer: one more than int16_t holds
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(8 * 64 * 64, 2)).eval()
+    x = torch.randn(4, 1, 64, 64)
+    q = eo.apply(model, eo.QuantConfig(), data=[x])
+    with pytest.raises(ExportError, match="32767"):
+        eo.export_c(q, tmp_path / "c", x[:1])
+    assert not (tmp_path / "c").exists()

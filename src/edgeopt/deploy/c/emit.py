@@ -83,6 +83,7 @@ def _linear(graph: Graph, op: Op, index: int, plan: Plan, pow2: bool) -> Emitted
         geometry = [ih, iw, ic, oh, ow, oc, kh, kw, *op.attrs["stride"], *op.attrs["dilation"],
                     op.attrs["padding"][0], op.attrs["padding"][1], op.attrs.get("depth_multiplier", 1)]
         macs = oh * ow * oc * kh * kw * (ic if op.kind == "conv2d" else 1)
+    _check_int16(op, geometry)
     fields = ", ".join(str(int(v)) for v in [*geometry, bits, int(x.qparams.zero_point),
                                                int(out.qparams.zero_point), lo, hi])
     x86 = " EO_X86_FIELDS(0, 0)"  # the portable kernel
@@ -128,13 +129,26 @@ def _compressed(name: str, form: compress.Encoded) -> list[str]:
     return decls
 
 
+INT16_MAX = 32767  # the kernels' structs hold sizes as int16_t, as small cores like
+
+
+def _check_int16(op: Op, geometry: list[int]) -> None:
+    """A size the struct cannot hold would wrap and silently give wrong outputs: refuse it."""
+    if max(abs(int(v)) for v in geometry) > INT16_MAX:
+        raise ExportError(f"op {op.name or op.outputs[0]!r} ({op.kind}) has a size over {INT16_MAX} "
+                          f"(sizes {[int(v) for v in geometry]}), which the C kernels cannot hold; "
+                          "reduce it before the flatten (e.g. pool to a smaller map) or export to ONNX.")
+
+
 def _pool(graph: Graph, op: Op, index: int, plan: Plan, pow2: bool) -> Emitted:
     x, out = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
     (_, ih, iw, c), (_, oh, ow, _) = x.shape, out.shape
     kh, kw = op.attrs["kernel"]
     lo, hi = activation_range(op.attrs.get("activation", "none"), out.qparams)
     reference.check_same_qparams(graph, op.inputs[0], op)
-    fields = [ih, iw, c, oh, ow, kh, kw, *op.attrs["stride"], op.attrs["padding"][0], op.attrs["padding"][1], lo, hi]
+    geometry = [ih, iw, c, oh, ow, kh, kw, *op.attrs["stride"], op.attrs["padding"][0], op.attrs["padding"][1]]
+    _check_int16(op, geometry)
+    fields = [*geometry, lo, hi]
     decl = f"static const eo_pool_t L{index} = {{{', '.join(str(int(v)) for v in fields)}}};"
     call = f"eo_{op.kind}(&L{index}, {_pointer(plan, op.inputs[0])}, {_pointer(plan, op.outputs[0])});"
     return Emitted([decl], call, oh * ow * c * kh * kw, SMALL_STRUCT_BYTES)
