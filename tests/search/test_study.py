@@ -58,3 +58,22 @@ def test_sqlite_transactions_take_the_write_lock_when_they_begin(tmp_path):
         with pytest.raises(sqlite3.OperationalError, match="locked"):
             other.execute("BEGIN IMMEDIATE")
         other.close()
+
+
+def test_only_live_trials_begun_after_joining_count_as_running_elsewhere(tmp_path):
+    import datetime
+    import time
+
+    from edgeopt.search.study import running_elsewhere
+
+    storage = f"sqlite:///{tmp_path}/study.db"
+    study = make_study(SearchSettings(), OBJECTIVES, storage)
+    study.ask()  # a trial left RUNNING by a run that died before this worker joined
+    time.sleep(0.05)
+    joined = datetime.datetime.now()
+    assert running_elsewhere(study, joined) == 0
+    live = study.ask()  # another worker's trial, begun after this one joined
+    study._storage.record_heartbeat(live._trial_id)
+    assert running_elsewhere(study, joined) == 1
+    study.tell(live, [0.5, 1.0, 1.0])
+    assert running_elsewhere(study, joined) == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import os
 import socket
 import time
@@ -206,6 +207,22 @@ def finished(study: Any) -> int:
                                 states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
 
 
+def running_elsewhere(study: Any, since: datetime.datetime) -> int:
+    """Trials other workers are running now that will finish: those begun after this worker
+    joined (an earlier one may be a dead run's leftover) whose heartbeat is not stale. Counting
+    them keeps two workers from both starting a last trial beyond `--trials`."""
+    from optuna.trial import TrialState
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    stale: set[int] = set()
+    storage = study._storage
+    if running and hasattr(storage, "_get_stale_trial_ids"):  # RDB storage with heartbeats
+        with contextlib.suppress(Exception):  # a private API: without it, count them all
+            stale = set(storage._get_stale_trial_ids(study._study_id))
+    return sum(1 for t in running if t.datetime_start and t.datetime_start >= since
+               and t._trial_id not in stale)
+
+
 def run_trials(study: Any, ctx: Context, trials: int, timeout: float | None,
                progress: bool) -> None:
     """Trials until the study holds `trials` finished ones (all workers together) or `timeout`."""
@@ -215,6 +232,7 @@ def run_trials(study: Any, ctx: Context, trials: int, timeout: float | None,
     if done >= trials:
         return
     bar = tqdm(total=trials, initial=done, desc="search", unit="trial", disable=not progress)
+    joined = datetime.datetime.now()
 
     def after(study: Any, trial: Any) -> None:
         bar.n = finished(study)
@@ -223,7 +241,7 @@ def run_trials(study: Any, ctx: Context, trials: int, timeout: float | None,
             bar.set_postfix_str(f"best {100 * best['accuracy']:.2f}% at "
                                 f"{best['flash_bytes'] / 1024:.1f} KiB")
         bar.refresh()
-        if finished(study) >= trials:
+        if finished(study) + running_elsewhere(study, joined) >= trials:
             study.stop()
 
     try:
