@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeopt import interrupt
 from edgeopt.atomic import atomic_open
 from edgeopt.errors import EdgeoptError
 
@@ -141,3 +142,4 @@ class Loop:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(self.path, "wb") as handle:
             torch.save(state, handle)
+        interrupt.check()  # the epoch is kept: a Ctrl-C swallowed during it stops here

@@ -62,10 +62,12 @@ def main() -> None:
 @_user_errors
 def optimize(recipe: Path | None, out_dir: Path, quiet: bool, resume: bool) -> None:
     """Run RECIPE (YAML); with none, the built-in default (ResNet-8 on MNIST, fp32 vs int8)."""
+    from edgeopt import interrupt
     from edgeopt.recipes import run_recipe
 
     try:
-        result = run_recipe(recipe, out_dir, progress=not quiet, resume=resume)
+        with interrupt.sigint_recorded():
+            result = run_recipe(recipe, out_dir, progress=not quiet, resume=resume)
     except KeyboardInterrupt:
         again = " ".join(str(a) for a in (recipe or "", "--out", out_dir) if a)
         click.echo(f"error: interrupted; `edgeopt optimize {again} --resume` continues from the "

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from edgeopt import __version__, distributed
+from edgeopt import __version__, distributed, interrupt
 from edgeopt.atomic import write_text
 from edgeopt.errors import OutputError
 from edgeopt.recipes.journal import (
@@ -105,6 +105,7 @@ def run_recipe(recipe: str | Path | dict[str, Any] | None, out_dir: str | Path,
         stages = _execute(parsed, journal, progress)
         result = RunResult(out_dir=out, stages=stages, recipe=parsed)
         _write_outputs(result, journal.folder)
+        interrupt.check()  # a swallowed Ctrl-C: keep the work for --resume, publish nothing
         publish(journal.folder, out)
     if rank:
         shutil.rmtree(out, ignore_errors=True)
@@ -170,6 +171,7 @@ def _execute(recipe: Recipe, journal: Journal, progress: bool) -> list[StageResu
     _record(journal, "baseline", baseline, results, recipe)
     needed = _needed(recipe.stages, done)
     for index, stage in enumerate(recipe.stages):
+        interrupt.check()
         row = done.get(stage.name)
         if row is not None and stage.name not in needed:
             results.append(_row(row))  # finished, and no later stage starts from its model
