@@ -29,10 +29,13 @@ def sigint_recorded() -> Iterator[None]:
     """Ctrl-C raises KeyboardInterrupt as usual and is also remembered for `check`."""
     global _pending
     _pending = False
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signals reach the main thread only
+    previous = signal.getsignal(signal.SIGINT)
+    # signals reach the main thread only; a process started with Ctrl-C ignored (nohup, a
+    # background job) keeps ignoring it, as Python itself does
+    if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
+        yield
         return
-    previous = signal.signal(signal.SIGINT, _record_and_raise)
+    signal.signal(signal.SIGINT, _record_and_raise)
     try:
         yield
     finally:

@@ -1,6 +1,7 @@
 """Resume: an interrupted run continues from its last finished stage or epoch and ends with the
 metrics of an uninterrupted run; DIR is never half-written (API.md, "Resuming")."""
 
+import functools
 import json
 import os
 import random
@@ -171,9 +172,11 @@ def _start(recipe: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     code = "import sys, torch; torch.set_num_threads(1); from edgeopt.cli import main; main()"
     log = (out.parent / "stderr.log").open("w")  # a file: a full pipe would stall the run
+    # Ctrl-C's default action in the child even when this runner ignores it (a background job)
+    default_sigint = functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
     return subprocess.Popen([sys.executable, "-c", code, "optimize", str(recipe), "--out",
                              str(out), "--quiet", *extra], env=env, stdout=subprocess.DEVNULL,
-                            stderr=log, text=True)
+                            stderr=log, text=True, preexec_fn=default_sigint)
 
 
 def _whole_or_absent(out: Path) -> None:
