@@ -73,3 +73,17 @@ def test_duplicates_are_refused():
 
     with pytest.raises(RegistryError, match="has no `kind`"):
         register(Nameless)(lambda model, config, **kw: model)
+
+
+def test_loading_the_techniques_imports_no_onnx():
+    # training and search trials never export: the exporter's translations load at first use
+    import subprocess
+    import sys
+
+    code = ("import sys; from edgeopt.registry import load_techniques; load_techniques(); "
+            "print(sorted(m for m in ('onnx', 'onnxscript', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    from edgeopt.export.onnx import translations
+
+    assert torch.ops.edgeopt.quantize_dequantize.default in translations()

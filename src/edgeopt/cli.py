@@ -265,25 +265,33 @@ def search(recipe: Path | None, target: str, flash: str | None, ram: str | None,
     """Search per-layer bit widths and channel widths of RECIPE's model (--level policy), or the
     width, depth, kernel and input resolution of its zoo family (--level architecture / both),
     under a target budget."""
+    from edgeopt import interrupt
     from edgeopt.search import SearchSettings
     from edgeopt.search import search as run_search
 
-    result = run_search(recipe, target=target, out_dir=out_dir, trials=trials, flash=flash,
-                        ram=ram, latency_ms=latency_ms, clock_mhz=clock_mhz, cpi=cpi,
-                        timeout=timeout, storage=storage,
-                        settings=SearchSettings(sampler=sampler, study_name=study_name,
-                                                finetune_samples=finetune_samples,
-                                                level=level, arch_epochs=arch_epochs,
-                                                space_samples=space_samples, distill=distill,
-                                                run_best=not no_best, threads=threads),
-                        progress=not quiet)
+    settings = SearchSettings(sampler=sampler, study_name=study_name,
+                              finetune_samples=finetune_samples, level=level,
+                              arch_epochs=arch_epochs, space_samples=space_samples,
+                              distill=distill, run_best=not no_best, threads=threads)
+    try:
+        with interrupt.sigint_recorded():
+            result = run_search(recipe, target=target, out_dir=out_dir, trials=trials,
+                                flash=flash, ram=ram, latency_ms=latency_ms,
+                                clock_mhz=clock_mhz, cpi=cpi, timeout=timeout, storage=storage,
+                                settings=settings, progress=not quiet)
+    except KeyboardInterrupt:
+        kept = (f"finished trials are kept in {storage}; the same command resumes the search"
+                if storage else "nothing is kept without --storage")
+        click.echo(f"error: interrupted; {kept}.", err=True)
+        sys.exit(130)
     best = result["best"]
     if best is None:
         click.echo("no trial fits the budget", err=True)
     else:
+        test = best.get("test_accuracy")
         click.echo(f"best: trial {best['number']}, validation {100 * best['accuracy']:.2f}%, "
-                   f"test {100 * (best.get('test_accuracy') or 0):.2f}%, "
-                   f"flash {best['flash_bytes']} B, RAM {best['ram_bytes']} B")
+                   + (f"test {100 * test:.2f}%, " if test is not None else "")
+                   + f"flash {best['flash_bytes']} B, RAM {best['ram_bytes']} B")
     click.echo(f"pareto: {out_dir / 'pareto.json'}")
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import importlib.util
-import pkgutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from edgeopt.errors import ConfigError, ConfigTypeError, EdgeoptError
@@ -68,12 +67,12 @@ def register(config_type: type, *, check: Callable[[Any], None] | None = None
 
 
 def load_techniques() -> None:
-    """Import every technique package's `apply` module (importing registers its handler)."""
+    """Import every technique package's `apply` module (importing registers its handler).
+    Looked up as files: find_spec would import every package, the ONNX exporter's too."""
     import edgeopt
 
-    for package in pkgutil.iter_modules(edgeopt.__path__):
-        if package.ispkg and importlib.util.find_spec(f"edgeopt.{package.name}.apply"):
-            importlib.import_module(f"edgeopt.{package.name}.apply")
+    for apply in sorted(Path(edgeopt.__path__[0]).glob("*/apply.py")):
+        importlib.import_module(f"edgeopt.{apply.parent.name}.apply")
 
 
 def techniques() -> list[Technique]:

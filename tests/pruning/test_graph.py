@@ -95,3 +95,50 @@ def test_graph_leaves_the_model_untouched():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     build_graph(model, X)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_copies_share_one_graph_inside_reuse_graphs_and_prune_alike(monkeypatch):
+    import copy
+
+    import numpy as np
+
+    import edgeopt as eo
+    from edgeopt.pruning import graph as graph_module
+    from edgeopt.pruning.graph import reuse_graphs
+    from edgeopt.pruning.structured import channel_scores
+
+    model = make(ResidualNet)
+    config = eo.PruneConfig(structure="channel", sparsity=0.5, criterion="activation")
+    alone = eo.apply(model, config, data=[X])
+    traces = []
+    real_export = graph_module.export_program
+    monkeypatch.setattr(graph_module, "export_program",
+                        lambda m, x: traces.append(m) or real_export(m, x))
+    with reuse_graphs():
+        first = build_graph(model, X)
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            other.stem[0].weight.mul_(-1.0)  # same structure, other weights
+        assert build_graph(other, X) is first and first.program is None
+        # a shared graph's activations come from the model scored, not from the first copy
+        scores = [channel_scores(m, first, config, [X]) for m in (model, other)]
+        assert not np.allclose(*scores)
+        shared = eo.apply(model, config, data=[X])
+        assert build_graph(shared, X) is not first  # pruned: another structure
+    assert all(torch.equal(a, b) for a, b in zip(alone.state_dict().values(),
+                                                 shared.state_dict().values()))
+    # traced: the first copy's graph, the two scored models' programs, the pruned copy's program
+    # for its scores (its graph was shared) and the pruned shape's new graph
+    assert [id(t) for t in traces] == [id(model), id(model), id(other), id(shared), id(shared)]
+
+
+def test_a_one_shot_prune_traces_the_model_once(monkeypatch):
+    import edgeopt as eo
+    from edgeopt.pruning import graph as graph_module
+
+    traces = []
+    real_export = graph_module.export_program
+    monkeypatch.setattr(graph_module, "export_program",
+                        lambda m, x: traces.append(m) or real_export(m, x))
+    eo.apply(make(ResidualNet), eo.PruneConfig(structure="channel", sparsity=0.5), data=[X])
+    assert len(traces) == 1

@@ -123,3 +123,12 @@ def test_a_quantized_candidate_is_costed_over_the_kernels_ort_runs(tmp_path, mon
     assert {"DequantizeLinear", "QuantizeLinear", "ReduceMean"} <= ops
     measured = len(calls)
     assert predict(model, policy) > 0 and len(calls) == measured  # remembered, not re-exported
+
+
+def test_the_kernel_cache_is_per_cpu_model(monkeypatch):
+    from edgeopt.runtime import inspect
+    from edgeopt.search.latency import cache_tag
+
+    here = cache_tag()
+    monkeypatch.setattr(inspect, "cpu_info", lambda: ("Another CPU", ("avx2",)))
+    assert cache_tag() != here

@@ -77,3 +77,64 @@ def test_only_live_trials_begun_after_joining_count_as_running_elsewhere(tmp_pat
     assert running_elsewhere(study, joined) == 1
     study.tell(live, [0.5, 1.0, 1.0])
     assert running_elsewhere(study, joined) == 0
+
+
+def _fake_context(evaluate):
+    """A Context whose trials only suggest one parameter and report fixed costs."""
+    from edgeopt.search.budget import make_budget
+    from edgeopt.search.study import Context
+
+    def record(ctx, trial):
+        width = trial.suggest_categorical("width", [8, 16, 32, 64])
+        evaluate(trial)
+        return {"accuracy": width / 100, "flash_bytes": width, "ram_bytes": width,
+                "latency_ms": None, "macs": width, "fits": True, "policy": None}
+
+    return Context(base=None, splits=None, train=None, example=None, space=SPACE,
+                   budget=make_budget("cortex-m4"), cost=None, settings=SearchSettings(),
+                   objectives=OBJECTIVES, evaluate=record)
+
+
+def test_a_trial_ctrl_c_stops_is_run_again_on_resume_and_not_counted(tmp_path):
+    from edgeopt.search.output import trial_records
+    from edgeopt.search.study import finished, run_trials
+
+    storage = f"sqlite:///{tmp_path}/study.db"
+    study = make_study(SearchSettings(), OBJECTIVES, storage)
+    calls = []
+
+    def ctrl_c_in_the_third(trial):
+        calls.append(trial.params["width"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trials(study, _fake_context(ctrl_c_in_the_third), 5, None, progress=False)
+    assert finished(study) == 2
+    assert [r["number"] for r in trial_records(study)] == [0, 1]
+    queued = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.WAITING]
+    assert [t.system_attrs["fixed_params"] for t in queued] == [{"width": calls[2]}]
+    resumed = make_study(SearchSettings(), OBJECTIVES, storage)
+    rerun = []
+    run_trials(resumed, _fake_context(lambda t: rerun.append(t.params["width"])), 5, None,
+               progress=False)
+    assert finished(resumed) == 5
+    assert rerun[0] == calls[2]  # the interrupted policy first, from the queue
+    assert len(trial_records(resumed)) == 5
+
+
+def test_a_ctrl_c_swallowed_during_a_trial_stops_the_search_after_it(tmp_path, monkeypatch):
+    # CPython drops a KeyboardInterrupt raised in a GC weakref callback: the recorded signal
+    # must still stop the search, at the end of the trial it landed in
+    from edgeopt import interrupt
+    from edgeopt.search.study import finished, run_trials
+
+    study = make_study(SearchSettings(), OBJECTIVES, None)
+
+    def swallowed(trial):
+        if trial.number == 1:
+            monkeypatch.setattr(interrupt, "_pending", True)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trials(study, _fake_context(swallowed), 5, None, progress=False)
+    assert finished(study) == 2

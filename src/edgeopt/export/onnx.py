@@ -7,6 +7,7 @@ live in a module-level table keyed by torch op overload; every export passes it 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import logging
 import os
@@ -29,6 +30,21 @@ MIN_OPSET = 18  # the dynamo exporter silently raises anything lower to 18; say 
 BATCH, SEQUENCE = "batch", "sequence"  # the dynamic axes, as named in the ONNX inputs
 
 _TRANSLATIONS: dict[Callable[..., Any], Callable[..., Any]] = {}
+_HOOKS_LOADED = False
+
+
+def load_export_hooks() -> None:
+    """Import every edgeopt package's `onnx_hooks` module (its translations and graph passes
+    register themselves). Deferred to the first use of the exporter, so that code that never
+    exports (training, a search trial) does not pay for importing onnxscript."""
+    global _HOOKS_LOADED
+    if _HOOKS_LOADED:
+        return
+    _HOOKS_LOADED = True  # first: the hooks themselves call register_translation
+    import edgeopt
+
+    for hooks in sorted(Path(edgeopt.__path__[0]).glob("*/onnx_hooks.py")):
+        importlib.import_module(f"edgeopt.{hooks.parent.name}.onnx_hooks")
 
 
 def register_translation(
@@ -44,6 +60,7 @@ def register_translation(
     `torch.ops.ns.op` means its `.default` overload. Registering an op twice raises unless
     `replace=True`.
     """
+    load_export_hooks()  # so that replace=True overrides a built-in one, not the reverse
     if isinstance(torch_op, torch._ops.OpOverloadPacket):
         torch_op = torch_op.default
     if not callable(torch_op):
@@ -69,6 +86,7 @@ def register_translation(
 
 def unregister_translation(torch_op: Callable[..., Any]) -> None:
     """Remove a registered translation (no error if absent)."""
+    load_export_hooks()
     if isinstance(torch_op, torch._ops.OpOverloadPacket):
         torch_op = torch_op.default
     _TRANSLATIONS.pop(torch_op, None)
@@ -80,6 +98,7 @@ _POSTPROCESS: list[PostProcess] = []
 
 def register_postprocess(fn: PostProcess) -> PostProcess:
     """Run `fn(model, proto)` on every exported graph before it is saved (e.g. int4 packing)."""
+    load_export_hooks()
     if fn not in _POSTPROCESS:
         _POSTPROCESS.append(fn)
     return fn
@@ -96,7 +115,14 @@ def _model_requirements(model: nn.Module, opset: int, atol: float) -> tuple[int,
 
 def translations() -> dict[Callable[..., Any], Callable[..., Any]]:
     """A copy of the registered custom translations."""
+    load_export_hooks()
     return dict(_TRANSLATIONS)
+
+
+def postprocesses() -> list[PostProcess]:
+    """The registered graph passes, in registration order."""
+    load_export_hooks()
+    return list(_POSTPROCESS)
 
 
 def export_onnx(
@@ -147,7 +173,7 @@ def export_onnx(
 
 def _serialize(program: Any, model: nn.Module, opset: int, axes: tuple[str, ...]) -> bytes:
     proto = program.model_proto
-    for postprocess in _POSTPROCESS:
+    for postprocess in postprocesses():
         postprocess(model, proto)
     _store_raw(proto.graph)
     _strip_debug_info(proto.graph)
@@ -295,7 +321,7 @@ def _export(
                 dynamo=True,
                 opset_version=opset,
                 dynamic_shapes=dynamic_shapes,
-                custom_translation_table=dict(_TRANSLATIONS) or None,
+                custom_translation_table=translations() or None,
                 external_data=False,
                 verbose=False,
                 report=False,

@@ -12,16 +12,18 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from edgeopt.errors import ModelError
+
+if TYPE_CHECKING:  # onnx is imported where a file is read: tracing a model does not need it
+    import onnx
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +44,8 @@ class ActivationProfile:
 
 def profile_onnx(path: str | os.PathLike[str]) -> ActivationProfile:
     """Liveness over an ONNX graph in node order, shapes from onnx shape inference at batch 1."""
+    import onnx
+
     try:
         model = onnx.load(str(path), load_external_data=False)  # shapes only: skip weight data
     except Exception as exc:
@@ -161,6 +165,8 @@ def liveness(
 
 
 def _value_bytes(value: onnx.ValueInfoProto) -> int | None:
+    import onnx
+
     tensor = value.type.tensor_type
     if not tensor.HasField("shape") or not tensor.elem_type:
         return None

@@ -13,9 +13,10 @@ dimensions form a *group* (e.g. the residual stream of a ResNet stage, or one la
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -195,7 +196,7 @@ class DependencyGraph:
     uses: dict[Key, np.ndarray]  # channel id per index of each coupled parameter dimension
     groups: list[Group]
     nodes: dict[str, tuple[int, np.ndarray]]  # traced node -> (dim, channel id per index)
-    program: Any  # the torch.export ExportedProgram it was built from
+    program: Any  # the ExportedProgram it was built from (None: shared from a copy, see program_of)
     example: torch.Tensor
 
     @property
@@ -233,8 +234,46 @@ def export_program(model: nn.Module, example: torch.Tensor) -> Any:
         model.train(was_training)
 
 
+_SHARED: dict[Any, DependencyGraph] | None = None  # structure -> graph, inside reuse_graphs()
+
+
+@contextlib.contextmanager
+def reuse_graphs() -> Iterator[None]:
+    """Within this block, models of one structure share one dependency graph instead of each
+    paying a torch.export (about 1.8 s for a ResNet-8). Only for callers whose models are all
+    copies of one model, pruned or not (a search's trials): the structure key (module tree,
+    parameter and buffer shapes, example shape) cannot tell two different forwards apart."""
+    global _SHARED
+    outer, _SHARED = _SHARED, {} if _SHARED is None else _SHARED
+    try:
+        yield
+    finally:
+        _SHARED = outer
+
+
+def structure_key(model: nn.Module, example: torch.Tensor) -> tuple[Any, ...]:
+    return (type(model), tuple((n, type(m)) for n, m in model.named_modules()),
+            tuple((n, tuple(t.shape), t.dtype) for n, t in model.state_dict(keep_vars=True).items()),
+            tuple(example.shape), example.dtype)
+
+
+def program_of(model: nn.Module, graph: DependencyGraph) -> Any:
+    """The traced program of `model` (a shared graph carries none: its program runs the weights
+    of the copy it was built from)."""
+    return graph.program if graph.program is not None else export_program(model, graph.example)
+
+
 def build_graph(model: nn.Module, example: torch.Tensor) -> DependencyGraph:
-    """Trace `model` on `example` and group its coupled channels."""
+    """Trace `model` on `example` and group its coupled channels (see reuse_graphs)."""
+    if _SHARED is None:
+        return _build_graph(model, example)
+    key = structure_key(model, example)
+    if key not in _SHARED:
+        _SHARED[key] = dataclasses.replace(_build_graph(model, example), program=None)
+    return _SHARED[key]
+
+
+def _build_graph(model: nn.Module, example: torch.Tensor) -> DependencyGraph:
     from edgeopt.pruning.rules import apply_rule
 
     program = export_program(model, example)

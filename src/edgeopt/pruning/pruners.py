@@ -106,6 +106,12 @@ class WeightPruner:
         stats.skipped_layers = self.skipped
 
 
+def _identity(model: nn.Module) -> tuple[Any, ...]:
+    """The module and tensor objects a traced program runs: equal while nothing was replaced."""
+    return (tuple(map(id, model.modules())),
+            tuple((id(t), tuple(t.shape)) for t in model.state_dict(keep_vars=True).values()))
+
+
 class ChannelPruner:
     """Channels / neurons / heads: removed for real in `step`; zero-masked in `soft`."""
 
@@ -118,6 +124,9 @@ class ChannelPruner:
         self.masks: dict[Any, Any] = {}
         graph = build_graph(model, example)
         _check_prunable(model, graph, config)
+        # the first step reuses this graph while the model is the same (a one-shot prune would
+        # otherwise trace it twice); training in between changes weights, not the structure
+        self._first: tuple[Any, DependencyGraph] | None = (_identity(model), graph)
         self.channels_before = graph.num_channels
         self.original = {g.name: len(g.channels) for g in graph.groups}
         self.pinned = [{"name": g.name, "channels": len(g.pinned), "reasons": list(g.reasons)}
@@ -126,7 +135,9 @@ class ChannelPruner:
         self.extra_hook: Hook | None = None
 
     def step(self, model: nn.Module, sparsity: float) -> None:
-        graph = build_graph(model, self.example)
+        first, self._first = self._first, None
+        graph = first[1] if first and first[0] == _identity(model) else build_graph(
+            model, self.example)
         scores = channel_scores(model, graph, self.config, self.data)
         if self.config.scope is Scope.GLOBAL and self.plan is None:
             done = self.channels_removed / max(1, self.channels_before)

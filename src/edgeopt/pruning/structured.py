@@ -14,7 +14,7 @@ from edgeopt.data import iter_batches
 from edgeopt.errors import ModelError
 from edgeopt.pruning.common import excluded, output_shapes
 from edgeopt.pruning.config import ActivationStat, Criterion, PruneConfig, Structure
-from edgeopt.pruning.graph import DependencyGraph, Group
+from edgeopt.pruning.graph import DependencyGraph, Group, program_of
 from edgeopt.pruning.importance import CRITERIA, NEEDS, NORM_POWER, Signals, position_scores
 from edgeopt.pruning.signals import gather
 from edgeopt.pruning.surgery import shrink
@@ -40,7 +40,7 @@ def channel_scores(
     if config.criterion is Criterion.RANDOM:
         return rng.random(graph.num_channels)
     if config.criterion is Criterion.ACTIVATION:
-        return activation_scores(graph, data, config)
+        return activation_scores(graph, data, config, model)
     params = graph_params(model, graph)
     if signals is None and NEEDS.get(criterion) == "gradients":
         adv = config.advanced
@@ -58,15 +58,18 @@ def channel_scores(
 
 
 @torch.no_grad()
-def activation_scores(graph: DependencyGraph, data: Any, config: PruneConfig) -> np.ndarray:
+def activation_scores(graph: DependencyGraph, data: Any, config: PruneConfig,
+                      model: nn.Module | None = None) -> np.ndarray:
     """Per channel: mean |activation| (or 1 - fraction of zeros) after its activation functions,
-    else at every traced tensor carrying it, over `importance_batches` of `data`."""
-    module = graph.program.module()
+    else at every traced tensor carrying it, over `importance_batches` of `data`. `model` is
+    needed when the graph is a shared one (reuse_graphs), which carries no program."""
+    program = graph.program if model is None else program_of(model, graph)
+    module = program.module()
     chunk = graph.example.shape[0]
     apoz = config.advanced.activation_stat is ActivationStat.APOZ
     sums = np.zeros((2, graph.num_channels))
     counts = np.zeros((2, graph.num_channels))
-    activation_nodes = {n.name for n in graph.program.graph.nodes
+    activation_nodes = {n.name for n in program.graph.nodes
                         if getattr(n.target, "overloadpacket", None) in _ACTIVATIONS}
 
     class Recorder(fx.Interpreter):

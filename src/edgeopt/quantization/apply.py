@@ -13,13 +13,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from edgeopt.errors import ConfigError, DataError, ModelError
-from edgeopt.quantization import (
-    advanced,
-    linear_fusion,  # noqa: F401  (registers the static Linear + bias export pass)
-    packing,  # noqa: F401  (registers the int4 export pass)
-    pad_fusion,  # noqa: F401  (registers the Pad-into-convolution export pass)
-    smoothing,
-)
+from edgeopt.quantization import advanced, smoothing
 from edgeopt.quantization import graph as qgraph
 from edgeopt.quantization.bias_correction import input_means
 from edgeopt.quantization.config import (

@@ -17,9 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from onnxscript import opset18 as op
 
-from edgeopt.export.onnx import register_translation
 from edgeopt.quantization.config import QuantSpec
 from edgeopt.quantization.modules import QuantizedWeightLayer
 
@@ -44,17 +42,6 @@ def dynamic_linear(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.
 def _(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Tensor,
       weight_zero_point: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], weight_q.shape[0]))
-
-
-def _dynamic_linear_onnx(x, weight_q, weight_scale, weight_zero_point, bias):  # type: ignore[no-untyped-def]
-    q, scale, zero = op.DynamicQuantizeLinear(x)
-    weight = op.Transpose(weight_q, perm=[1, 0])  # [in, out]; ORT folds the constant
-    acc = op.MatMulInteger(q, weight, zero, weight_zero_point)
-    y = op.Mul(op.Cast(acc, to=1), op.Mul(scale, weight_scale))
-    return y if bias is None else op.Add(y, bias)
-
-
-register_translation(torch.ops.edgeopt.dynamic_linear.default, _dynamic_linear_onnx)
 
 
 class DynamicLinear(QuantizedWeightLayer):

@@ -1,16 +1,13 @@
 """Custom torch ops for quantized tensors, each mapped one-to-one onto an ONNX QDQ node.
 
 The PyTorch model calls these ops and the exporter translates each into QuantizeLinear /
-DequantizeLinear, so the simulated model and the deployed graph compute the same thing.
+DequantizeLinear (onnx_hooks.py, loaded at the first export), so the simulated model and the
+deployed graph compute the same thing.
 """
 
 from __future__ import annotations
 
 import torch
-from onnxscript import opset18 as op
-from onnxscript import opset21 as op21
-
-from edgeopt.export.onnx import register_translation
 
 _RANGES = {
     torch.uint8: (0, 255),
@@ -98,26 +95,3 @@ def dequantize_blocked(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.T
 def _(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int,
       block_size: int) -> torch.Tensor:
     return torch.empty(q.shape, dtype=torch.float32, device=q.device)
-
-
-def _dynamic_onnx(x):  # type: ignore[no-untyped-def]
-    q, scale, zero_point = op.DynamicQuantizeLinear(x)
-    return op.DequantizeLinear(q, scale, zero_point)
-
-
-def _dequantize_blocked_onnx(q, scale, zero_point, axis: int, block_size: int):  # type: ignore[no-untyped-def]
-    return op21.DequantizeLinear(q, scale, zero_point, axis=axis, block_size=block_size)
-
-
-def _quantize_dequantize_onnx(x, scale, zero_point):  # type: ignore[no-untyped-def]
-    return op.DequantizeLinear(op.QuantizeLinear(x, scale, zero_point), scale, zero_point)
-
-
-def _dequantize_onnx(q, scale, zero_point, axis: int):  # type: ignore[no-untyped-def]
-    return op.DequantizeLinear(q, scale, zero_point, axis=axis)
-
-
-register_translation(torch.ops.edgeopt.quantize_dequantize.default, _quantize_dequantize_onnx)
-register_translation(torch.ops.edgeopt.dequantize.default, _dequantize_onnx)
-register_translation(torch.ops.edgeopt.dynamic_quantize_dequantize.default, _dynamic_onnx)
-register_translation(torch.ops.edgeopt.dequantize_blocked.default, _dequantize_blocked_onnx)

@@ -174,7 +174,7 @@ def export_piece(module: nn.Module, args: tuple[torch.Tensor, ...], opset: int, 
     proto = program.model_proto
     state = {k: v for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
     sources = _sources(proto.graph, state) if template else None
-    for postprocess in onnx_export._POSTPROCESS:
+    for postprocess in onnx_export.postprocesses():
         postprocess(module, proto)
     onnx_export._store_raw(proto.graph)
     onnx_export._strip_debug_info(proto.graph)

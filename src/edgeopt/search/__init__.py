@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgeopt import interrupt
 from edgeopt.errors import invalid
 from edgeopt.search.budget import Budget, check_storage, make_budget, parse_bytes
 from edgeopt.search.space import Policy, Space, policy_stages
@@ -57,6 +58,7 @@ def search(recipe: str | Path | dict[str, Any] | None, *, target: str, out_dir: 
     latency_ms is predicted instructions × `cpi` / `clock_mhz` (the target's assumptions by
     default: edgeopt.deploy.targets)."""
     from edgeopt.atomic import atomic_dir, ensure_writable_dir
+    from edgeopt.pruning.graph import reuse_graphs
     from edgeopt.recipes.schema import load_recipe
     from edgeopt.search import output, seeds
     from edgeopt.search.architecture import architecture_context, check_level, seed_architecture
@@ -74,15 +76,17 @@ def search(recipe: str | Path | dict[str, Any] | None, *, target: str, out_dir: 
         import torch
 
         torch.set_num_threads(settings.threads)
-    ctx = _context(parsed, budget, settings, progress)
-    spaces = None  # the architecture level's space selection table
-    if settings.level != "policy":
-        ctx, spaces = architecture_context(parsed, ctx)
-    study = make_study(settings, ctx.objectives, storage)
-    if spaces is not None:  # a first architecture; seed_uniform then finds the study begun
-        seed_architecture(study, parsed.model, spaces)
-    seed_uniform(study, ctx.space, storage, lambda: seeds.budget_guided(ctx))
-    run_trials(study, ctx, trials, timeout, progress)
+    with reuse_graphs():  # every trial prunes a copy of one model: trace its structure once
+        ctx = _context(parsed, budget, settings, progress)
+        spaces = None  # the architecture level's space selection table
+        if settings.level != "policy":
+            ctx, spaces = architecture_context(parsed, ctx)
+        study = make_study(settings, ctx.objectives, storage)
+        if spaces is not None:  # a first architecture; seed_uniform then finds the study begun
+            seed_architecture(study, parsed.model, spaces)
+        seed_uniform(study, ctx.space, storage, lambda: seeds.budget_guided(ctx))
+        run_trials(study, ctx, trials, timeout, progress)
+    interrupt.check()  # a swallowed Ctrl-C: the trials are kept in the storage, no output
     records = output.trial_records(study)
     with atomic_dir(out_dir) as folder:
         best = output.best_fitting_record(records)

@@ -65,13 +65,21 @@ class _Step:
     target: str = ""  # the module's name for call_module steps
 
 
-def schedule(model: nn.Module, example: torch.Tensor, bits: dict[str, int]) -> list[_Step]:
-    """The model's fx graph in topological order with each tensor's element count (batch 1)."""
+def shaped_trace(model: nn.Module, example: torch.Tensor) -> Any:
+    """`model`'s fx graph with each node's output shape at batch 1 (its "tensor_meta")."""
     from torch.fx import symbolic_trace
     from torch.fx.passes.shape_prop import ShapeProp
 
     traced = symbolic_trace(model)
     ShapeProp(traced).propagate(example[:1])
+    return traced
+
+
+def schedule(model: nn.Module, example: torch.Tensor, bits: dict[str, int],
+             traced: Any = None) -> list[_Step]:
+    """The model's fx graph in topological order with each tensor's element count (batch 1);
+    `traced` (shaped_trace of the model) spares tracing it again."""
+    traced = traced if traced is not None else shaped_trace(model, example)
     modules = dict(traced.named_modules())
     steps = []
     for node in traced.graph.nodes:
@@ -128,39 +136,52 @@ def pruned_copy(model: nn.Module, example: torch.Tensor, keep: dict[str, float])
     return prune(model, config, data=[(example, None)]).model
 
 
+@dataclasses.dataclass
+class _Shape:
+    """One pruned shape of a model: what its costs share whatever the bit widths."""
+
+    model: nn.Module  # held, so that its id, the cache key, cannot be reused
+    pruned: nn.Module
+    traced: Any  # shaped_trace(pruned)
+    macs: int
+
+
 class FormulaCost:
     """The formulas above; latency from `latency` (a callable on the pruned model) when given."""
 
     def __init__(self, example: torch.Tensor, latency: Any = None) -> None:
         self.example, self.latency = example, latency
-        self._pruned: dict[tuple[int, tuple[Any, ...]], tuple[nn.Module, nn.Module]] = {}
+        self._shapes: dict[tuple[int, tuple[Any, ...]], _Shape] = {}
 
-    def _pruned_copy(self, model: nn.Module, keep: dict[str, float]) -> nn.Module:
-        """pruned_copy, remembered: policies that differ only in bits share one pruned shape.
-        The entry holds `model` itself, so its id cannot be reused while it is cached."""
+    def _shape(self, model: nn.Module, keep: dict[str, float]) -> _Shape:
+        """pruned_copy, remembered with its trace: policies that differ only in bits (most
+        of a search's seeds and cost estimates) share one."""
         key = (id(model), tuple(sorted(keep.items())))
-        if key not in self._pruned:
-            if len(self._pruned) >= 16:
-                self._pruned.pop(next(iter(self._pruned)))
-            self._pruned[key] = (model, pruned_copy(model, self.example, keep))
-        return self._pruned[key][1]
+        if key not in self._shapes:
+            if len(self._shapes) >= 16:
+                self._shapes.pop(next(iter(self._shapes)))
+            pruned = pruned_copy(model, self.example, keep)
+            self._shapes[key] = _Shape(model, pruned, shaped_trace(pruned, self.example),
+                                       _macs(pruned, self.example))
+        return self._shapes[key]
 
     def costs(self, model: nn.Module, policy: Policy) -> Costs:
-        pruned = self._pruned_copy(model, policy.keep)
-        return Costs(flash_bytes=self._flash(pruned, policy), ram_bytes=self._ram(pruned, policy),
-                     latency_ms=self.latency(pruned, policy) if self.latency else None,
-                     macs=_macs(pruned, self.example))
+        shape = self._shape(model, policy.keep)
+        return Costs(flash_bytes=self._flash(shape.pruned, policy),
+                     ram_bytes=self._ram(shape, policy),
+                     latency_ms=self.latency(shape.pruned, policy) if self.latency else None,
+                     macs=shape.macs)
 
     def flash_bytes(self, model: nn.Module, policy: Policy) -> int:
-        return self._flash(self._pruned_copy(model, policy.keep), policy)
+        return self._flash(self._shape(model, policy.keep).pruned, policy)
 
     def ram_bytes(self, model: nn.Module, policy: Policy) -> int:
-        return self._ram(self._pruned_copy(model, policy.keep), policy)
+        return self._ram(self._shape(model, policy.keep), policy)
 
     def latency_ms(self, model: nn.Module, policy: Policy) -> float | None:
         if self.latency is None:
             return None
-        return self.latency(self._pruned_copy(model, policy.keep), policy)
+        return self.latency(self._shape(model, policy.keep).pruned, policy)
 
     @staticmethod
     def _flash(pruned: nn.Module, policy: Policy) -> int:
@@ -171,8 +192,8 @@ class FormulaCost:
                 total += layer_bytes(module.weight.numel(), out, policy.bits.get(name, 8))
         return total
 
-    def _ram(self, pruned: nn.Module, policy: Policy) -> int:
-        return peak_bytes(schedule(pruned, self.example, policy.bits))
+    def _ram(self, shape: _Shape, policy: Policy) -> int:
+        return peak_bytes(schedule(shape.pruned, self.example, policy.bits, shape.traced))
 
 
 def latency_for(budget: Any, example: torch.Tensor) -> Any:

@@ -45,10 +45,16 @@ _CHAIN = 33  # Identity nodes in the graph that times the per-node cost
 
 
 def cache_tag() -> str:
-    """Timings hold for one ORT version on one kind of machine."""
+    """Timings hold for one ORT version on one CPU model (its name and int8-relevant flags: a
+    shared home folder may serve several machine kinds) with one core count."""
+    import hashlib
+
     import onnxruntime
 
-    return f"{onnxruntime.__version__}-{platform.machine()}-{os.cpu_count()}"
+    from edgeopt.runtime.inspect import cpu_info
+
+    cpu = hashlib.sha256(repr(cpu_info()).encode()).hexdigest()[:8]
+    return f"{onnxruntime.__version__}-{platform.machine()}-{cpu}-{os.cpu_count()}"
 
 
 def _cache_file() -> Path:

@@ -148,15 +148,15 @@ _ADDS = {operator.add, operator.iadd, torch.add, "add", "add_"}
 _RESHAPES = {torch.flatten, torch.reshape, "flatten", "view", "reshape"}
 
 
-def torch_layers(model: nn.Module, example: torch.Tensor, bits: dict[str, int]) -> list[Layer]:
+def torch_layers(model: nn.Module, example: torch.Tensor, bits: dict[str, int],
+                 traced: Any = None) -> list[Layer]:
     """The Layers export_c would emit for `model` with weight `bits` per Conv / Linear layer
     (8 where absent), from its fx graph's shapes: batch norm and activations fold into the
-    layer before them, as the lowering does."""
-    from torch.fx import symbolic_trace
-    from torch.fx.passes.shape_prop import ShapeProp
+    layer before them, as the lowering does. `traced` (cost.shaped_trace of the model) spares
+    tracing it again."""
+    from edgeopt.search.cost import shaped_trace
 
-    traced = symbolic_trace(model)
-    ShapeProp(traced).propagate(example[:1])
+    traced = traced if traced is not None else shaped_trace(model, example)
     modules = dict(traced.named_modules())
     layers = []
     for node in traced.graph.nodes:
@@ -236,9 +236,18 @@ class McuLatency:
 
     def __init__(self, target: Any, example: torch.Tensor, table: dict[str, Any]) -> None:
         self.target, self.example, self.table = target, example, table
+        self._traces: dict[str, Any] = {}  # per structure (repr), as the host predictor's memo
 
     def instructions(self, model: nn.Module, policy: Policy) -> float:
-        return predict(self.table, torch_layers(model, self.example, policy.bits))
+        from edgeopt.search.cost import shaped_trace
+
+        key = repr(model)
+        if key not in self._traces:
+            if len(self._traces) >= 16:
+                self._traces.pop(next(iter(self._traces)))
+            self._traces[key] = shaped_trace(model, self.example)
+        layers = torch_layers(model, self.example, policy.bits, self._traces[key])
+        return predict(self.table, layers)
 
     def __call__(self, model: nn.Module, policy: Policy) -> float:
         return self.target.latency_ms(self.instructions(model, policy))

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgeopt.search.study import OBJECTIVES, best_fitting
+from edgeopt.search.study import OBJECTIVES, best_fitting, finished_trials
 
 best_fitting_record = best_fitting
 
@@ -18,10 +18,7 @@ best_fitting_record = best_fitting
 def trial_records(study: Any) -> list[dict[str, Any]]:
     """Every finished trial (another worker's running or queued ones are left out)."""
     out = []
-    from optuna.trial import TrialState
-
-    finished = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
-    for trial in study.get_trials(deepcopy=False, states=finished):
+    for trial in finished_trials(study):
         attrs = trial.user_attrs
         record = {"number": trial.number, "state": trial.state.name.lower(),
                   **{k: attrs.get(k) for k in (*OBJECTIVES, "macs", "fits", "seconds", "worker")},

@@ -18,11 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeopt import interrupt
 from edgeopt.search.budget import Budget
 from edgeopt.search.cost import FormulaCost
 from edgeopt.search.space import Policy, Space, policy_stages
 
 OBJECTIVES = ("accuracy", "flash_bytes", "ram_bytes", "latency_ms")
+INTERRUPTED = "interrupted"  # user attribute of a trial Ctrl-C stopped (queued again)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -90,10 +92,16 @@ def evaluate_policy(ctx: Context, policy: Policy) -> dict[str, Any]:
 
 
 def objective(ctx: Context, trial: Any) -> tuple[float, ...]:
-    if ctx.evaluate is not None:
-        record = ctx.evaluate(ctx, trial)
-    else:
-        record = evaluate_policy(ctx, ctx.space.suggest(trial))
+    try:
+        if ctx.evaluate is not None:
+            record = ctx.evaluate(ctx, trial)
+        else:
+            record = evaluate_policy(ctx, ctx.space.suggest(trial))
+    except KeyboardInterrupt:
+        # Optuna records the trial as failed; it is not one: the resumed search runs it again
+        trial.set_user_attr(INTERRUPTED, True)
+        trial.study.enqueue_trial(trial.params)
+        raise
     for key, value in record.items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -200,11 +208,17 @@ def _seed_lock(storage: str | None) -> Any:
     return FileLock(f"{make_url(storage).database}.seed.lock", timeout=120)
 
 
-def finished(study: Any) -> int:
+def finished_trials(study: Any) -> list[Any]:
+    """Trials that count towards --trials: complete, pruned or failed, not interrupted."""
     from optuna.trial import TrialState
 
-    return len(study.get_trials(deepcopy=False,
-                                states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return [t for t in study.get_trials(deepcopy=False, states=states)
+            if not t.user_attrs.get(INTERRUPTED)]
+
+
+def finished(study: Any) -> int:
+    return len(finished_trials(study))
 
 
 def running_elsewhere(study: Any, since: datetime.datetime) -> int:
@@ -235,6 +249,7 @@ def run_trials(study: Any, ctx: Context, trials: int, timeout: float | None,
     joined = datetime.datetime.now()
 
     def after(study: Any, trial: Any) -> None:
+        interrupt.check()  # a Ctrl-C swallowed during the trial stops the search here
         bar.n = finished(study)
         best = best_fitting([t.user_attrs for t in study.get_trials(deepcopy=False)])
         if best is not None:
