@@ -117,3 +117,50 @@ def test_best_run_reads_the_recipes_own_files_from_the_recipe_folder(tmp_path, m
     result = search(folder / "recipe.yaml", target="x86-ort", out_dir=tmp_path / "s", trials=1,
                     progress=False, settings=SearchSettings(**FAST))
     assert result["best"]["run"] == "best" and (tmp_path / "s" / "best" / "metrics.json").exists()
+
+
+def _completed(db: Path) -> int:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(db, timeout=1) as connection:
+            return connection.execute(
+                "SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet, or locked a moment
+        return 0
+
+
+def test_ctrl_c_stops_a_search_with_exit_130_and_keeps_its_trials(tmp_path):
+    import functools
+    import signal
+    import time
+
+    (tmp_path / "recipe.yaml").write_text(json.dumps(RECIPE))
+    storage = f"sqlite:///{tmp_path}/study.db"
+    command = [sys.executable, "-m", "edgeopt.cli", "search", str(tmp_path / "recipe.yaml"),
+               "--target", "cortex-m4", "--trials", "50", "--storage", storage, "--quiet",
+               "--no-best", "--finetune-samples", "96", "--out", str(tmp_path / "out")]
+    # Ctrl-C's default action in the child, whatever the test runner's (a background job
+    # ignores it)
+    log = (tmp_path / "stderr.log").open("w")  # a file: a full pipe would stall the search
+    proc = subprocess.Popen(command, stderr=log, text=True,
+                            preexec_fn=functools.partial(signal.signal, signal.SIGINT,
+                                                         signal.SIG_DFL))
+    deadline = time.monotonic() + 300
+    while _completed(tmp_path / "study.db") < 2 and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    stderr = (tmp_path / "stderr.log").read_text()
+    assert proc.returncode == 130, stderr
+    assert "interrupted; finished trials are kept in sqlite:///" in stderr
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    study = optuna.load_study(study_name="edgeopt-search", storage=storage)
+    states = [t.state.name for t in study.trials]
+    assert "RUNNING" not in states and states.count("COMPLETE") >= 2
+    queued = [t.system_attrs.get("fixed_params") for t in study.trials
+              if t.state.name == "WAITING"]
+    for trial in study.trials:  # a trial the signal stopped is queued to run again
+        if trial.state.name == "FAIL":
+            assert trial.user_attrs.get("interrupted") and trial.params in queued
