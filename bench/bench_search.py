@@ -4,6 +4,7 @@ two workers against one.
     .venv/bin/python bench/bench_search.py costs                 # predictors vs export_c / ORT
     .venv/bin/python bench/bench_search.py target --trials 24    # resnet8 under a flash budget
     .venv/bin/python bench/bench_search.py workers --trials 8    # 1 vs 2 workers, one SQLite study
+        [--same-policies]   # both runs train one queued list of policies
     .venv/bin/python bench/bench_search.py arch --trials 10 --flash 16KiB --epochs 12 [--distill]
     .venv/bin/python bench/bench_search.py mcu --per-model 4 [--target cortex-m4] [--fit]
 
@@ -221,12 +222,29 @@ def target(trials: int, flash: str, samples: int) -> None:
         rows.append((f"best uniform ({Policy.from_dict(best_uniform['policy']).label()})",
                      {**best_uniform, "test_accuracy": run.stages[-1].accuracy}))
     print(f"budget {flash}, {trials} trials, {wall:.0f} s wall, folder {out}")
+    _print_domination(result["trials"][:6], result["trials"][6:])
     for label, r in rows:
         if r is None:
             print(f"| {label} | nothing fits |")
             continue
         print(f"| {label} | {r['flash_bytes'] / 1024:.1f} KiB | {r['ram_bytes'] / 1024:.1f} KiB | "
               f"{100 * r['accuracy']:.2f} % | {100 * r['test_accuracy']:.2f} % |")
+
+
+def _print_domination(uniform: list[dict], searched: list[dict]) -> None:
+    """Whether each measured uniform point is dominated (validation accuracy up; flash, RAM and
+    predicted latency down) by a policy the search found itself, not by another seed."""
+    from edgeopt.search.output import dominates
+
+    searched = [t for t in searched if t["accuracy"] is not None]
+    for point in uniform:
+        label = Policy.from_dict(point["policy"]).label()
+        if point["accuracy"] is None:
+            print(f"uniform {label}: over budget, not measured")
+            continue
+        by = [t["number"] for t in searched if dominates(t, point)]
+        print(f"uniform {label}: {100 * point['accuracy']:.2f} % at "
+              f"{point['flash_bytes'] / 1024:.1f} KiB, dominated by searched trials {by or 'none'}")
 
 
 def arch(trials: int, flash: str, samples: int, epochs: int, distill: bool) -> None:
@@ -266,12 +284,33 @@ def arch(trials: int, flash: str, samples: int, epochs: int, distill: bool) -> N
               f"{walls[level]:.0f} s |")
 
 
+def _queue_same_policies(recipe: Path, storages: list[str], trials: int) -> None:
+    """Queue one list of policies (the six uniform ones, then random ones) in every study, so
+    that one worker and two train the same policies and only the scaling differs (the workers'
+    samplers, seeded by process, would otherwise pick policies of other training times)."""
+    from edgeopt.recipes.schema import load_recipe
+    from edgeopt.search import SearchSettings, _context, make_budget
+    from edgeopt.search.study import make_study
+
+    settings = SearchSettings()
+    ctx = _context(load_recipe(recipe), make_budget("cortex-m4"), settings, False)
+    rng = random.Random(0)
+    policies = [ctx.space.uniform(bits, keep) for keep in (1.0, 0.75, 0.5) for bits in (8, 4)]
+    policies += [_random_policy(ctx.space, rng) for _ in range(trials - len(policies))]
+    for storage in storages:
+        study = make_study(settings, ctx.objectives, storage)
+        for policy in policies[:trials]:
+            study.enqueue_trial(ctx.space.params(policy))
+
+
 def workers(trials: int, threads_each: int | None = None, samples: int = 512,
-            model: str = "lenet5", data: str = "digits") -> None:
+            model: str = "lenet5", data: str = "digits", same: bool = False) -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-workers-"))
     recipe = folder / "recipe.yaml"
     epochs = {"epochs": 2} if model == "lenet5" else {}  # other zoo models: cached weights
     recipe.write_text(json.dumps({"model": model, "data": data, **epochs}))
+    if same:
+        _queue_same_policies(recipe, [f"sqlite:///{folder}/study{n}.db" for n in (1, 2)], trials)
     times = {}
     for count in (1, 2):
         storage = f"sqlite:///{folder}/study{count}.db"
@@ -306,6 +345,8 @@ def main() -> None:
     parser.add_argument("--distill", action="store_true", help="arch: distill candidates")
     parser.add_argument("--model", default="lenet5", help="workers: zoo model")
     parser.add_argument("--data", default="digits", help="workers: data set")
+    parser.add_argument("--same-policies", action="store_true",
+                        help="workers: queue one list of policies in both studies")
     parser.add_argument("--target", default="cortex-m4", help="mcu: the MCU target")
     parser.add_argument("--fit", action="store_true", help="mcu: measure and fit the table again")
     args = parser.parse_args()
@@ -321,7 +362,8 @@ def main() -> None:
     elif args.what == "target":
         target(args.trials, args.flash, args.samples or 1024)
     else:
-        workers(args.trials, args.threads, args.samples or 512, args.model, args.data)
+        workers(args.trials, args.threads, args.samples or 512, args.model, args.data,
+                args.same_policies)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
     keys = [k for k in OBJECTIVES if a.get(k) is not None and b.get(k) is not None]
     better = [(a[k] >= b[k]) if k == "accuracy" else (a[k] <= b[k]) for k in keys]
     strictly = [(a[k] > b[k]) if k == "accuracy" else (a[k] < b[k]) for k in keys]
@@ -38,7 +38,7 @@ def _dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def pareto_front(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Measured trials that no other measured trial dominates (accuracy up, costs down)."""
     measured = [r for r in records if r.get("accuracy") is not None]
-    front = [r for r in measured if not any(_dominates(o, r) for o in measured if o is not r)]
+    front = [r for r in measured if not any(dominates(o, r) for o in measured if o is not r)]
     return sorted(front, key=lambda r: r["flash_bytes"])
 
 
