@@ -222,7 +222,7 @@ def target(trials: int, flash: str, samples: int) -> None:
         rows.append((f"best uniform ({Policy.from_dict(best_uniform['policy']).label()})",
                      {**best_uniform, "test_accuracy": run.stages[-1].accuracy}))
     print(f"budget {flash}, {trials} trials, {wall:.0f} s wall, folder {out}")
-    _print_domination(result["trials"][:6], result["trials"][6:])
+    _print_domination(result["trials"][:6], result["trials"][6:], tuple(result["objectives"]))
     for label, r in rows:
         if r is None:
             print(f"| {label} | nothing fits |")
@@ -231,9 +231,10 @@ def target(trials: int, flash: str, samples: int) -> None:
               f"{100 * r['accuracy']:.2f} % | {100 * r['test_accuracy']:.2f} % |")
 
 
-def _print_domination(uniform: list[dict], searched: list[dict]) -> None:
-    """Whether each measured uniform point is dominated (validation accuracy up; flash, RAM and
-    predicted latency down) by a policy the search found itself, not by another seed."""
+def _print_domination(uniform: list[dict], searched: list[dict],
+                      objectives: tuple[str, ...]) -> None:
+    """Whether each measured uniform point is dominated (in the study's objectives: validation
+    accuracy up, costs down) by a policy the search found, not by another uniform seed."""
     from edgeopt.search.output import dominates
 
     searched = [t for t in searched if t["accuracy"] is not None]
@@ -242,7 +243,7 @@ def _print_domination(uniform: list[dict], searched: list[dict]) -> None:
         if point["accuracy"] is None:
             print(f"uniform {label}: over budget, not measured")
             continue
-        by = [t["number"] for t in searched if dominates(t, point)]
+        by = [t["number"] for t in searched if dominates(t, point, objectives)]
         print(f"uniform {label}: {100 * point['accuracy']:.2f} % at "
               f"{point['flash_bytes'] / 1024:.1f} KiB, dominated by searched trials {by or 'none'}")
 

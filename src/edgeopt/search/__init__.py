@@ -94,7 +94,7 @@ def search(recipe: str | Path | dict[str, Any] | None, *, target: str, out_dir: 
         if best is not None and settings.run_best:
             runner = _run_best if spaces is None else run_best_architecture
             best_run = runner(parsed, best, budget, settings, folder, progress)
-        content = output.summary(records, budget.to_dict(), best_run)
+        content = output.summary(records, budget.to_dict(), best_run, ctx.objectives)
         if spaces is not None:
             content["architecture"] = {"level": settings.level, "family": parsed.model,
                                        "spaces": spaces}

@@ -28,26 +28,34 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
     return out
 
 
-def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    keys = [k for k in OBJECTIVES if a.get(k) is not None and b.get(k) is not None]
+def dominates(a: dict[str, Any], b: dict[str, Any],
+              objectives: tuple[str, ...] = OBJECTIVES) -> bool:
+    """`a` is no worse than `b` in every objective (accuracy up, costs down) and better in one.
+    Only the study's objectives count: on an MCU target latency is recorded for every trial
+    but is an objective only under a latency budget."""
+    keys = [k for k in objectives if a.get(k) is not None and b.get(k) is not None]
     better = [(a[k] >= b[k]) if k == "accuracy" else (a[k] <= b[k]) for k in keys]
     strictly = [(a[k] > b[k]) if k == "accuracy" else (a[k] < b[k]) for k in keys]
     return all(better) and any(strictly)
 
 
-def pareto_front(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def pareto_front(records: list[dict[str, Any]],
+                 objectives: tuple[str, ...] = OBJECTIVES) -> list[dict[str, Any]]:
     """Measured trials that no other measured trial dominates (accuracy up, costs down)."""
     measured = [r for r in records if r.get("accuracy") is not None]
-    front = [r for r in measured if not any(dominates(o, r) for o in measured if o is not r)]
+    front = [r for r in measured
+             if not any(dominates(o, r, objectives) for o in measured if o is not r)]
     return sorted(front, key=lambda r: r["flash_bytes"])
 
 
 def summary(records: list[dict[str, Any]], budget: dict[str, Any],
-            best_run: dict[str, Any] | None) -> dict[str, Any]:
+            best_run: dict[str, Any] | None,
+            objectives: tuple[str, ...] = OBJECTIVES) -> dict[str, Any]:
     best = best_fitting(records)
     if best is not None and best_run is not None:
         best = {**best, **best_run}
-    return {"budget": budget, "trials": records, "pareto": pareto_front(records), "best": best}
+    return {"budget": budget, "objectives": list(objectives), "trials": records,
+            "pareto": pareto_front(records, objectives), "best": best}
 
 
 def write_pareto(folder: Path, content: dict[str, Any]) -> None:
