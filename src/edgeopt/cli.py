@@ -289,7 +289,9 @@ def search(recipe: Path | None, target: str, flash: str | None, ram: str | None,
         click.echo("no trial fits the budget", err=True)
     else:
         test = best.get("test_accuracy")
-        click.echo(f"best: trial {best['number']}, validation {100 * best['accuracy']:.2f}%, "
+        metric = "" if result.get("metric", "top1") == "top1" else f" {result['metric']}"
+        click.echo(f"best: trial {best['number']}, validation{metric} "
+                   f"{100 * best['accuracy']:.2f}%, "
                    + (f"test {100 * test:.2f}%, " if test is not None else "")
                    + f"flash {best['flash_bytes']} B, RAM {best['ram_bytes']} B")
     click.echo(f"pareto: {out_dir / 'pareto.json'}")

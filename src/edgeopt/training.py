@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, IterableDataset
-from tqdm.auto import tqdm
 
 from edgeopt import distributed
 from edgeopt.checkpoint import Loop, loop
 from edgeopt.data import Batch, iter_batches
 from edgeopt.errors import ConfigTypeError, DataError, invalid
+from edgeopt.progress import bar as progress_bar
 
 __all__ = ["LossFn", "TrainHistory", "cross_entropy", "evaluate", "fit", "predict_logits"]
 
@@ -94,7 +94,7 @@ def fit(
         generator = getattr(loader, "generator", None)
         first, best_acc, best_state = _restore(ckpt, model, optimizer, scheduler, generator,
                                                history)
-        bar = tqdm(total=epochs, desc=desc, unit="epoch", leave=False, initial=first,
+        bar = progress_bar(total=epochs, desc=desc, unit="epoch", leave=False, initial=first,
                    disable=not progress or not distributed.is_main())
         step = distributed.wrap(model)
         for epoch in range(first, epochs):

@@ -54,3 +54,16 @@ def test_space_and_stages():
     quant = stages[1]["config"]
     assert quant["weight_overrides"] == {"3": {"bits": 4}} and quant["exclude"] == ["6"]
     assert quant["method"] == "qat" and stages[1]["speed_guard"] is False
+
+
+def test_without_labels_a_pruned_policy_recovers_by_distillation_then_ptq():
+    policy = Policy(bits={"0": 8, "3": 4}, keep={"0": 0.5, "3": 1.0})
+    prune, recover, quant = policy_stages(policy, epochs=2, metric="agreement")
+    assert prune["technique"] == "prune" and recover["technique"] == "distill"
+    assert recover["config"]["logit_loss"] == "kl" and recover["config"]["epochs"] == 2
+    assert quant["config"]["method"] == "ptq"
+    assert quant["config"]["weight_overrides"] == {"3": {"bits": 4}}
+    assert policy_stages(policy, metric="cosine")[1]["config"]["logit_loss"] == "mse"
+    unpruned = policy_stages(Policy(bits={"0": 4, "3": 4}, keep={"0": 1.0, "3": 1.0}),
+                             metric="agreement")
+    assert [s["technique"] for s in unpruned] == ["quantize"]  # the baseline needs no recovery

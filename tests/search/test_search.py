@@ -164,3 +164,53 @@ def test_ctrl_c_stops_a_search_with_exit_130_and_keeps_its_trials(tmp_path):
     for trial in study.trials:  # a trial the signal stopped is queued to run again
         if trial.state.name == "FAIL":
             assert trial.user_attrs.get("interrupted") and trial.params in queued
+
+
+def _unlabeled_project(folder: Path, metric: str) -> Path:
+    """A user's own model (a factory, used as given) and images without labels."""
+    import numpy as np
+    import yaml
+
+    folder.mkdir()
+    (folder / "tiny_models.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),\n"
+        "                         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))\n")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 200), ("test", 40)):
+        np.savez(folder / f"{split}.npz", x=rng.normal(size=(n, 1, 8, 8)).astype(np.float32))
+    recipe = {"model": {"factory": "tiny_models:build", "input_shape": [1, 8, 8]},
+              "data": {"train": "train.npz", "test": "test.npz"}, "metric": metric,
+              "measure": {"runs": 3, "warmup": 1}}
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return folder / "recipe.yaml"
+
+
+def test_a_users_model_without_labels_is_searched_on_its_metric(tmp_path):
+    # no labels: trials recover by distillation from the baseline, then PTQ, and score the
+    # recipe's metric (agreement with the baseline) instead of failing every trial
+    recipe = _unlabeled_project(tmp_path / "project", "agreement")
+    result = search(recipe, target="cortex-m4", out_dir=tmp_path / "s", trials=3,
+                    progress=False, settings=SearchSettings(**FAST))
+    assert result["metric"] == "agreement"
+    scores = [t["accuracy"] for t in result["trials"]]
+    assert all(s is not None and 0 <= s <= 1 for s in scores) and scores[0] > 0.5
+    assert result["trials"][2]["policy"]["keep"] and min(
+        result["trials"][2]["policy"]["keep"].values()) < 1  # a pruned policy was recovered
+    best = result["best"]
+    assert 0 <= best["test_accuracy"] <= 1
+    metrics = json.loads((tmp_path / "s" / "best" / "metrics.json").read_text())
+    assert metrics["stages"][-1]["metric"] == "agreement"
+
+
+def test_a_search_refuses_a_lower_is_better_metric(tmp_path):
+    from edgeopt.errors import ConfigError
+
+    recipe = _unlabeled_project(tmp_path / "project", "mse")
+    with pytest.raises(ConfigError, match="recipe.metric"):
+        search(recipe, target="cortex-m4", out_dir=tmp_path / "s", trials=1, progress=False,
+               settings=SearchSettings(**FAST))
+    assert not (tmp_path / "s").exists()

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import Dataset, IterableDataset
-from tqdm.auto import tqdm
 
 from edgeopt import distributed
 from edgeopt.checkpoint import loop
@@ -22,6 +21,7 @@ from edgeopt.distillation.config import DistillConfig, Mode
 from edgeopt.distillation.features import FeatureTap
 from edgeopt.distillation.losses import distillation_loss, hint_loss
 from edgeopt.errors import ConfigTypeError, DataError
+from edgeopt.progress import bar as progress_bar
 from edgeopt.training import evaluate
 
 
@@ -105,7 +105,7 @@ def run(party: Party, config: DistillConfig, train: Any, val: Any, progress: boo
         generator = getattr(loader, "generator", None)
         saved = ckpt.restore(modules, optimizer, generator=generator) if ckpt else None
         first, best_acc, best_state = _resumed(saved, curves)
-        bar = tqdm(total=config.epochs, desc=f"distill ({config.mode.value})", unit="epoch",
+        bar = progress_bar(total=config.epochs, desc=f"distill ({config.mode.value})", unit="epoch",
                    disable=not progress or not distributed.is_main(), leave=False, initial=first)
         step = distributed.wrap(_Step(party, config))
         for epoch in range(first, config.epochs):

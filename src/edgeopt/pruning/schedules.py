@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 from torch import nn
-from tqdm.auto import tqdm
 
+from edgeopt.progress import bar as progress_bar
 from edgeopt.pruning.common import loss_fn
 from edgeopt.training import LossFn, evaluate, fit
 
@@ -61,7 +61,7 @@ def finetune(
     result = FinetuneResult()
     start = time.perf_counter()
     best_state, best, improved = None, -1.0, 0
-    bar = tqdm(total=epochs, desc=desc, unit="epoch", disable=not progress, leave=False)
+    bar = progress_bar(total=epochs, desc=desc, unit="epoch", disable=not progress, leave=False)
     for epoch in range(epochs):
         fit(model, train, None, epochs=1, lr=lr, batch_size=batch_size, seed=seed + epoch,
             loss_fn=loss or loss_fn, after_step=after_step, progress=False)

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from edgeopt.data import collect_labeled
+from edgeopt.progress import bar as progress_bar
 from edgeopt.quantization import graph as qgraph
 from edgeopt.quantization.config import QuantConfig
 from edgeopt.quantization.primitives import sqnr_db
@@ -44,7 +44,7 @@ def layer_sensitivity(model: nn.Module, config: QuantConfig, data: Any, eval_dat
     gm = qgraph.trace(model)
     names = qgraph.weight_layer_names(gm, config.exclude)
     rows = []
-    for name in tqdm(names, desc="sensitivity", unit="layer", disable=not progress, leave=False):
+    for name in progress_bar(names, desc="sensitivity", unit="layer", disable=not progress, leave=False):
         others = tuple(n for n in names if n != name)
         single = dataclasses.replace(config, exclude=config.exclude + others, sensitivity=False)
         output = apply(model, single, data=data)(inputs)

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from edgeopt.errors import ConfigError, DataError, ModelError
+from edgeopt.progress import bar as progress_bar
 from edgeopt.quantization import advanced, smoothing
 from edgeopt.quantization import graph as qgraph
 from edgeopt.quantization.bias_correction import input_means
@@ -273,7 +273,7 @@ def _finish_layers(model: nn.Module, names: list[str], inputs_of: dict[str, str]
 def calibrate(gm: fx.GraphModule, batches: list[torch.Tensor], limit: int) -> int:
     """Run calibration batches through the observers; return the number of samples seen."""
     seen = 0
-    for inputs in tqdm(batches, desc="calibrate", unit="batch", leave=False):
+    for inputs in progress_bar(batches, desc="calibrate", unit="batch", leave=False):
         inputs = inputs[: max(0, limit - seen)]
         try:
             gm(inputs)

@@ -14,9 +14,9 @@ import dataclasses
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from edgeopt.errors import ModelError
+from edgeopt.progress import bar as progress_bar
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -77,7 +77,7 @@ def synthesize_inputs(model: nn.Module, input_shape: tuple[int, ...], *, samples
     chunks, start_loss, end_loss = [], 0.0, 0.0
     for params in model.parameters():
         params.requires_grad_(False)
-    bar = tqdm(total=steps * ((samples + batch_size - 1) // batch_size), desc="data-free inputs",
+    bar = progress_bar(total=steps * ((samples + batch_size - 1) // batch_size), desc="data-free inputs",
                unit="step", disable=not progress, leave=False)
     for first in range(0, samples, batch_size):
         n = min(batch_size, samples - first)

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from tqdm.auto import tqdm
 
+from edgeopt.progress import bar as progress_bar
 from edgeopt.quantization import graph as qgraph
 from edgeopt.quantization.adaround import adaround, reconstruction_loss
 from edgeopt.quantization.bias_correction import (
@@ -127,7 +127,7 @@ def refine_weights(gm: nn.Module, float_model: nn.Module, names: list[str], conf
     fell_back, corrected = [], []
     desc = " + ".join(([config.rounding.value] if learned else [])
                       + ([f"{mode.value} bias correction"] if mode else []))
-    bar = tqdm(total=len(layers), desc=desc, unit="layer", leave=False)
+    bar = progress_bar(total=len(layers), desc=desc, unit="layer", leave=False)
 
     def visit(index: int, name: str, x: torch.Tensor | None) -> None:
         note = notes.setdefault(name, {})

@@ -16,6 +16,7 @@ import torch.nn as nn
 from edgeopt import __version__, distributed, interrupt
 from edgeopt.atomic import write_text
 from edgeopt.errors import OutputError
+from edgeopt.progress import quiet
 from edgeopt.recipes.journal import (
     Journal,
     check_recipe,
@@ -102,7 +103,8 @@ def run_recipe(recipe: str | Path | dict[str, Any] | None, out_dir: str | Path,
     with scratch(out, key, resume and not rank) as journal, _disk_errors(journal.folder):
         if resume and distributed.active():
             _follow_main(journal, scratch_path(Path(out_dir)))
-        stages = _execute(parsed, journal, progress)
+        with quiet(not progress):  # the techniques' own bars too
+            stages = _execute(parsed, journal, progress)
         result = RunResult(out_dir=out, stages=stages, recipe=parsed)
         _write_outputs(result, journal.folder)
         interrupt.check()  # a swallowed Ctrl-C: keep the work for --resume, publish nothing

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from edgeopt.data import iter_batches
 from edgeopt.errors import ConfigError, DataError, ModelError, invalid
+from edgeopt.progress import bar as progress_bar
 from edgeopt.runtime.inspect import (
     census_of,
     check_model_path,
@@ -187,7 +187,7 @@ def compare_latency(
     times: list[list[float]] = [[] for _ in sessions]
     for index, session in enumerate(sessions):
         _time_runs(session, feeds[index], warmup, 0, progress=False)
-    bar = tqdm(total=rounds, desc="latency (interleaved)", disable=not progress, leave=False)
+    bar = progress_bar(total=rounds, desc="latency (interleaved)", disable=not progress, leave=False)
     with _no_gc():
         for round_ in range(rounds):
             for offset in range(len(sessions)):
@@ -261,7 +261,7 @@ def _accuracy(
     """Top-1 accuracy over `data` (None without labels), the sample count, first `keep` inputs."""
     correct = total = count = 0
     labeled, kept = True, []
-    bar = tqdm(
+    bar = progress_bar(
         total=_num_samples(data), desc="accuracy", unit="sample", disable=not progress, leave=False
     )
     for inputs, targets in _chunks(data, feeder.eval_batch):
@@ -336,7 +336,7 @@ def _time_runs(
     session: Any, feeds: list[dict[str, np.ndarray]], warmup: int, runs: int, progress: bool
 ) -> list[float]:
     _timed(session, feeds, warmup, 0)
-    bar = tqdm(total=runs, desc="latency", disable=not progress or runs == 0, leave=False)
+    bar = progress_bar(total=runs, desc="latency", disable=not progress or runs == 0, leave=False)
     times = []
     with _no_gc():
         for start in range(0, runs, 10):  # chunks of 10 keep the bar cheap

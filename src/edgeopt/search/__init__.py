@@ -58,6 +58,7 @@ def search(recipe: str | Path | dict[str, Any] | None, *, target: str, out_dir: 
     latency_ms is predicted instructions × `cpi` / `clock_mhz` (the target's assumptions by
     default: edgeopt.deploy.targets)."""
     from edgeopt.atomic import atomic_dir, ensure_writable_dir
+    from edgeopt.progress import quiet
     from edgeopt.pruning.graph import reuse_graphs
     from edgeopt.recipes.schema import load_recipe
     from edgeopt.search import output, seeds
@@ -76,7 +77,8 @@ def search(recipe: str | Path | dict[str, Any] | None, *, target: str, out_dir: 
         import torch
 
         torch.set_num_threads(settings.threads)
-    with reuse_graphs():  # every trial prunes a copy of one model: trace its structure once
+    # every trial prunes a copy of one model: trace its structure once
+    with reuse_graphs(), quiet(not progress):
         ctx = _context(parsed, budget, settings, progress)
         spaces = None  # the architecture level's space selection table
         if settings.level != "policy":
@@ -92,9 +94,12 @@ def search(recipe: str | Path | dict[str, Any] | None, *, target: str, out_dir: 
         best = output.best_fitting_record(records)
         best_run = None
         if best is not None and settings.run_best:
-            runner = _run_best if spaces is None else run_best_architecture
-            best_run = runner(parsed, best, budget, settings, folder, progress)
+            if spaces is None:
+                best_run = _run_best(parsed, best, budget, settings, folder, progress, ctx.metric)
+            else:
+                best_run = run_best_architecture(parsed, best, budget, settings, folder, progress)
         content = output.summary(records, budget.to_dict(), best_run, ctx.objectives)
+        content["metric"] = ctx.metric  # what "accuracy" is: top1, agreement or cosine
         if spaces is not None:
             content["architecture"] = {"level": settings.level, "family": parsed.model,
                                        "spaces": spaces}
@@ -107,12 +112,17 @@ def search(recipe: str | Path | dict[str, Any] | None, *, target: str, out_dir: 
 def _context(parsed: Any, budget: Budget, settings: SearchSettings, progress: bool) -> Any:
     import torch
 
-    from edgeopt.recipes.baseline import load_baseline, load_splits
+    from edgeopt.recipes.baseline import load_baseline, load_splits, resolve_metric
     from edgeopt.search.cost import FormulaCost, latency_for
     from edgeopt.search.space import build_space
     from edgeopt.search.study import OBJECTIVES, Context
+    from edgeopt.training import predict_logits
 
     splits = load_splits(parsed)
+    metric = resolve_metric(parsed, splits)
+    if metric == "mse":
+        raise invalid("recipe.metric", "top1, agreement or cosine for a search (it maximizes "
+                      "the score; mse is lower-is-better)", metric)
     example = splits.test[0][0].unsqueeze(0)
     latency = latency_for(budget, example)
     if budget.latency_ms is not None and latency is None:
@@ -120,6 +130,7 @@ def _context(parsed: Any, budget: Budget, settings: SearchSettings, progress: bo
                       "none (python -m edgeopt.search.mcufit --target "
                       f"{budget.target} fits one)", budget.latency_ms)
     base = load_baseline(parsed, splits, progress).eval()
+    reference = None if metric == "top1" else predict_logits(base, splits.val).numpy()
     generator = torch.Generator().manual_seed(settings.seed)
     count = min(settings.finetune_samples, len(splits.train))
     indices = torch.randperm(len(splits.train), generator=generator)[:count].tolist()
@@ -130,21 +141,22 @@ def _context(parsed: Any, budget: Budget, settings: SearchSettings, progress: bo
     objectives = tuple(k for k in OBJECTIVES if k != "latency_ms" or timed)
     return Context(base=base, splits=splits, train=train, example=example,
                    space=build_space(base, example, budget.kind), budget=budget,
-                   cost=FormulaCost(example, latency), settings=settings, objectives=objectives)
+                   cost=FormulaCost(example, latency), settings=settings, objectives=objectives,
+                   metric=metric, reference=reference)
 
 
 def _run_best(parsed: Any, best: dict[str, Any], budget: Budget, settings: SearchSettings,
-              folder: Path, progress: bool) -> dict[str, Any]:
+              folder: Path, progress: bool, metric: str = "top1") -> dict[str, Any]:
     """The best policy as a recipe, run and measured on the test split in `folder/best`."""
     from edgeopt.recipes.run import run_recipe
     from edgeopt.recipes.schema import parse_recipe
 
     policy = Policy.from_dict(best["policy"])
-    recipe = {**parsed.source, "stages": policy_stages(policy, settings.epochs),
+    recipe = {**parsed.source, "stages": policy_stages(policy, settings.epochs, metric),
               "target": budget.target}
     # paths in the user's recipe stay relative to its own folder, not to the cwd
     result = run_recipe(parse_recipe(recipe, root=parsed.root), folder / "best",
                         progress=progress)
-    stage = result.stages[-1]
-    return {"run": "best", "test_accuracy": stage.accuracy, "onnx_size_bytes": stage.size_bytes,
+    stage = result.stages[-1]  # its score is the recipe's metric (top-1 accuracy by default)
+    return {"run": "best", "test_accuracy": stage.score, "onnx_size_bytes": stage.size_bytes,
             "onnx_latency_ms": stage.latency_ms}

@@ -73,19 +73,28 @@ def build_space(model: nn.Module, example: torch.Tensor, kind: str) -> Space:
     return Space(layers=layers, groups=groups, bit_choices=bits)
 
 
-def policy_stages(policy: Policy, epochs: int = 1) -> list[dict[str, Any]]:
+def policy_stages(policy: Policy, epochs: int = 1, metric: str = "top1"
+                  ) -> list[dict[str, Any]]:
     """Recipe stages applying `policy`: channel pruning by layer, then mixed-precision QAT
-    (`epochs` of recovery training), activations int8."""
+    (`epochs` of recovery training), activations int8. QAT trains on labels; under a metric
+    that compares with the baseline's outputs (data without labels) the pruned model recovers
+    by distillation from the baseline instead (KL on logits for `agreement`, MSE on the outputs
+    for `cosine`), then is quantized post-training."""
     stages: list[dict[str, Any]] = []
     sparsity = {name: round(1.0 - keep, 4) for name, keep in policy.keep.items() if keep < 1.0}
     if sparsity:
         stages.append({"name": "prune", "technique": "prune",
                        "config": {"structure": "channel", "sparsity": 0.0,
                                   "layer_sparsity": sparsity}})
+        if metric != "top1":
+            stages.append({"name": "recover", "technique": "distill", "config": {
+                "epochs": epochs, "alpha": 1.0, "val_fraction": 0.0,
+                "logit_loss": "kl" if metric == "agreement" else "mse"}})
     overrides = {name: {"bits": b} for name, b in policy.bits.items() if b not in (8, FLOAT)}
     floats = [name for name, b in policy.bits.items() if b == FLOAT]
     # lr 1e-3 (not QAT's 1e-4 default): one short pass recovers from pruning as well
-    config: dict[str, Any] = {"method": "qat", "epochs": epochs, "lr": 1e-3}
+    config: dict[str, Any] = ({"method": "qat", "epochs": epochs, "lr": 1e-3} if metric == "top1"
+                              else {"method": "ptq"})
     if overrides:
         config["weight_overrides"] = overrides
     if floats:

@@ -58,26 +58,39 @@ class Context:
     settings: SearchSettings
     objectives: tuple[str, ...]
     evaluate: Any = None  # (ctx, trial) -> record of the architecture level; None: policy level
+    metric: str = "top1"  # the recipe's metric, scored on the validation split ("accuracy")
+    reference: Any = None  # the baseline's validation outputs (metrics that compare with them)
 
 
 def apply_policy(ctx: Context, policy: Policy) -> nn.Module:
     """The recipe stages of `policy`, applied as a run would (same configs, same order)."""
     from edgeopt.api import apply
     from edgeopt.config import config_type
+    from edgeopt.progress import quiet
 
     model = ctx.base
-    # the techniques' own bars would bury the search's (they write to stderr as it is now)
-    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
-        for stage in policy_stages(policy, ctx.settings.epochs):
+    with quiet():  # the techniques' own bars would bury the search's
+        for stage in policy_stages(policy, ctx.settings.epochs, ctx.metric):
             config = config_type(stage["technique"]).from_dict(stage["config"])
-            model = apply(model, config, data=ctx.train)
+            teacher = {"teacher": ctx.base} if getattr(config, "needs_teacher", False) else {}
+            model = apply(model, config, data=ctx.train, **teacher)
     return model
 
 
-def evaluate_policy(ctx: Context, policy: Policy) -> dict[str, Any]:
-    """Costs always; accuracy on the validation split only for policies that fit."""
-    from edgeopt.training import evaluate
+def validation_score(ctx: Context, model: nn.Module) -> float:
+    """The recipe's metric on the validation split: top-1 against labels, or agreement /
+    cosine against the baseline's outputs."""
+    from edgeopt.runtime.scores import score
+    from edgeopt.training import evaluate, predict_logits
 
+    if ctx.metric == "top1":
+        return float(evaluate(model, ctx.splits.val))
+    return score(ctx.metric, predict_logits(model, ctx.splits.val).numpy(), ctx.reference, None)
+
+
+def evaluate_policy(ctx: Context, policy: Policy) -> dict[str, Any]:
+    """Costs always; accuracy (the recipe's metric) on the validation split only for policies
+    that fit."""
     start = time.perf_counter()
     costs = ctx.cost.costs(ctx.base, policy)
     fits = ctx.budget.fits(costs.flash_bytes, costs.ram_bytes, costs.latency_ms)
@@ -85,7 +98,7 @@ def evaluate_policy(ctx: Context, policy: Policy) -> dict[str, Any]:
     if fits:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ctx.settings.seed)
-            accuracy = float(evaluate(apply_policy(ctx, policy).eval(), ctx.splits.val))
+            accuracy = validation_score(ctx, apply_policy(ctx, policy).eval())
     return {"accuracy": accuracy, "flash_bytes": costs.flash_bytes, "ram_bytes": costs.ram_bytes,
             "latency_ms": costs.latency_ms, "macs": costs.macs, "fits": fits,
             "policy": policy.to_dict(), "seconds": time.perf_counter() - start}
@@ -240,12 +253,12 @@ def running_elsewhere(study: Any, since: datetime.datetime) -> int:
 def run_trials(study: Any, ctx: Context, trials: int, timeout: float | None,
                progress: bool) -> None:
     """Trials until the study holds `trials` finished ones (all workers together) or `timeout`."""
-    from tqdm.auto import tqdm
+    from edgeopt.progress import bar as progress_bar
 
     done = finished(study)
     if done >= trials:
         return
-    bar = tqdm(total=trials, initial=done, desc="search", unit="trial", disable=not progress)
+    bar = progress_bar(total=trials, initial=done, desc="search", unit="trial", disable=not progress)
     joined = datetime.datetime.now()
 
     def after(study: Any, trial: Any) -> None:
