@@ -138,3 +138,43 @@ def test_a_ctrl_c_swallowed_during_a_trial_stops_the_search_after_it(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         run_trials(study, _fake_context(swallowed), 5, None, progress=False)
     assert finished(study) == 2
+
+
+def test_a_data_error_stops_the_search_with_that_error_and_the_trial_is_queued_again(tmp_path):
+    from edgeopt.errors import DataError
+    from edgeopt.search.study import finished, run_trials
+
+    study = make_study(SearchSettings(), OBJECTIVES, f"sqlite:///{tmp_path}/study.db")
+
+    def no_labels_in_the_second(trial):
+        if trial.number == 1:
+            raise DataError("training data has no targets")
+
+    with pytest.raises(DataError, match="no targets"):
+        run_trials(study, _fake_context(no_labels_in_the_second), 5, None, progress=False)
+    assert finished(study) == 1
+    assert [t.state.name for t in study.get_trials()][-1] == "WAITING"
+
+
+def test_a_policys_own_failure_is_recorded_and_every_trial_failing_is_an_error():
+    from edgeopt.errors import ModelError
+    from edgeopt.search.output import trial_records
+    from edgeopt.search.study import run_trials
+
+    study = make_study(SearchSettings(), OBJECTIVES, None)
+
+    def odd_ones_fail(trial):
+        if trial.number % 2:
+            raise RuntimeError("no longer runs after removing channels")
+
+    run_trials(study, _fake_context(odd_ones_fail), 4, None, progress=False)
+    records = trial_records(study)
+    assert [r["state"] for r in records] == ["complete", "fail", "complete", "fail"]
+    assert records[1]["error"] == "RuntimeError: no longer runs after removing channels"
+
+    def every_one_fails(trial):
+        raise RuntimeError("boom")
+
+    with pytest.raises(ModelError, match=r"every trial of the search failed \(2\).*boom"):
+        run_trials(make_study(SearchSettings(), OBJECTIVES, None),
+                   _fake_context(every_one_fails), 2, None, progress=False)

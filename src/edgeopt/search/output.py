@@ -23,6 +23,8 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
         record = {"number": trial.number, "state": trial.state.name.lower(),
                   **{k: attrs.get(k) for k in (*OBJECTIVES, "macs", "fits", "seconds", "worker")},
                   "policy": attrs.get("policy"), "architecture": attrs.get("architecture")}
+        if "error" in attrs:  # a failed trial: why
+            record["error"] = attrs["error"]
         record["fits"] = bool(record["fits"])
         out.append(record)
     return out

@@ -19,12 +19,25 @@ import torch
 from torch import nn
 
 from edgeopt import interrupt
+from edgeopt.errors import ConfigError, ConfigTypeError, DataError, ModelError, OutputError
 from edgeopt.search.budget import Budget
 from edgeopt.search.cost import FormulaCost
 from edgeopt.search.space import Policy, Space, policy_stages
 
 OBJECTIVES = ("accuracy", "flash_bytes", "ram_bytes", "latency_ms")
 INTERRUPTED = "interrupted"  # user attribute of a trial Ctrl-C stopped (queued again)
+
+
+class _StopSearch(Exception):
+    """Carries an error that ends the search out of Optuna, which catches ValueErrors."""
+
+
+def _fails_every_trial(ctx: Context, exc: Exception) -> bool:
+    """An error about the data (or, at the policy level, the configuration): every policy
+    would fail the same way. An architecture candidate's ConfigError is its own."""
+    if isinstance(exc, DataError | OutputError):
+        return True
+    return ctx.evaluate is None and isinstance(exc, ConfigError | ConfigTypeError)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -115,6 +128,13 @@ def objective(ctx: Context, trial: Any) -> tuple[float, ...]:
         trial.set_user_attr(INTERRUPTED, True)
         trial.study.enqueue_trial(trial.params)
         raise
+    except Exception as exc:
+        if _fails_every_trial(ctx, exc):  # stopped, as by Ctrl-C: a resumed search reruns it
+            trial.set_user_attr(INTERRUPTED, True)
+            trial.study.enqueue_trial(trial.params)
+            raise _StopSearch(exc) from exc  # not in Optuna's `catch`: it ends the search
+        trial.set_user_attr("error", f"{type(exc).__name__}: {str(exc)[:300]}")
+        raise  # this policy's own failure: recorded, the search goes on
     for key, value in record.items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -275,8 +295,20 @@ def run_trials(study: Any, ctx: Context, trials: int, timeout: float | None,
     try:
         study.optimize(lambda t: objective(ctx, t), timeout=timeout, callbacks=[after],
                        catch=(ValueError, RuntimeError))
+    except _StopSearch as stop:
+        raise stop.__cause__ from None
     finally:
         bar.close()
+    _check_some_trial_ran(study)
+
+
+def _check_some_trial_ran(study: Any) -> None:
+    """A study whose every trial failed is an error, not "no trial fits the budget"."""
+    trials = finished_trials(study)
+    errors = [t.user_attrs["error"] for t in trials if "error" in t.user_attrs]
+    if trials and len(errors) == len(trials):
+        raise ModelError(f"every trial of the search failed ({len(errors)}); the first: "
+                         f"{errors[0]}")
 
 
 def best_fitting(records: list[dict[str, Any]]) -> dict[str, Any] | None:
