@@ -1,5 +1,6 @@
 """Cost formulas against hand counts, and policies as recipe stages."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -67,3 +68,29 @@ def test_without_labels_a_pruned_policy_recovers_by_distillation_then_ptq():
     unpruned = policy_stages(Policy(bits={"0": 4, "3": 4}, keep={"0": 1.0, "3": 1.0}),
                              metric="agreement")
     assert [s["technique"] for s in unpruned] == ["quantize"]  # the baseline needs no recovery
+
+
+class _SlicesBySize(torch.nn.Module):
+    """Slices by a size read off a tensor, as transformers' models do: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(6, 4)
+
+    def forward(self, x):
+        return torch.relu(self.lin(x[:, : int(x.shape[1])]))
+
+
+def test_a_model_torch_fx_cannot_trace_is_scheduled_from_torch_export():
+    from edgeopt.search.cost import FLOAT, shaped_trace
+
+    model, example = _SlicesBySize(), torch.randn(1, 6)
+    with pytest.raises(Exception):
+        torch.fx.symbolic_trace(model)
+    traced = shaped_trace(model, example)
+    steps = schedule(model, example, {"lin": FLOAT}, traced)
+    linear = [s for s in steps if s.target == "lin"]
+    assert linear and all(s.float_out and s.numel == 4 for s in linear)
+    assert all(s.numel != 24 for s in steps)  # the weight is flash, not an activation
+    # the float layer's 4 outputs take 4 bytes each, not 1, beside its 6 int8 inputs
+    assert peak_bytes(steps) == 6 + 4 * 4 > peak_bytes(schedule(model, example, {}, traced))

@@ -132,3 +132,21 @@ def test_the_kernel_cache_is_per_cpu_model(monkeypatch):
     here = cache_tag()
     monkeypatch.setattr(inspect, "cpu_info", lambda: ("Another CPU", ("avx2",)))
     assert cache_tag() != here
+
+
+class _TokenClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.fc = nn.Embedding(50, 8), nn.Linear(8, 3)
+
+    def forward(self, ids):
+        return self.fc(self.embed(ids).mean(1))
+
+
+def test_a_model_of_token_ids_is_calibrated_and_fed_token_ids(tmp_path, monkeypatch):
+    # random float calibration inputs would not even run the embedding
+    _counting(monkeypatch)
+    torch.manual_seed(0)
+    example = torch.randint(0, 50, (1, 6))
+    predict = latency.latency_model(example, latency.KernelTable(tmp_path / "lut.json"))
+    assert predict(_TokenClassifier().eval(), Policy(bits={"fc": 8}, keep={})) > 0

@@ -214,3 +214,28 @@ def test_a_search_refuses_a_lower_is_better_metric(tmp_path):
         search(recipe, target="cortex-m4", out_dir=tmp_path / "s", trials=1, progress=False,
                settings=SearchSettings(**FAST))
     assert not (tmp_path / "s").exists()
+
+
+def test_a_transformers_model_is_searched(tmp_path):
+    # BERT slices by sizes read off tensors: torch.fx cannot trace it (the cost model falls
+    # back to torch.export's graph); x86-ort's latency predictor on token ids is tested in
+    # test_latency.py (its export and kernel timings of a BERT take a minute)
+    import numpy as np
+    import yaml
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32,
+                        max_position_embeddings=32, num_labels=3)
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "bert")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 120), ("test", 30)):
+        x = rng.integers(1, 100, size=(n, 8)).astype(np.int64)
+        np.savez(tmp_path / f"{split}.npz", x=x, y=(x[:, 0] % 3).astype(np.int64))
+    recipe = {"model": {"hf": "bert"}, "data": {"train": "train.npz", "test": "test.npz"}}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = search(tmp_path / "recipe.yaml", target="cortex-m4", out_dir=tmp_path / "s",
+                    trials=1, progress=False, settings=SearchSettings(**FAST, run_best=False))
+    trial = result["trials"][0]
+    assert trial["state"] == "complete" and 0 <= trial["accuracy"] <= 1
+    assert trial["ram_bytes"] > 0 and trial["flash_bytes"] > 0

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from edgeopt.errors import ModelError
 from edgeopt.search.space import FLOAT, Policy
 
 
@@ -66,13 +67,41 @@ class _Step:
 
 
 def shaped_trace(model: nn.Module, example: torch.Tensor) -> Any:
-    """`model`'s fx graph with each node's output shape at batch 1 (its "tensor_meta")."""
+    """`model`'s fx graph with each node's output shape at batch 1 (its "tensor_meta"). A model
+    that torch.fx cannot trace symbolically (transformers' models slice by sizes computed from
+    tensors) falls back to torch.export's graph: aten ops, their shapes recorded the same way,
+    each op's layer named by its module stack."""
     from torch.fx import symbolic_trace
     from torch.fx.passes.shape_prop import ShapeProp
 
-    traced = symbolic_trace(model)
-    ShapeProp(traced).propagate(example[:1])
-    return traced
+    try:
+        traced = symbolic_trace(model)
+        ShapeProp(traced).propagate(example[:1])
+        return traced
+    except Exception as fx_error:
+        try:
+            return torch.export.export(model, (example[:1],), strict=False).module()
+        except Exception as exc:
+            raise ModelError(
+                f"the search's cost model cannot trace {type(model).__name__}: torch.fx "
+                f"({type(fx_error).__name__}: {str(fx_error).splitlines()[0][:200]}) and "
+                f"torch.export ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}) "
+                "both failed; make its forward traceable.") from exc
+
+
+def _layer_name(node: Any) -> str:
+    """The layer a node belongs to: a call_module node's target, an aten op's innermost module
+    (torch.export graphs), else the node's own name."""
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack")
+    return list(stack.values())[-1][0] if stack else node.name
+
+
+def _call_name(node: Any) -> str:
+    """relu, view, ... for torch functions, tensor methods and aten ops (aten.relu.default)."""
+    name = getattr(node.target, "__name__", str(node.target))
+    return name.split(".")[0] if isinstance(node.target, torch._ops.OpOverload) else name
 
 
 def schedule(model: nn.Module, example: torch.Tensor, bits: dict[str, int],
@@ -83,15 +112,14 @@ def schedule(model: nn.Module, example: torch.Tensor, bits: dict[str, int],
     modules = dict(traced.named_modules())
     steps = []
     for node in traced.graph.nodes:
-        if node.op == "output":
+        if node.op in ("output", "get_attr"):  # weights and buffers are flash, not RAM
             continue
         meta = node.meta.get("tensor_meta")
         numel = math.prod(meta.shape) if meta is not None and hasattr(meta, "shape") else 0
         target = modules.get(node.target) if node.op == "call_module" else None
-        name = str(node.target) if node.op == "call_module" else node.name
+        name = _layer_name(node)
         in_place = isinstance(target, _IN_PLACE) or (
-            node.op in ("call_function", "call_method")
-            and getattr(node.target, "__name__", str(node.target)) in _IN_PLACE_CALLS)
+            node.op in ("call_function", "call_method") and _call_name(node) in _IN_PLACE_CALLS)
         inputs = [a.name for a in node.all_input_nodes]
         steps.append(_Step(node.name, inputs, node.name, numel, in_place and bool(inputs),
                            bits.get(name) == FLOAT, name))

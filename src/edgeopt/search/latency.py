@@ -24,7 +24,6 @@ jobs on a shared machine count less.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -277,10 +276,14 @@ def quantized(pruned: nn.Module, policy: Policy, example: torch.Tensor) -> nn.Mo
 
     overrides = {k: eo.QuantSpec(bits=b) for k, b in policy.bits.items() if b not in (8, FLOAT)}
     floats = tuple(k for k, b in policy.bits.items() if b == FLOAT)
-    calib = [(torch.randn(4, *example.shape[1:]), None)]
+    from edgeopt.progress import quiet
+
+    # token ids stay token ids: random floats would not even run an embedding
+    inputs = (torch.randn(4, *example.shape[1:]) if example.is_floating_point()
+              else example[:1].repeat(4, *[1] * (example.dim() - 1)))
     config = eo.QuantConfig(weight_overrides=overrides, exclude=floats, calibration_samples=4)
-    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):  # no calibration bar
-        return eo.apply(pruned, config, data=calib)
+    with quiet():  # no calibration bar
+        return eo.apply(pruned, config, data=[(inputs, None)])
 
 
 def exported(pruned: nn.Module, policy: Policy, example: torch.Tensor) -> onnx.ModelProto:
@@ -303,7 +306,7 @@ def latency_model(example: torch.Tensor, table: KernelTable | None = None) -> An
         key = (repr(model), tuple(example.shape), tuple(sorted(policy.bits.items())))
         if key not in memo:
             onnx_model = exported(model, policy, example)
-            feed = {onnx_model.graph.input[0].name: example[:1].numpy().astype(np.float32)}
+            feed = {onnx_model.graph.input[0].name: example[:1].numpy()}
             memo[key] = predict_onnx(onnx_model, feed, table)
         return memo[key]
 
