@@ -85,7 +85,7 @@ def test_a_model_torch_fx_cannot_trace_is_scheduled_from_torch_export():
     from edgeopt.search.cost import FLOAT, shaped_trace
 
     model, example = _SlicesBySize(), torch.randn(1, 6)
-    with pytest.raises(Exception):
+    with pytest.raises(TypeError, match="Proxy"):
         torch.fx.symbolic_trace(model)
     traced = shaped_trace(model, example)
     steps = schedule(model, example, {"lin": FLOAT}, traced)
