@@ -25,6 +25,10 @@ def quiet(enabled: bool = True) -> Iterator[None]:
         _quiet_depth -= 1
 
 
+def is_quiet() -> bool:
+    return _quiet_depth > 0
+
+
 def bar(iterable: Any = None, **kwargs: Any) -> Any:
     """tqdm.auto.tqdm(iterable, **kwargs), disabled inside `quiet()`."""
     from tqdm.auto import tqdm

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -52,7 +55,8 @@ def load_hf(folder: Path) -> HFModel:
     try:
         config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
         model_class = _model_class(transformers, config)
-        model = model_class.from_pretrained(folder, local_files_only=True)
+        with _bars_off_when_quiet(transformers):
+            model = model_class.from_pretrained(folder, local_files_only=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         raise ConfigError(f"{_FIELD}: {str(folder)!r} is not a loadable transformers folder: "
@@ -60,6 +64,22 @@ def load_hf(folder: Path) -> HFModel:
     takes_tokens = getattr(model, "main_input_name", "input_ids") == "input_ids"
     pad_id = getattr(config, "pad_token_id", None)
     return HFModel(model, takes_tokens, int(pad_id) if pad_id is not None else 0)
+
+
+@contextlib.contextmanager
+def _bars_off_when_quiet(transformers: Any) -> Iterator[None]:
+    """transformers' own "Loading weights" bar obeys a quiet run too (edgeopt.progress)."""
+    from edgeopt.progress import is_quiet
+
+    bars = transformers.utils.logging
+    was_on = bars.is_progress_bar_enabled()
+    if is_quiet() and was_on:
+        bars.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            bars.enable_progress_bar()
 
 
 def _model_class(transformers: object, config: object) -> type:
