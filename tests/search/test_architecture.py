@@ -164,3 +164,39 @@ def test_bad_architecture_options_are_one_error_line_and_nothing_written(tmp_pat
     assert result.exit_code == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith("error:") and option in lines[0]
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["recipes"]
+
+
+def test_the_architecture_level_searches_the_users_own_labeled_images(tmp_path, monkeypatch):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "project"
+    folder.mkdir()
+    for split, n in (("train", 240), ("test", 60)):
+        x = rng.normal(size=(n, 1, 12, 12)).astype(np.float32)
+        np.savez(folder / f"{split}.npz", x=x, y=(x[:, 0, :6].mean((1, 2)) > 0).astype(np.int64))
+    recipe = {"model": "dscnn", "data": {"train": "train.npz", "test": "test.npz"},
+              "epochs": 1, "measure": {"runs": 3, "warmup": 1}}
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    monkeypatch.chdir(tmp_path)  # not the recipe's folder: its relative paths must still resolve
+    out = tmp_path / "s"
+    result = search(folder / "recipe.yaml", target="cortex-m4", flash="12KiB", out_dir=out,
+                    trials=1, progress=False, settings=SearchSettings(level="architecture",
+                                                                      **TINY))
+    best = result["best"]
+    assert best["fits"] and 0 <= best["test_accuracy"] <= 1
+    data = yaml.safe_load((out / "architecture.yaml").read_text())["data"]
+    assert data["factory"].endswith(":resized_user_data")
+    assert data["kwargs"]["root"] == str(folder) and data["kwargs"]["resolution"] == best[
+        "architecture"]["resolution"]
+
+
+def test_the_architecture_level_refuses_a_metric_other_than_top1(tmp_path):
+    # candidates train from scratch on class labels: they cannot be scored by agreement with
+    # a baseline they never saw
+    from edgeopt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--level.*recipe.metric is agreement, not top1"):
+        search({**RECIPE, "metric": "agreement"}, target="cortex-m4", out_dir=tmp_path / "s",
+               trials=1, progress=False, settings=SearchSettings(level="architecture", **TINY))
+    assert not (tmp_path / "s").exists()

@@ -142,8 +142,19 @@ def resized_data(name: str, resolution: int, seed: int = 0) -> Any:
     return SimpleNamespace(train=splits.train, val=splits.val, test=splits.test)
 
 
+def resized_user_data(data: dict[str, Any], root: str, resolution: int, seed: int = 0) -> Any:
+    """The user's `data:` mapping (paths relative to `root`, the search recipe's folder) split
+    and normalized as a run does, resized (the `data.factory` of DIR/architecture.yaml)."""
+    from edgeopt.sources.data import load_data, parse_data_source
+
+    splits = resize_splits(load_data(parse_data_source(data, Path(root)), None, seed),
+                           resolution)
+    return SimpleNamespace(train=splits.train, val=splits.val, test=splits.test)
+
+
 def check_level(parsed: Any, level: str) -> None:
-    """Before any work: the level exists, and the architecture level has a family to vary."""
+    """Before any work: the level exists, and the architecture level has a family to vary
+    (the data's shape and labels are checked once it is loaded: check_data)."""
     if level not in LEVELS:
         raise invalid("--level", "'policy', 'architecture' or 'both'", level)
     if level == "policy":
@@ -153,9 +164,19 @@ def check_level(parsed: Any, level: str) -> None:
     if not isinstance(parsed.model, str) or parsed.model not in FAMILIES:
         raise invalid("--level", f"'policy' for recipe.model {parsed.model_label!r} (the "
                       f"architecture level varies the zoo families {', '.join(FAMILIES)})", level)
-    if not isinstance(parsed.data, str) or len(datasets.spec(parsed.data)[0]) != 3:
+    if isinstance(parsed.data, str) and len(datasets.spec(parsed.data)[0]) != 3:
         raise invalid("--level", f"'policy' for recipe.data {parsed.data_label!r} (the "
-                      "architecture level resizes built-in image data sets)", level)
+                      "architecture level resizes image data sets)", level)
+
+
+def check_data(parsed: Any, splits: Any, metric: str, level: str) -> None:
+    """The architecture level trains candidates from scratch on labeled images (C, H, W)."""
+    if len(splits.input_shape) != 3 or metric != "top1":
+        what = (f"recipe.data {parsed.data_label!r} has inputs of shape "
+                f"{tuple(splits.input_shape)}" if len(splits.input_shape) != 3
+                else f"recipe.metric is {metric}, not top1")
+        raise invalid("--level", f"'policy' here: {what}, and the architecture level trains "
+                      "candidates from scratch on class-labeled images (C, H, W)", level)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,6 +346,7 @@ def architecture_context(parsed: Any, ctx: Any) -> tuple[Any, list[dict[str, Any
     from torch.utils.data import Subset
 
     settings = ctx.settings
+    check_data(parsed, ctx.splits, ctx.metric, settings.level)
     native = tuple(ctx.splits.input_shape)
     bits = 8 if settings.level == "architecture" else 4  # the cheapest unpruned policy
     latency = None
@@ -344,6 +366,17 @@ def architecture_context(parsed: Any, ctx: Any) -> tuple[Any, list[dict[str, Any
                                    train=Subset(splits.train, ctx.train.indices),
                                    evaluate=level.evaluate)
     return arch_ctx, rows
+
+
+def _resized_data_source(parsed: Any, resolution: int) -> dict[str, Any]:
+    """DIR/architecture.yaml's `data:`: the recipe's data resized to `resolution`."""
+    if isinstance(parsed.data, str):
+        return {"factory": "edgeopt.search.architecture:resized_data",
+                "kwargs": {"name": parsed.data, "resolution": resolution, "seed": parsed.seed}}
+    root = str(parsed.root or Path.cwd())  # the user's relative paths stay the recipe's
+    return {"factory": "edgeopt.search.architecture:resized_user_data",
+            "kwargs": {"data": parsed.source["data"], "root": root, "resolution": resolution,
+                       "seed": parsed.seed}}
 
 
 def seed_architecture(study: Any, family: str, spaces: list[dict[str, Any]]) -> None:
@@ -383,9 +416,7 @@ def run_best(parsed: Any, best: dict[str, Any], budget: Any, settings: Any, fold
                              "num_classes": splits.num_classes},
                   "weights": "architecture.safetensors",
                   "input_shape": list(resized_shape(native, arch.resolution))},
-        "data": {"factory": "edgeopt.search.architecture:resized_data",
-                 "kwargs": {"name": parsed.data, "resolution": arch.resolution,
-                            "seed": parsed.seed}},
+        "data": _resized_data_source(parsed, arch.resolution),
         "seed": parsed.seed, "target": budget.target,
         "stages": policy_stages(policy, settings.epochs)})
     (folder / "architecture.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
