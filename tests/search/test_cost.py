@@ -94,3 +94,38 @@ def test_a_model_torch_fx_cannot_trace_is_scheduled_from_torch_export():
     assert all(s.numel != 24 for s in steps)  # the weight is flash, not an activation
     # the float layer's 4 outputs take 4 bytes each, not 1, beside its 6 int8 inputs
     assert peak_bytes(steps) == 6 + 4 * 4 > peak_bytes(schedule(model, example, {}, traced))
+
+
+def _clusterable_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.ReLU(),  # depthwise
+                         nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
+@pytest.mark.parametrize("bits, saves", [({}, True), ({"4": 4}, False)])
+def test_a_clustered_policys_flash_is_what_the_c_export_stores(tmp_path, bits, saves):
+    import edgeopt as eo
+    from edgeopt.config import config_type
+    from edgeopt.deploy import export_c
+
+    model, example = _clusterable_cnn().eval(), torch.randn(1, 1, 8, 8)
+    layers = {"0": 8, "2": 8, "4": 8, "8": 8, **bits}
+    policy = Policy(bits=layers, keep={}, clusters=16)
+    calib = [(torch.randn(8, 1, 8, 8), None)]
+    applied = model
+    for stage in policy_stages(policy, metric="agreement"):  # no labels: no fine-tuning
+        applied = eo.apply(applied, config_type(stage["technique"]).from_dict(stage["config"]),
+                           data=calib)
+    info = export_c(applied, tmp_path / "c", example)
+    # the prediction's weight bytes (it also counts 12 bytes of bias and requantization per
+    # output channel, which CExport.weight_bytes leaves out) are the bytes the export stores
+    tables = 12 * sum(m.weight.shape[0] for m in model.modules()
+                      if isinstance(m, nn.Conv2d | nn.Linear))
+    assert FormulaCost(example).flash_bytes(model, policy) - tables == info.weight_bytes
+    forms = [layer.get("weight_form") for layer in info.layers]
+    dense = FormulaCost(example).flash_bytes(model, Policy(bits=layers, keep={})) - tables
+    # 8-bit: the 3x3 convolution's weights become 4-bit indices into 16 values; with that
+    # layer at 4 bits already, the small layers' savings do not pay for the decoder's code
+    assert ("clustered" in forms) is saves and (info.weight_bytes < dense) is saves

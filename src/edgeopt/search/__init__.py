@@ -16,6 +16,7 @@ candidates trained from scratch and quantized.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -139,8 +140,11 @@ def _context(parsed: Any, budget: Budget, settings: SearchSettings, progress: bo
     # begun without one keeps its objectives when resumed)
     timed = latency is not None and (budget.kind == "host" or budget.latency_ms is not None)
     objectives = tuple(k for k in OBJECTIVES if k != "latency_ms" or timed)
+    space = build_space(base, example, budget.kind)
+    if budget.latency_ms is not None:  # clustered layers' decoding has no instruction model
+        space = dataclasses.replace(space, cluster_choices=(0,))
     return Context(base=base, splits=splits, train=train, example=example,
-                   space=build_space(base, example, budget.kind), budget=budget,
+                   space=space, budget=budget,
                    cost=FormulaCost(example, latency), settings=settings, objectives=objectives,
                    metric=metric, reference=reference)
 

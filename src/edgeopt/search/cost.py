@@ -6,6 +6,8 @@ export stores (edgeopt.deploy.budget counts the same things):
     flash = sum over Conv / Linear layers of  weights * bits / 8  (4-bit packed two per byte,
             float layers 4 bytes a weight)  +  4 * out  (int32 bias, batch norm folded in)
             +  8 * out  (int32 multiplier and shift per output channel, integer layers)
+            (a clustered policy: conv / fully connected weights as the C export stores them
+            where that is smaller, b-bit indices into a codebook; clustered_gains)
     RAM   = the largest sum of activation bytes alive at one step of a topological schedule
             (inputs and outputs of the step both held), int8 tensors 1 byte an element, outputs
             of float layers 4; batch norm, activations and reshapes write in place.
@@ -24,6 +26,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from edgeopt.deploy.c.compress import CODE_BYTES, STRUCT_BYTES
 from edgeopt.errors import ModelError
 from edgeopt.search.space import FLOAT, Policy
 
@@ -53,6 +56,36 @@ def layer_bytes(weights: int, out: int, bits: int) -> int:
     if bits == FLOAT:
         return 4 * weights + 4 * out
     return math.ceil(weights * bits / 8) + 4 * out + 8 * out
+
+
+def clustered_gains(pruned: nn.Module, example: torch.Tensor, policy: Policy) -> list[int]:
+    """Flash the C export saves on each conv / fully connected layer of `pruned` clustered into
+    `policy.clusters` values per layer and quantized as the policy says: its encoder
+    (edgeopt.deploy.c.compress) run on the very integer weights, against the dense bytes.
+    Exact for the clustered weights before the trial's centroid fine-tuning (which moves the
+    centroids, not the assignments)."""
+    import edgeopt as eo
+    from edgeopt.deploy.c.compress import encode
+    from edgeopt.progress import quiet
+    from edgeopt.quantization.modules import QuantizedWeightLayer
+
+    overrides = {k: eo.QuantSpec(bits=b) for k, b in policy.bits.items() if b not in (8, FLOAT)}
+    with quiet(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        clustered = eo.apply(pruned, eo.ClusterConfig(clusters=policy.clusters),
+                             data=[(example, None)])
+        quantized = eo.apply(clustered, eo.QuantConfig(weight_overrides=overrides,
+                                                       calibration_samples=1),
+                             data=[(example[:1], None)])
+    gains = []
+    for module in quantized.modules():
+        groups = getattr(module, "_hyperparameters", {}).get("groups", 1)
+        if not isinstance(module, QuantizedWeightLayer) or groups != 1:
+            continue  # depthwise weights stay dense in the C export
+        w = module.weight_q.reshape(module.weight_q.shape[0], -1).numpy()
+        dense = (w.size + 1) // 2 if module.spec.bits == 4 else w.size
+        gains.append(dense - encode(w).nbytes - STRUCT_BYTES)
+    return gains
 
 
 @dataclasses.dataclass
@@ -172,6 +205,7 @@ class _Shape:
     pruned: nn.Module
     traced: Any  # shaped_trace(pruned)
     macs: int
+    gains: dict[Any, list[int]] = dataclasses.field(default_factory=dict)  # clustered_gains
 
 
 class FormulaCost:
@@ -195,13 +229,13 @@ class FormulaCost:
 
     def costs(self, model: nn.Module, policy: Policy) -> Costs:
         shape = self._shape(model, policy.keep)
-        return Costs(flash_bytes=self._flash(shape.pruned, policy),
+        return Costs(flash_bytes=self._flash(shape, policy),
                      ram_bytes=self._ram(shape, policy),
                      latency_ms=self.latency(shape.pruned, policy) if self.latency else None,
                      macs=shape.macs)
 
     def flash_bytes(self, model: nn.Module, policy: Policy) -> int:
-        return self._flash(self._shape(model, policy.keep).pruned, policy)
+        return self._flash(self._shape(model, policy.keep), policy)
 
     def ram_bytes(self, model: nn.Module, policy: Policy) -> int:
         return self._ram(self._shape(model, policy.keep), policy)
@@ -211,14 +245,20 @@ class FormulaCost:
             return None
         return self.latency(self._shape(model, policy.keep).pruned, policy)
 
-    @staticmethod
-    def _flash(pruned: nn.Module, policy: Policy) -> int:
+    def _flash(self, shape: _Shape, policy: Policy) -> int:
         total = 0
-        for name, module in pruned.named_modules():
+        for name, module in shape.pruned.named_modules():
             if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear):
                 out = module.weight.shape[0]
                 total += layer_bytes(module.weight.numel(), out, policy.bits.get(name, 8))
-        return total
+        if not policy.clusters:
+            return total
+        key = (policy.clusters, tuple(sorted(policy.bits.items())))
+        if key not in shape.gains:
+            shape.gains[key] = clustered_gains(shape.pruned, self.example, policy)
+        # the C export stores no layer compressed unless the gains pay for the decoder's code
+        saved = sum(g for g in shape.gains[key] if g > 0)
+        return total - saved if saved > CODE_BYTES else total
 
     def _ram(self, shape: _Shape, policy: Policy) -> int:
         return peak_bytes(schedule(shape.pruned, self.example, policy.bits, shape.traced))

@@ -249,7 +249,9 @@ class McuLatency:
         layers = torch_layers(model, self.example, policy.bits, self._traces[key])
         return predict(self.table, layers)
 
-    def __call__(self, model: nn.Module, policy: Policy) -> float:
+    def __call__(self, model: nn.Module, policy: Policy) -> float | None:
+        if policy.clusters:  # decoded weights: no fitted row (a search offers no clustering
+            return None      # under a latency budget)
         return self.target.latency_ms(self.instructions(model, policy))
 
 
