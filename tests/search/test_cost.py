@@ -129,3 +129,12 @@ def test_a_clustered_policys_flash_is_what_the_c_export_stores(tmp_path, bits, s
     # 8-bit: the 3x3 convolution's weights become 4-bit indices into 16 values; with that
     # layer at 4 bits already, the small layers' savings do not pay for the decoder's code
     assert ("clustered" in forms) is saves and (info.weight_bytes < dense) is saves
+
+
+def test_a_clustered_policy_recovers_in_float_then_clusters_its_8_bit_layers():
+    policy = Policy(bits={"0": 8, "3": 4}, keep={"0": 0.5}, clusters=16)
+    prune, cluster, quant = policy_stages(policy, epochs=1)
+    assert prune["config"]["finetune_epochs"] == 1  # before clustering fixes the values
+    assert cluster["config"] == {"clusters": 16, "finetune_epochs": 1, "exclude": ["3"]}
+    assert quant["config"]["method"] == "ptq"  # QAT would move weights off the shared values
+    assert Policy.from_dict(policy.to_dict()) == policy and policy.label().endswith("C16")

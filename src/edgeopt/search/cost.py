@@ -68,11 +68,12 @@ def clustered_gains(pruned: nn.Module, example: torch.Tensor, policy: Policy) ->
     from edgeopt.deploy.c.compress import encode
     from edgeopt.progress import quiet
     from edgeopt.quantization.modules import QuantizedWeightLayer
+    from edgeopt.search.space import cluster_config
 
     overrides = {k: eo.QuantSpec(bits=b) for k, b in policy.bits.items() if b not in (8, FLOAT)}
     with quiet(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        clustered = eo.apply(pruned, eo.ClusterConfig(clusters=policy.clusters),
+        clustered = eo.apply(pruned, eo.ClusterConfig.from_dict(cluster_config(policy)),
                              data=[(example, None)])
         quantized = eo.apply(clustered, eo.QuantConfig(weight_overrides=overrides,
                                                        calibration_samples=1),

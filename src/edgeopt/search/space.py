@@ -90,26 +90,38 @@ def build_space(model: nn.Module, example: torch.Tensor, kind: str) -> Space:
     return Space(layers=layers, groups=groups, bit_choices=(4, 8, FLOAT))
 
 
+def cluster_config(policy: Policy, epochs: int = 0) -> dict[str, Any]:
+    """The ClusterConfig of a clustered policy: its 8-bit layers only (4-bit ones already have
+    16 levels: clustering them too would put two grids on one layer)."""
+    four_bit = sorted(name for name, b in policy.bits.items() if b != 8)
+    return {"clusters": policy.clusters, "finetune_epochs": epochs,
+            **({"exclude": four_bit} if four_bit else {})}
+
+
 def policy_stages(policy: Policy, epochs: int = 1, metric: str = "top1"
                   ) -> list[dict[str, Any]]:
     """Recipe stages applying `policy`: channel pruning by layer, then mixed-precision QAT
-    (`epochs` of recovery training), activations int8. QAT trains on labels; under a metric
+    (`epochs` of recovery training), activations int8. A clustered policy recovers from pruning
+    in float, clusters its 8-bit layers (centroids fine-tuned) and is quantized post-training.
+    QAT trains on labels; under a metric
     that compares with the baseline's outputs (data without labels) the pruned model recovers
     by distillation from the baseline instead (KL on logits for `agreement`, MSE on the outputs
     for `cosine`), then is quantized post-training."""
     stages: list[dict[str, Any]] = []
     sparsity = {name: round(1.0 - keep, 4) for name, keep in policy.keep.items() if keep < 1.0}
     if sparsity:
-        stages.append({"name": "prune", "technique": "prune",
-                       "config": {"structure": "channel", "sparsity": 0.0,
-                                  "layer_sparsity": sparsity}})
+        prune: dict[str, Any] = {"structure": "channel", "sparsity": 0.0,
+                                 "layer_sparsity": sparsity}
+        if policy.clusters and metric == "top1":  # recovered before clustering fixes the values
+            prune["finetune_epochs"] = epochs
+        stages.append({"name": "prune", "technique": "prune", "config": prune})
         if metric != "top1":
             stages.append({"name": "recover", "technique": "distill", "config": {
                 "epochs": epochs, "alpha": 1.0, "val_fraction": 0.0,
                 "logit_loss": "kl" if metric == "agreement" else "mse"}})
     if policy.clusters:  # centroids fine-tuned with the assignments fixed; QAT would undo them
-        stages.append({"name": "cluster", "technique": "cluster", "config": {
-            "clusters": policy.clusters, "finetune_epochs": epochs if metric == "top1" else 0}})
+        stages.append({"name": "cluster", "technique": "cluster",
+                       "config": cluster_config(policy, epochs if metric == "top1" else 0)})
     overrides = {name: {"bits": b} for name, b in policy.bits.items() if b not in (8, FLOAT)}
     floats = [name for name, b in policy.bits.items() if b == FLOAT]
     # lr 1e-3 (not QAT's 1e-4 default): one short pass recovers from pruning as well
