@@ -178,7 +178,7 @@ def _execute(recipe: Recipe, journal: Journal, progress: bool) -> list[StageResu
         if row is not None and stage.name not in needed:
             results.append(_row(row))  # finished, and no later stage starts from its model
             continue
-        with journal.checkpoints(stage.name), _seeded(recipe.seed, index):
+        with journal.checkpoints(stage.name), stage_seeded(recipe.seed, index):
             model, stats = _apply_stage(stage, models, splits, recipe, example, folder, row)
         models[stage.name] = model
         result = _finished(stage.name, stage.config.kind, model, done, journal, scorer)
@@ -231,7 +231,7 @@ def _record(journal: Journal, name: str, model: nn.Module, results: list[StageRe
 
 
 @contextlib.contextmanager
-def _seeded(seed: int, index: int) -> Iterator[None]:
+def stage_seeded(seed: int, index: int) -> Iterator[None]:
     """Each stage starts from its own seed: a resumed run that skips earlier stages draws the
     same random numbers as an uninterrupted one."""
     with torch.random.fork_rng(devices=[]):

@@ -133,9 +133,13 @@ def _context(parsed: Any, budget: Budget, settings: SearchSettings, progress: bo
     base = load_baseline(parsed, splits, progress).eval()
     reference = None if metric == "top1" else predict_logits(base, splits.val).numpy()
     generator = torch.Generator().manual_seed(settings.seed)
-    count = min(settings.finetune_samples, len(splits.train))
-    indices = torch.randperm(len(splits.train), generator=generator)[:count].tolist()
-    train = torch.utils.data.Subset(splits.train, indices)
+    # all of the training split when it is no larger (then best/ trains on exactly the data its
+    # trial did), else a seeded sample of it in the split's order
+    train = splits.train
+    if settings.finetune_samples < len(splits.train):
+        indices = torch.randperm(len(splits.train), generator=generator)
+        train = torch.utils.data.Subset(splits.train,
+                                        sorted(indices[:settings.finetune_samples].tolist()))
     # on an MCU latency is recorded always, an objective only under a latency budget (a study
     # begun without one keeps its objectives when resumed)
     timed = latency is not None and (budget.kind == "host" or budget.latency_ms is not None)
@@ -146,7 +150,7 @@ def _context(parsed: Any, budget: Budget, settings: SearchSettings, progress: bo
     return Context(base=base, splits=splits, train=train, example=example,
                    space=space, budget=budget,
                    cost=FormulaCost(example, latency), settings=settings, objectives=objectives,
-                   metric=metric, reference=reference)
+                   metric=metric, reference=reference, recipe_seed=parsed.seed)
 
 
 def _run_best(parsed: Any, best: dict[str, Any], budget: Budget, settings: SearchSettings,

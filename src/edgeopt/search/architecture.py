@@ -363,7 +363,8 @@ def architecture_context(parsed: Any, ctx: Any) -> tuple[Any, list[dict[str, Any
                       latency=ctx.cost.latency is not None)
     example = splits.test[0][0].unsqueeze(0)
     arch_ctx = dataclasses.replace(ctx, splits=splits, example=example,
-                                   train=Subset(splits.train, ctx.train.indices),
+                                   train=(Subset(splits.train, ctx.train.indices)
+                                          if isinstance(ctx.train, Subset) else splits.train),
                                    evaluate=level.evaluate)
     return arch_ctx, rows
 

@@ -72,6 +72,7 @@ class Context:
     objectives: tuple[str, ...]
     evaluate: Any = None  # (ctx, trial) -> record of the architecture level; None: policy level
     metric: str = "top1"  # the recipe's metric, scored on the validation split ("accuracy")
+    recipe_seed: int = 0  # stages are seeded as the recipe runner seeds them (best/ = its trial)
     reference: Any = None  # the baseline's validation outputs (metrics that compare with them)
 
 
@@ -80,13 +81,18 @@ def apply_policy(ctx: Context, policy: Policy) -> nn.Module:
     from edgeopt.api import apply
     from edgeopt.config import config_type
     from edgeopt.progress import quiet
+    from edgeopt.recipes.run import stage_seeded
 
     model = ctx.base
+    stages = policy_stages(policy, ctx.settings.epochs, ctx.metric)
     with quiet():  # the techniques' own bars would bury the search's
-        for stage in policy_stages(policy, ctx.settings.epochs, ctx.metric):
+        for index, stage in enumerate(stages):
             config = config_type(stage["technique"]).from_dict(stage["config"])
             teacher = {"teacher": ctx.base} if getattr(config, "needs_teacher", False) else {}
-            model = apply(model, config, data=ctx.train, **teacher)
+            # seeded as the recipe runner seeds the stage: best/, the same stages run as a
+            # recipe on the same training data, gets this very model
+            with stage_seeded(ctx.recipe_seed, index):
+                model = apply(model, config, data=ctx.train, **teacher)
     return model
 
 
@@ -109,9 +115,7 @@ def evaluate_policy(ctx: Context, policy: Policy) -> dict[str, Any]:
     fits = ctx.budget.fits(costs.flash_bytes, costs.ram_bytes, costs.latency_ms)
     accuracy = None
     if fits:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(ctx.settings.seed)
-            accuracy = validation_score(ctx, apply_policy(ctx, policy).eval())
+        accuracy = validation_score(ctx, apply_policy(ctx, policy).eval())
     return {"accuracy": accuracy, "flash_bytes": costs.flash_bytes, "ram_bytes": costs.ram_bytes,
             "latency_ms": costs.latency_ms, "macs": costs.macs, "fits": fits,
             "policy": policy.to_dict(), "seconds": time.perf_counter() - start}
