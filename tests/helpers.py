@@ -35,3 +35,16 @@ def toy_classification(
     centers = torch.randn(num_classes, *shape, generator=g) * 2.0
     inputs = centers[labels] + torch.randn(n, *shape, generator=g)
     return TensorDataset(inputs, labels)
+
+
+def write_labeled_images(folder, size: int, counts: dict[str, int]) -> None:
+    """`folder`/<split>.npz of random (1, size, size) images, each labeled 1 where the mean of
+    its top half is positive (a rule a small CNN can learn)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in counts.items():
+        x = rng.normal(size=(n, 1, size, size)).astype(np.float32)
+        y = (x[:, 0, : size // 2].mean((1, 2)) > 0).astype(np.int64)
+        np.savez(folder / f"{split}.npz", x=x, y=y)

@@ -167,14 +167,10 @@ def test_bad_architecture_options_are_one_error_line_and_nothing_written(tmp_pat
 
 
 def test_the_architecture_level_searches_the_users_own_labeled_images(tmp_path, monkeypatch):
-    import numpy as np
+    from helpers import write_labeled_images
 
-    rng = np.random.default_rng(0)
     folder = tmp_path / "project"
-    folder.mkdir()
-    for split, n in (("train", 240), ("test", 60)):
-        x = rng.normal(size=(n, 1, 12, 12)).astype(np.float32)
-        np.savez(folder / f"{split}.npz", x=x, y=(x[:, 0, :6].mean((1, 2)) > 0).astype(np.int64))
+    write_labeled_images(folder, 12, {"train": 240, "test": 60})
     recipe = {"model": "dscnn", "data": {"train": "train.npz", "test": "test.npz"},
               "epochs": 1, "measure": {"runs": 3, "warmup": 1}}
     (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))

@@ -102,15 +102,12 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tmp_path, args, 
 
 
 def test_best_run_reads_the_recipes_own_files_from_the_recipe_folder(tmp_path, monkeypatch):
-    import numpy as np
     import yaml
 
-    rng = np.random.default_rng(0)
+    from helpers import write_labeled_images
+
     folder = tmp_path / "project"
-    folder.mkdir()
-    for split, n in (("train", 160), ("test", 40)):
-        x = rng.normal(size=(n, 1, 8, 8)).astype(np.float32)
-        np.savez(folder / f"{split}.npz", x=x, y=(x[:, 0, :4].sum((1, 2)) > 0).astype(np.int64))
+    write_labeled_images(folder, 8, {"train": 160, "test": 40})
     recipe = {**RECIPE, "data": {"train": "train.npz", "test": "test.npz"}}
     (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     monkeypatch.chdir(tmp_path)  # not the recipe's folder: its relative paths must still resolve
