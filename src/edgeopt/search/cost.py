@@ -28,7 +28,7 @@ from torch import nn
 
 from edgeopt.deploy.c.compress import CODE_BYTES, STRUCT_BYTES
 from edgeopt.errors import ModelError
-from edgeopt.search.space import FLOAT, Policy
+from edgeopt.search.space import FLOAT, Policy, cluster_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +68,6 @@ def clustered_gains(pruned: nn.Module, example: torch.Tensor, policy: Policy) ->
     from edgeopt.deploy.c.compress import encode
     from edgeopt.progress import quiet
     from edgeopt.quantization.modules import QuantizedWeightLayer
-    from edgeopt.search.space import cluster_config
 
     overrides = {k: eo.QuantSpec(bits=b) for k, b in policy.bits.items() if b not in (8, FLOAT)}
     with quiet(), torch.random.fork_rng(devices=[]):
@@ -210,7 +209,8 @@ class _Shape:
 
 
 class FormulaCost:
-    """The formulas above; latency from `latency` (a callable on the pruned model) when given."""
+    """The formulas above; latency from `latency` when given: a callable on (the pruned model,
+    the policy, its shaped_trace), the trace spared to predictors that read shapes."""
 
     def __init__(self, example: torch.Tensor, latency: Any = None) -> None:
         self.example, self.latency = example, latency
@@ -232,7 +232,7 @@ class FormulaCost:
         shape = self._shape(model, policy.keep)
         return Costs(flash_bytes=self._flash(shape, policy),
                      ram_bytes=self._ram(shape, policy),
-                     latency_ms=self.latency(shape.pruned, policy) if self.latency else None,
+                     latency_ms=self._latency(shape, policy),
                      macs=shape.macs)
 
     def flash_bytes(self, model: nn.Module, policy: Policy) -> int:
@@ -242,9 +242,10 @@ class FormulaCost:
         return self._ram(self._shape(model, policy.keep), policy)
 
     def latency_ms(self, model: nn.Module, policy: Policy) -> float | None:
-        if self.latency is None:
-            return None
-        return self.latency(self._shape(model, policy.keep).pruned, policy)
+        return self._latency(self._shape(model, policy.keep), policy)
+
+    def _latency(self, shape: _Shape, policy: Policy) -> float | None:
+        return None if self.latency is None else self.latency(shape.pruned, policy, shape.traced)
 
     def _flash(self, shape: _Shape, policy: Policy) -> int:
         total = 0

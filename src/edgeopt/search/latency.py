@@ -273,11 +273,10 @@ def predict_onnx(model: onnx.ModelProto, feed: dict[str, np.ndarray],
 def quantized(pruned: nn.Module, policy: Policy, example: torch.Tensor) -> nn.Module:
     """`pruned` quantized as the policy's stage would (PTQ on random inputs: timing only)."""
     import edgeopt as eo
+    from edgeopt.progress import quiet
 
     overrides = {k: eo.QuantSpec(bits=b) for k, b in policy.bits.items() if b not in (8, FLOAT)}
     floats = tuple(k for k, b in policy.bits.items() if b == FLOAT)
-    from edgeopt.progress import quiet
-
     # token ids stay token ids: random floats would not even run an embedding
     inputs = (torch.randn(4, *example.shape[1:]) if example.is_floating_point()
               else example[:1].repeat(4, *[1] * (example.dim() - 1)))
@@ -302,7 +301,8 @@ def latency_model(example: torch.Tensor, table: KernelTable | None = None) -> An
     table = table or KernelTable()
     memo: dict[tuple[Any, ...], float] = {}
 
-    def predict(model: nn.Module, policy: Policy) -> float:
+    def predict(model: nn.Module, policy: Policy, traced: Any = None) -> float:
+        # `traced` (FormulaCost's shaped_trace) is not needed: ORT's own graph is costed
         key = (repr(model), tuple(example.shape), tuple(sorted(policy.bits.items())))
         if key not in memo:
             onnx_model = exported(model, policy, example)

@@ -236,23 +236,15 @@ class McuLatency:
 
     def __init__(self, target: Any, example: torch.Tensor, table: dict[str, Any]) -> None:
         self.target, self.example, self.table = target, example, table
-        self._traces: dict[str, Any] = {}  # per structure (repr), as the host predictor's memo
 
-    def instructions(self, model: nn.Module, policy: Policy) -> float:
-        from edgeopt.search.cost import shaped_trace
+    def instructions(self, model: nn.Module, policy: Policy, traced: Any = None) -> float:
+        """`traced`: the model's cost.shaped_trace, when the caller has it."""
+        return predict(self.table, torch_layers(model, self.example, policy.bits, traced))
 
-        key = repr(model)
-        if key not in self._traces:
-            if len(self._traces) >= 16:
-                self._traces.pop(next(iter(self._traces)))
-            self._traces[key] = shaped_trace(model, self.example)
-        layers = torch_layers(model, self.example, policy.bits, self._traces[key])
-        return predict(self.table, layers)
-
-    def __call__(self, model: nn.Module, policy: Policy) -> float | None:
+    def __call__(self, model: nn.Module, policy: Policy, traced: Any = None) -> float | None:
         if policy.clusters:  # decoded weights: no fitted row (a search offers no clustering
             return None      # under a latency budget)
-        return self.target.latency_ms(self.instructions(model, policy))
+        return self.target.latency_ms(self.instructions(model, policy, traced))
 
 
 def latency_model(target: Any, example: torch.Tensor) -> McuLatency | None:
