@@ -99,8 +99,8 @@ def search(recipe: str | Path | dict[str, Any] | None, *, target: str, out_dir: 
                 best_run = _run_best(parsed, best, budget, settings, folder, progress, ctx.metric)
             else:
                 best_run = run_best_architecture(parsed, best, budget, settings, folder, progress)
-        content = output.summary(records, budget.to_dict(), best_run, ctx.objectives)
-        content["metric"] = ctx.metric  # what "accuracy" is: top1, agreement or cosine
+        content = output.summary(records, budget.to_dict(), best_run, ctx.objectives,
+                                 ctx.metric)
         if spaces is not None:
             content["architecture"] = {"level": settings.level, "family": parsed.model,
                                        "spaces": spaces}

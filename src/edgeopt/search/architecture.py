@@ -138,8 +138,7 @@ def resized_data(name: str, resolution: int, seed: int = 0) -> Any:
     train / val / test split, already normalized."""
     from edgeopt import datasets
 
-    splits = resize_splits(datasets.load(name, seed=seed), resolution)
-    return SimpleNamespace(train=splits.train, val=splits.val, test=splits.test)
+    return _factory_splits(resize_splits(datasets.load(name, seed=seed), resolution))
 
 
 def resized_user_data(data: dict[str, Any], root: str, resolution: int, seed: int = 0) -> Any:
@@ -147,8 +146,12 @@ def resized_user_data(data: dict[str, Any], root: str, resolution: int, seed: in
     and normalized as a run does, resized (the `data.factory` of DIR/architecture.yaml)."""
     from edgeopt.sources.data import load_data, parse_data_source
 
-    splits = resize_splits(load_data(parse_data_source(data, Path(root)), None, seed),
-                           resolution)
+    splits = load_data(parse_data_source(data, Path(root)), None, seed)
+    return _factory_splits(resize_splits(splits, resolution))
+
+
+def _factory_splits(splits: Any) -> SimpleNamespace:
+    """What a `data.factory` returns: an object with .train / .val / .test."""
     return SimpleNamespace(train=splits.train, val=splits.val, test=splits.test)
 
 

@@ -51,13 +51,14 @@ def pareto_front(records: list[dict[str, Any]],
 
 
 def summary(records: list[dict[str, Any]], budget: dict[str, Any],
-            best_run: dict[str, Any] | None,
-            objectives: tuple[str, ...] = OBJECTIVES) -> dict[str, Any]:
+            best_run: dict[str, Any] | None, objectives: tuple[str, ...] = OBJECTIVES,
+            metric: str = "top1") -> dict[str, Any]:
+    """pareto.json's content; `metric` says what each record's "accuracy" is."""
     best = best_fitting(records)
     if best is not None and best_run is not None:
         best = {**best, **best_run}
-    return {"budget": budget, "objectives": list(objectives), "trials": records,
-            "pareto": pareto_front(records, objectives), "best": best}
+    return {"budget": budget, "objectives": list(objectives), "metric": metric,
+            "trials": records, "pareto": pareto_front(records, objectives), "best": best}
 
 
 def write_pareto(folder: Path, content: dict[str, Any]) -> None:

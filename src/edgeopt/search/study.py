@@ -121,6 +121,13 @@ def evaluate_policy(ctx: Context, policy: Policy) -> dict[str, Any]:
             "policy": policy.to_dict(), "seconds": time.perf_counter() - start}
 
 
+def _requeue(trial: Any) -> None:
+    """Optuna records a stopped trial as failed; it is not one: marked, it does not count
+    towards --trials, and its parameters are queued so that a resumed search runs it again."""
+    trial.set_user_attr(INTERRUPTED, True)
+    trial.study.enqueue_trial(trial.params)
+
+
 def objective(ctx: Context, trial: Any) -> tuple[float, ...]:
     try:
         if ctx.evaluate is not None:
@@ -128,14 +135,11 @@ def objective(ctx: Context, trial: Any) -> tuple[float, ...]:
         else:
             record = evaluate_policy(ctx, ctx.space.suggest(trial))
     except KeyboardInterrupt:
-        # Optuna records the trial as failed; it is not one: the resumed search runs it again
-        trial.set_user_attr(INTERRUPTED, True)
-        trial.study.enqueue_trial(trial.params)
+        _requeue(trial)
         raise
     except Exception as exc:
-        if _fails_every_trial(ctx, exc):  # stopped, as by Ctrl-C: a resumed search reruns it
-            trial.set_user_attr(INTERRUPTED, True)
-            trial.study.enqueue_trial(trial.params)
+        if _fails_every_trial(ctx, exc):  # stopped, as by Ctrl-C
+            _requeue(trial)
             raise _StopSearch(exc) from exc  # not in Optuna's `catch`: it ends the search
         trial.set_user_attr("error", f"{type(exc).__name__}: {str(exc)[:300]}")
         raise  # this policy's own failure: recorded, the search goes on
@@ -287,13 +291,13 @@ def run_trials(study: Any, ctx: Context, trials: int, timeout: float | None,
 
     def after(study: Any, trial: Any) -> None:
         interrupt.check()  # a Ctrl-C swallowed during the trial stops the search here
-        bar.n = finished(study)
+        bar.n = done_now = finished(study)
         best = best_fitting([t.user_attrs for t in study.get_trials(deepcopy=False)])
         if best is not None:
             bar.set_postfix_str(f"best {100 * best['accuracy']:.2f}% at "
                                 f"{best['flash_bytes'] / 1024:.1f} KiB")
         bar.refresh()
-        if finished(study) + running_elsewhere(study, joined) >= trials:
+        if done_now + running_elsewhere(study, joined) >= trials:
             study.stop()
 
     try:
