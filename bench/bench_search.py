@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 
 import edgeopt as eo
-from edgeopt.search.cost import FormulaCost, pruned_copy
+from edgeopt.search.cost import FormulaCost, shaped_copy
 from edgeopt.search.latency import latency_model
-from edgeopt.search.space import Policy, build_space, policy_stages
+from edgeopt.search.space import Policy, build_space, policy_stages, quant_layers
 
 
 def _spearman(a: list[float], b: list[float]) -> float:
@@ -49,7 +49,8 @@ def _mape(pred: list[float], real: list[float]) -> float:
 
 def _random_policy(space, rng: random.Random) -> Policy:
     return Policy(bits={n: rng.choice((4, 8)) for n in space.layers},
-                  keep={g: rng.choice(space.keep_choices) for g in space.groups})
+                  keep={g: rng.choice(space.keep_choices) for g in space.groups},
+                  energy=rng.choice(space.energy_choices))
 
 
 def costs(per_model: int) -> None:
@@ -69,11 +70,8 @@ def costs(per_model: int) -> None:
         for _ in range(per_model):
             policy = _random_policy(space, rng)
             pred = cost.costs(model, policy)
-            pruned = pruned_copy(model, example, policy.keep)
-            stage = policy_stages(policy)[-1]["config"]
-            config = eo.QuantConfig(weight_overrides={k: eo.QuantSpec(bits=v["bits"]) for k, v in
-                                                      stage.get("weight_overrides", {}).items()},
-                                    calibration_samples=32)
+            pruned = shaped_copy(model, example, policy)
+            config = eo.QuantConfig.from_dict({**quant_layers(policy), "calibration_samples": 32})
             quantized = eo.apply(pruned, config, data=calib)
             with tempfile.TemporaryDirectory() as tmp:
                 info = export_c(quantized, tmp, example)
@@ -142,8 +140,9 @@ def _latency_candidate(family: str, native: tuple[int, ...], rng: random.Random)
     space = build_space(model, example, "host")
     bits = (4, 8, FLOAT) if rng.random() < 0.35 else (4, 8)
     policy = Policy(bits={n: rng.choice(bits) for n in space.layers},
-                    keep={g: rng.choice(space.keep_choices) for g in space.groups})
-    return arch, policy, pruned_copy(model, example, policy.keep), example
+                    keep={g: rng.choice(space.keep_choices) for g in space.groups},
+                    energy=rng.choice(space.energy_choices))
+    return arch, policy, shaped_copy(model, example, policy), example
 
 
 def _time_interleaved(models: list, rounds: int, runs: int) -> list[float]:

@@ -138,3 +138,73 @@ def test_a_clustered_policy_recovers_in_float_then_clusters_its_8_bit_layers():
     assert cluster["config"] == {"clusters": 16, "finetune_epochs": 1, "exclude": ["3"]}
     assert quant["config"]["method"] == "ptq"  # QAT would move weights off the shared values
     assert Policy.from_dict(policy.to_dict()) == policy and policy.label().endswith("C16")
+
+
+def test_a_factorized_policy_gives_its_low_rank_factors_the_replaced_layers_widths():
+    from edgeopt.search.space import layer_bits
+
+    policy = Policy(bits={"0": 8, "3": 4, "6": 32}, keep={"0": 0.5}, energy=0.8)
+    prune, lowrank, quant = policy_stages(policy, epochs=1)
+    assert lowrank["technique"] == "lowrank" and lowrank["config"]["energy"] == 0.8
+    # ranks come from the pruned weights; the factors recover in float, then PTQ
+    assert "finetune_epochs" not in prune["config"] and lowrank["config"]["finetune_epochs"] == 1
+    assert quant["config"]["method"] == "ptq"
+    assert quant["config"]["weight_overrides"] == {"3": {"bits": 4}, "3.*": {"bits": 4}}
+    assert quant["config"]["exclude"] == ["6", "6.*"]
+    assert [layer_bits(policy.bits, n) for n in ("3", "3.1", "6.0", "0", "9")] == [4, 4, 32, 8, 8]
+    clustered = Policy(bits=policy.bits, keep=policy.keep, clusters=16, energy=0.8)
+    prune, lowrank, cluster, _ = policy_stages(clustered, epochs=1)
+    # recovery in float follows the last change of shape, before clustering fixes the values
+    assert "finetune_epochs" not in prune["config"] and lowrank["config"]["finetune_epochs"] == 1
+    assert cluster["config"]["exclude"] == ["3", "3.*", "6", "6.*"]
+    assert Policy.from_dict(clustered.to_dict()) == clustered
+    assert clustered.label().endswith("C16 E0.8") and "energy" not in Policy({}, {}).to_dict()
+
+
+def _low_rank_cnn() -> nn.Module:
+    """A CNN whose second convolution and first Linear hold rank-3 weights: factorized at any
+    energy they keep 3 directions, which saves parameters and MACs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 24), nn.ReLU(),
+                          nn.Linear(24, 10))
+    with torch.no_grad():
+        for index in (2, 6):
+            weight = model[index].weight
+            rows, cols = weight.shape[0], weight[0].numel()
+            weight.copy_((torch.randn(rows, 3) @ torch.randn(3, cols)).reshape(weight.shape))
+    return model.eval()
+
+
+def test_a_factorized_policys_costs_are_what_the_c_export_stores(tmp_path):
+    import edgeopt as eo
+    from edgeopt.config import config_type
+    from edgeopt.deploy import export_c
+    from edgeopt.lowrank.layers import Factorized
+    from edgeopt.search.cost import shaped_copy
+    from edgeopt.search.space import layer_bits
+
+    model, example = _low_rank_cnn(), torch.randn(1, 1, 8, 8)
+    policy = Policy(bits={"0": 8, "2": 4, "6": 8, "8": 8}, keep={"0": 0.5}, energy=0.8)
+    data = [(torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)))]
+    applied, ranks = model, {}
+    for stage in policy_stages(policy):  # prune, low-rank, QAT: as a trial runs them
+        applied = eo.apply(applied, config_type(stage["technique"]).from_dict(stage["config"]),
+                           data=data)
+        ranks = ranks or {n: m.rank for n, m in applied.named_modules()
+                          if isinstance(m, Factorized)}
+    assert ranks["2"] <= 3 and ranks["6"] <= 3
+    # the cost model's copy is factorized at the trial's ranks
+    assert {n: m.rank for n, m in shaped_copy(model, example, policy).named_modules()
+            if isinstance(m, Factorized)} == ranks
+    bits = {n: m.spec.bits for n, m in applied.named_modules() if hasattr(m, "weight_q")}
+    assert bits == {n: layer_bits(policy.bits, n) for n in bits} and bits["2.1"] == 4
+    info = export_c(applied, tmp_path / "c", example)
+    tables = 12 * sum(m.weight_q.shape[0] for m in applied.modules() if hasattr(m, "weight_q"))
+    predicted = FormulaCost(example).costs(model, policy)
+    assert predicted.flash_bytes - tables == info.weight_bytes
+    # RAM is a schedule's estimate, not exact (the C planner aligns its buffers)
+    assert abs(predicted.ram_bytes - (info.ram_bytes + info.io_bytes)) <= 0.05 * info.ram_bytes
+    whole = FormulaCost(example).costs(model, Policy(policy.bits, policy.keep))
+    assert predicted.flash_bytes < whole.flash_bytes and predicted.macs < whole.macs

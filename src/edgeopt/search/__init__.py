@@ -3,10 +3,11 @@
     result = edgeopt.search.search("recipe.yaml", target="cortex-m4", flash="64KiB",
                                    trials=40, out_dir="runs/search")
 
-Each trial picks a weight bit width per layer and a channel keep ratio per group, predicts
-flash / RAM / latency (edgeopt.search.cost), and, when the policy fits, applies it (channel
-pruning, then quantization-aware recovery training on a training subset) and scores it on the
-validation split. `out_dir` gets pareto.json, report.html and best/ (the best fitting policy run
+Each trial picks a weight bit width per layer, a channel keep ratio per group, a low-rank
+energy and (MCU targets) weight clustering, predicts flash / RAM / latency
+(edgeopt.search.cost), and, when the policy fits, applies it (channel pruning, low-rank
+factorization, clustering, then quantization with short recovery training on a training subset;
+edgeopt.search.space.policy_stages) and scores it on the validation split. `out_dir` gets pareto.json, report.html and best/ (the best fitting policy run
 as a normal recipe and measured on the test split).
 
 With `SearchSettings(level="architecture")` (or "both") trials vary the architecture of the

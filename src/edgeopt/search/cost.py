@@ -14,7 +14,8 @@ export stores (edgeopt.deploy.budget counts the same things):
 
 Latency on the host comes from ONNX Runtime timings (edgeopt.search.latency); on an MCU target
 from instructions predicted per layer (edgeopt.search.mcu) at the target's assumed clock.
-Pruning is simulated on shapes only (widths scaled by keep ratios, rounded as the pruner does).
+Pruning and low-rank factorization run on a copy, through the trial's own pruner and
+factorizer, so the shapes (widths, ranks) are the trial's.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch import nn
 
 from edgeopt.deploy.c.compress import CODE_BYTES, STRUCT_BYTES
 from edgeopt.errors import ModelError
-from edgeopt.search.space import FLOAT, Policy, cluster_config
+from edgeopt.search.space import FLOAT, Policy, cluster_config, layer_bits, lowrank_config, quant_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,14 +70,12 @@ def clustered_gains(pruned: nn.Module, example: torch.Tensor, policy: Policy) ->
     from edgeopt.progress import quiet
     from edgeopt.quantization.modules import QuantizedWeightLayer
 
-    overrides = {k: eo.QuantSpec(bits=b) for k, b in policy.bits.items() if b not in (8, FLOAT)}
+    quant = eo.QuantConfig.from_dict({**quant_layers(policy), "calibration_samples": 1})
     with quiet(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         clustered = eo.apply(pruned, eo.ClusterConfig.from_dict(cluster_config(policy)),
                              data=[(example, None)])
-        quantized = eo.apply(clustered, eo.QuantConfig(weight_overrides=overrides,
-                                                       calibration_samples=1),
-                             data=[(example[:1], None)])
+        quantized = eo.apply(clustered, quant, data=[(example[:1], None)])
     gains = []
     for module in quantized.modules():
         groups = getattr(module, "_hyperparameters", {}).get("groups", 1)
@@ -155,7 +154,7 @@ def schedule(model: nn.Module, example: torch.Tensor, bits: dict[str, int],
             node.op in ("call_function", "call_method") and _call_name(node) in _IN_PLACE_CALLS)
         inputs = [a.name for a in node.all_input_nodes]
         steps.append(_Step(node.name, inputs, node.name, numel, in_place and bool(inputs),
-                           bits.get(name) == FLOAT, name))
+                           layer_bits(bits, name) == FLOAT, name))
     return steps
 
 
@@ -197,12 +196,26 @@ def pruned_copy(model: nn.Module, example: torch.Tensor, keep: dict[str, float])
     return prune(model, config, data=[(example, None)]).model
 
 
+def shaped_copy(model: nn.Module, example: torch.Tensor, policy: Policy) -> nn.Module:
+    """`model` in the shape `policy` gives it: pruned, then factorized at its low-rank energy
+    by the trial's own factorizer (the ranks, read off the pruned weights, are the trial's)."""
+    pruned = pruned_copy(model, example, policy.keep)
+    if policy.energy >= 1.0:
+        return pruned
+    from edgeopt.lowrank.apply import factorize
+    from edgeopt.lowrank.config import LowRankConfig
+
+    config = LowRankConfig.from_dict(lowrank_config(policy))
+    return factorize(pruned, config, data=[(example[:1], None)]).model
+
+
 @dataclasses.dataclass
 class _Shape:
-    """One pruned shape of a model: what its costs share whatever the bit widths."""
+    """One pruned (and factorized) shape of a model: what its costs share whatever the bit
+    widths."""
 
     model: nn.Module  # held, so that its id, the cache key, cannot be reused
-    pruned: nn.Module
+    pruned: nn.Module  # shaped_copy
     traced: Any  # shaped_trace(pruned)
     macs: int
     gains: dict[Any, list[int]] = dataclasses.field(default_factory=dict)  # clustered_gains
@@ -216,33 +229,33 @@ class FormulaCost:
         self.example, self.latency = example, latency
         self._shapes: dict[tuple[int, tuple[Any, ...]], _Shape] = {}
 
-    def _shape(self, model: nn.Module, keep: dict[str, float]) -> _Shape:
-        """pruned_copy, remembered with its trace: policies that differ only in bits (most
+    def _shape(self, model: nn.Module, policy: Policy) -> _Shape:
+        """shaped_copy, remembered with its trace: policies that differ only in bits (most
         of a search's seeds and cost estimates) share one."""
-        key = (id(model), tuple(sorted(keep.items())))
+        key = (id(model), tuple(sorted(policy.keep.items())), policy.energy)
         if key not in self._shapes:
             if len(self._shapes) >= 16:
                 self._shapes.pop(next(iter(self._shapes)))
-            pruned = pruned_copy(model, self.example, keep)
+            pruned = shaped_copy(model, self.example, policy)
             self._shapes[key] = _Shape(model, pruned, shaped_trace(pruned, self.example),
                                        _macs(pruned, self.example))
         return self._shapes[key]
 
     def costs(self, model: nn.Module, policy: Policy) -> Costs:
-        shape = self._shape(model, policy.keep)
+        shape = self._shape(model, policy)
         return Costs(flash_bytes=self._flash(shape, policy),
                      ram_bytes=self._ram(shape, policy),
                      latency_ms=self._latency(shape, policy),
                      macs=shape.macs)
 
     def flash_bytes(self, model: nn.Module, policy: Policy) -> int:
-        return self._flash(self._shape(model, policy.keep), policy)
+        return self._flash(self._shape(model, policy), policy)
 
     def ram_bytes(self, model: nn.Module, policy: Policy) -> int:
-        return self._ram(self._shape(model, policy.keep), policy)
+        return self._ram(self._shape(model, policy), policy)
 
     def latency_ms(self, model: nn.Module, policy: Policy) -> float | None:
-        return self._latency(self._shape(model, policy.keep), policy)
+        return self._latency(self._shape(model, policy), policy)
 
     def _latency(self, shape: _Shape, policy: Policy) -> float | None:
         return None if self.latency is None else self.latency(shape.pruned, policy, shape.traced)
@@ -252,7 +265,7 @@ class FormulaCost:
         for name, module in shape.pruned.named_modules():
             if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear):
                 out = module.weight.shape[0]
-                total += layer_bytes(module.weight.numel(), out, policy.bits.get(name, 8))
+                total += layer_bytes(module.weight.numel(), out, layer_bits(policy.bits, name))
         if not policy.clusters:
             return total
         key = (policy.clusters, tuple(sorted(policy.bits.items())))

@@ -38,7 +38,7 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from edgeopt.search.space import FLOAT, Policy
+from edgeopt.search.space import Policy, quant_layers
 
 _CHAIN = 33  # Identity nodes in the graph that times the per-node cost
 
@@ -275,12 +275,10 @@ def quantized(pruned: nn.Module, policy: Policy, example: torch.Tensor) -> nn.Mo
     import edgeopt as eo
     from edgeopt.progress import quiet
 
-    overrides = {k: eo.QuantSpec(bits=b) for k, b in policy.bits.items() if b not in (8, FLOAT)}
-    floats = tuple(k for k, b in policy.bits.items() if b == FLOAT)
     # token ids stay token ids: random floats would not even run an embedding
     inputs = (torch.randn(4, *example.shape[1:]) if example.is_floating_point()
               else example[:1].repeat(4, *[1] * (example.dim() - 1)))
-    config = eo.QuantConfig(weight_overrides=overrides, exclude=floats, calibration_samples=4)
+    config = eo.QuantConfig.from_dict({**quant_layers(policy), "calibration_samples": 4})
     with quiet():  # no calibration bar
         return eo.apply(pruned, config, data=[(inputs, None)])
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeopt.search.space import Policy
+from edgeopt.search.space import Policy, layer_bits
 
 FEATURES = ("macs", "patch", "taps", "outputs", "inputs", "pixels", "weights", "calls")
 DEFAULT_TABLE = Path(__file__).with_name("mcu_table.json")
@@ -167,7 +167,7 @@ def torch_layers(model: nn.Module, example: torch.Tensor, bits: dict[str, int],
         x = _nhwc(source.shape) if source is not None and hasattr(source, "shape") else ()
         y = _nhwc(meta.shape)
         if node.op == "call_module":
-            layer = _module_layer(modules[node.target], bits.get(str(node.target), 8), x, y)
+            layer = _module_layer(modules[node.target], layer_bits(bits, str(node.target)), x, y)
         elif node.target in _ADDS and len(node.all_input_nodes) == 2:
             layer = _simple("add", 2 * math.prod(y), math.prod(y), 1)
         elif node.target in _RESHAPES and len(x) != len(y):

@@ -47,7 +47,8 @@ def measure(model: nn.Module, example: torch.Tensor, bits: dict[str, int], targe
 
     generator = torch.Generator().manual_seed(seed)
     calib = torch.randn(16, *example.shape[1:], generator=generator)
-    overrides = {k: eo.QuantSpec(bits=v) for k, v in bits.items() if v != 8}
+    # a low-rank factor (`fc.1`) takes the width of the layer it replaced (`fc`)
+    overrides = {p: eo.QuantSpec(bits=v) for k, v in bits.items() if v != 8 for p in (k, f"{k}.*")}
     config = eo.QuantConfig(weight_overrides=overrides, calibration_samples=16)
     with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
         quantized = eo.apply(model.eval(), config, data=[(calib, None)])
@@ -233,10 +234,11 @@ def layer_error(rows: list[dict[str, Any]], table: dict[str, Any]) -> float:
 def held_out_models(per_family: int, seed: int = 1) -> list[tuple[str, nn.Module, torch.Tensor,
                                                                   Policy]]:
     """Architecture-level candidates of the zoo families (width / depth / kernel / resolution,
-    uniform int8 and uniform 4-bit) and random policies (bits, keep ratios) of zoo models."""
+    uniform int8 and uniform 4-bit) and random policies (bits, keep ratios, low-rank energy) of
+    zoo models."""
     import edgeopt as eo
     from edgeopt.search.architecture import FAMILIES, build, candidate_spaces, resized_shape
-    from edgeopt.search.cost import pruned_copy
+    from edgeopt.search.cost import shaped_copy
     from edgeopt.search.space import build_space
 
     rng = random.Random(seed)
@@ -260,8 +262,9 @@ def held_out_models(per_family: int, seed: int = 1) -> list[tuple[str, nn.Module
         space = build_space(base, example, "mcu")
         for _ in range(max(1, per_family // 2)):
             policy = Policy(bits={n: rng.choice((4, 8)) for n in space.layers},
-                            keep={g: rng.choice(space.keep_choices) for g in space.groups})
-            model = pruned_copy(base, example, policy.keep)
+                            keep={g: rng.choice(space.keep_choices) for g in space.groups},
+                            energy=rng.choice(space.energy_choices))
+            model = shaped_copy(base, example, policy)
             out.append((f"{name} {policy.label()}", model, example, policy))
     return out
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgeopt.search.space import Policy
 from edgeopt.search.study import OBJECTIVES, best_fitting, finished_trials
 
 best_fitting_record = best_fitting
@@ -122,6 +123,7 @@ def write_report(folder: Path, content: dict[str, Any], title: str) -> None:
         policy = t.get("policy") or {"bits": {}, "keep": {}}
         bits = " ".join(f"{b}" if b != 32 else "f" for b in policy["bits"].values())
         keep = " ".join(f"{k:g}" for k in policy["keep"].values())
+        extras = Policy.from_dict(policy).extras().strip()
         arch = t.get("architecture")
         arch_text = "" if arch is None else (f"w{arch['width_mult']:g} r{arch['resolution']} "
                                              f"d{arch['depth']} k{arch['kernel']}")
@@ -130,7 +132,7 @@ def write_report(folder: Path, content: dict[str, Any], title: str) -> None:
             f"<td>{t['state']}</td><td>{_cell(t['accuracy'], 100, 2)}</td>"
             f"<td>{_cell(t['flash_bytes'], 1 / 1024)}</td><td>{_cell(t['ram_bytes'], 1 / 1024)}</td>"
             f"<td>{_cell(t['latency_ms'], 1, 3)}</td><td>{'yes' if t['fits'] else 'no'}</td>"
-            f"<td>{html.escape(bits)}</td><td>{html.escape(keep)}</td>"
+            f"<td>{html.escape(bits)}</td><td>{html.escape(keep)}</td><td>{extras}</td>"
             f"<td>{html.escape(arch_text)}</td></tr>")
     best = content["best"]
     best_line = ("no trial fits the budget" if best is None else
@@ -145,10 +147,12 @@ td,th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}tr.front{{
 </style></head><body><h1>{html.escape(title)}</h1><p>budget: {html.escape(budget)}</p>
 <p>{best_line}</p><img alt="accuracy against flash" src="data:image/png;base64,{_front_png(content)}">
 <h2>Trials</h2><p>Rows on the Pareto front are shaded. Over-budget trials are not trained (no
-accuracy). Bits per layer (f: float) and channel keep ratio per group, in model order;
-architecture: width multiplier, input resolution, depth, kernel.</p>
+accuracy). Bits per layer (f: float) and channel keep ratio per group, in model order; C16:
+weights clustered into 16 values per layer, E0.8: layers factorized keeping 80% of their
+energy (SVD); architecture: width multiplier, input resolution, depth, kernel.</p>
 <table><tr><th>#</th><th>state</th><th>val acc %</th><th>flash KiB</th><th>RAM KiB</th>
-<th>latency ms</th><th>fits</th><th>bits</th><th>keep</th><th>architecture</th></tr>
+<th>latency ms</th><th>fits</th><th>bits</th><th>keep</th><th>shared / rank</th>
+<th>architecture</th></tr>
 {''.join(rows)}</table>{_spaces_html(content)}
 </body></html>"""
     (folder / "report.html").write_text(page)
