@@ -146,9 +146,9 @@ def test_a_factorized_policy_gives_its_low_rank_factors_the_replaced_layers_widt
     policy = Policy(bits={"0": 8, "3": 4, "6": 32}, keep={"0": 0.5}, energy=0.8)
     prune, lowrank, quant = policy_stages(policy, epochs=1)
     assert lowrank["technique"] == "lowrank" and lowrank["config"]["energy"] == 0.8
-    # ranks come from the pruned weights; the factors recover in float, then PTQ
+    # ranks come from the pruned weights; the factors recover in float, then QAT gently
     assert "finetune_epochs" not in prune["config"] and lowrank["config"]["finetune_epochs"] == 1
-    assert quant["config"]["method"] == "ptq"
+    assert quant["config"]["method"] == "qat" and quant["config"]["lr"] == 1e-4
     assert quant["config"]["weight_overrides"] == {"3": {"bits": 4}, "3.*": {"bits": 4}}
     assert quant["config"]["exclude"] == ["6", "6.*"]
     assert [layer_bits(policy.bits, n) for n in ("3", "3.1", "6.0", "0", "9")] == [4, 4, 32, 8, 8]

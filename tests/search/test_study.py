@@ -178,3 +178,26 @@ def test_a_policys_own_failure_is_recorded_and_every_trial_failing_is_an_error()
     with pytest.raises(ModelError, match=r"every trial of the search failed \(2\).*boom"):
         run_trials(make_study(SearchSettings(), OBJECTIVES, None),
                    _fake_context(every_one_fails), 2, None, progress=False)
+
+
+def test_a_failed_policy_keeps_its_policy_and_all_4_bit_policies_are_not_clustered():
+    from edgeopt.search.budget import make_budget
+    from edgeopt.search.output import trial_records
+    from edgeopt.search.study import Context, run_trials
+
+    class Failing:
+        def costs(self, model, policy):
+            raise RuntimeError("no longer runs")
+
+    space = Space(layers=("a", "b"), groups=(), bit_choices=(4,), cluster_choices=(0, 16))
+    ctx = Context(base=None, splits=None, train=None, example=None, space=space,
+                  budget=make_budget("cortex-m4"), cost=Failing(), settings=SearchSettings(),
+                  objectives=OBJECTIVES)
+    study = make_study(SearchSettings(), OBJECTIVES, None)
+    study.enqueue_trial({"bits:a": 4, "bits:b": 4, "clusters": 16})
+    with pytest.raises(Exception, match="every trial of the search failed"):
+        run_trials(study, ctx, 1, None, progress=False)
+    (record,) = trial_records(study)
+    assert record["error"] == "RuntimeError: no longer runs"
+    # clustering takes 8-bit layers only: with none, the policy is the unclustered one
+    assert record["policy"] == {"bits": {"a": 4, "b": 4}, "keep": {}}

@@ -133,7 +133,9 @@ def objective(ctx: Context, trial: Any) -> tuple[float, ...]:
         if ctx.evaluate is not None:
             record = ctx.evaluate(ctx, trial)
         else:
-            record = evaluate_policy(ctx, ctx.space.suggest(trial))
+            policy = ctx.space.suggest(trial)
+            trial.set_user_attr("policy", policy.to_dict())  # kept if the trial fails
+            record = evaluate_policy(ctx, policy)
     except KeyboardInterrupt:
         _requeue(trial)
         raise
