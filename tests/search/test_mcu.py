@@ -47,6 +47,28 @@ def test_layers_from_shapes_are_the_lowered_graphs(name, shape):
     assert {"conv2d/int4", "conv2d/int8", "fully_connected/int8"} <= {x.variant for x in from_ir}
 
 
+def test_low_rank_factors_are_costed_at_the_width_of_the_layer_they_replace():
+    from edgeopt.lowrank.layers import Factorized
+    from edgeopt.search.cost import shaped_copy
+    from edgeopt.search.space import quant_layers
+
+    torch.manual_seed(0)
+    base = eo.zoo.create("resnet8", (1, 8, 8), 4).eval()
+    example = torch.randn(1, 1, 8, 8)
+    convs = [n for n, m in base.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    policy = Policy(bits={n: 4 if i % 2 else 8 for i, n in enumerate(convs)}, keep={}, energy=0.7)
+    model = shaped_copy(base, example, policy)
+    assert sum(isinstance(m, Factorized) for m in model.modules()) >= 4
+    # the lowering quantizes by the recipe's patterns (`conv` and `conv.*`); the predictor
+    # reads the policy's widths, keyed by the names before factorization
+    patterns = {p: v["bits"] for p, v in quant_layers(policy)["weight_overrides"].items()}
+    graph, forms = _lowered(model, example, patterns)
+    from_ir = [layer for layer in mcu.ir_layers(graph, forms) if layer.variant != "reshape"]
+    from_shapes = [layer for layer in mcu.torch_layers(model, example, policy.bits)
+                   if layer.variant != "reshape"]
+    assert from_shapes == from_ir and "conv2d/int4" in {x.variant for x in from_ir}
+
+
 def test_predict_is_the_variants_row_times_the_features():
     layer = mcu.Layer("conv2d/int8", macs=100, patch=10, taps=20, outputs=30, inputs=40, pixels=5,
                       weights=50)
