@@ -8,9 +8,9 @@ two workers against one.
     .venv/bin/python bench/bench_search.py arch --trials 10 --flash 16KiB --epochs 12 [--distill]
     .venv/bin/python bench/bench_search.py mcu --per-model 4 [--target cortex-m4] [--fit]
 
-costs: random policies (bits 4/8 per layer, keep ratios) on zoo architectures the predictors
-were not tuned on; predicted flash / RAM against what edgeopt.deploy's C export stores and
-plans, predicted x86-ort latency against ONNX Runtime timing the whole exported model.
+costs: random policies (bits 4/8 per layer, keep ratios, low-rank energy) on zoo architectures
+the predictors were not tuned on; predicted flash / RAM against what edgeopt.deploy's C export
+stores and plans, predicted x86-ort latency against ONNX Runtime timing the whole exported model.
 target: `edgeopt search` under a flash budget below the int8 model's size; the best fitting
 uniform policy (uniform 4-bit, uniform channel keep + int8 or 4-bit, all trained the same way:
 the search's seeded trials) is run as a recipe too, both measured on the test split.
@@ -78,7 +78,7 @@ def costs(per_model: int) -> None:
                 path = export_onnx(quantized, Path(tmp) / "m.onnx", example)
                 ms = measure(path, [(example, torch.tensor([0]))], threads=1, warmup=20,
                              runs=100).latency_ms
-            rows.append({"model": name, "flash_pred": pred.flash_bytes,
+            rows.append({"model": name, "policy": policy.label(), "flash_pred": pred.flash_bytes,
                          "flash_c": info.flash_bytes, "weights_c": info.weight_bytes,
                          "ram_pred": pred.ram_bytes, "ram_c": info.ram_bytes + info.io_bytes,
                          "peak_c": info.peak_live_bytes, "lat_pred": pred.latency_ms,

@@ -29,7 +29,14 @@ from torch import nn
 
 from edgeopt.deploy.c.compress import CODE_BYTES, STRUCT_BYTES
 from edgeopt.errors import ModelError
-from edgeopt.search.space import FLOAT, Policy, cluster_config, layer_bits, lowrank_config, quant_layers
+from edgeopt.search.space import (
+    FLOAT,
+    Policy,
+    cluster_config,
+    layer_bits,
+    lowrank_config,
+    quant_layers,
+)
 
 
 @dataclasses.dataclass(frozen=True)
