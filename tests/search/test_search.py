@@ -236,3 +236,24 @@ def test_a_transformers_model_is_searched(tmp_path):
     trial = result["trials"][0]
     assert trial["state"] == "complete" and 0 <= trial["accuracy"] <= 1
     assert trial["ram_bytes"] > 0 and trial["flash_bytes"] > 0
+
+
+def test_a_factorized_trial_is_costed_as_its_best_run_is_built(tmp_path):
+    from edgeopt.search.study import make_study
+
+    storage = f"sqlite:///{tmp_path}/study.db"
+    settings = SearchSettings(**FAST)
+    study = make_study(settings, ("accuracy", "flash_bytes", "ram_bytes"), storage)
+    study.enqueue_trial({"bits:fc1": 4, "bits:fc2": 8, "bits:fc3": 8, "keep:fc1": 0.75,
+                         "keep:fc2": 1.0, "clusters": 0, "energy": 0.8})
+    result = search(RECIPE, target="cortex-m4", out_dir=tmp_path / "s", trials=1,
+                    storage=storage, settings=settings, progress=False)
+    (trial,) = result["trials"]
+    assert trial["policy"]["energy"] == 0.8 and trial["fits"]
+    best = json.loads((tmp_path / "s" / "best" / "metrics.json").read_text())
+    assert [s["name"] for s in best["stages"]] == ["baseline", "prune", "lowrank", "search"]
+    lowrank = best["stages"][2]
+    assert lowrank["params"] < best["stages"][1]["params"]  # some layer was factorized
+    # the trial's predicted flash is what the best run's int8 C image stores
+    assert best["stages"][-1]["target_fit"]["flash_bytes"] == trial["flash_bytes"]
+    assert result["best"]["test_accuracy"] > 0.5
