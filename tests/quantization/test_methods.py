@@ -149,6 +149,35 @@ def test_qat_keeps_pruned_weights_at_zero():
     assert (weight_q[:, ::2] == 0).all()
 
 
+def test_qat_scales_learn_in_the_log_domain_so_an_adam_step_is_relative():
+    """Adam moves a parameter by about lr a step whatever its size: a raw scale of ~1e-5 would be
+    doubled or erased in a few steps; its logarithm moves by about lr, the scale by exp(lr)."""
+    from edgeopt.quantization.modules import ActQuant, QATWeightLayer
+    from edgeopt.quantization.observers import make_observer
+
+    torch.manual_seed(0)
+    linear = nn.Linear(16, 8)
+    with torch.no_grad():
+        linear.weight.mul_(1e-3)  # per-channel scales ~1e-5
+    layer = QATWeightLayer(linear, eo.QuantSpec(bits=8))
+    start = layer.scale.detach().clone()
+    optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3)
+    for _ in range(20):
+        optimizer.zero_grad()
+        layer(torch.randn(4, 16)).pow(2).sum().backward()
+        optimizer.step()
+    change = (layer.scale.detach() / start).log().abs()
+    assert (change > 0).any() and (change <= 20 * 1e-3 * 1.1).all()
+    # an activation quantizer's learned scale comes back unchanged when nothing trained it
+    act = ActQuant(eo.QuantSpec(bits=8), make_observer("minmax"))
+    act(torch.randn(64) * 1e-4)
+    act.freeze()
+    frozen = act.scale.clone()
+    act.start_learning()
+    act.stop_learning()
+    assert torch.allclose(act.scale, frozen, rtol=1e-6)
+
+
 def test_qat_without_data_is_refused():
     with pytest.raises(DataError, match="needs training data"):
         eo.apply(small_cnn(), eo.QuantConfig(method="qat"))
