@@ -181,9 +181,9 @@ def policy_stages(policy: Policy, epochs: int = 1, metric: str = "top1"
     config: dict[str, Any] = {"method": "ptq"}
     if labeled and not policy.clusters:
         # lr 1e-3 (not QAT's 1e-4 default): one short pass recovers from pruning as well. A
-        # factorized model is recovered in float first: QAT straight from the factors, or at
-        # 1e-3, lost up to 80 points on ResNet-8 (MNIST, 4-bit: 96.8-97.6 % after float
-        # recovery and QAT at 1e-4; PTQ instead of QAT: 80-96 %)
+        # factorized model is recovered in float first (QAT straight from the factors lost up
+        # to 80 points on ResNet-8 / MNIST), then QAT at 1e-4 adapts it to the grid (4-bit:
+        # 96.8-97.6 %; PTQ instead: 80-96 %)
         config = {"method": "qat", "epochs": epochs, "lr": 1e-4 if in_float else 1e-3}
     config.update(quant_layers(policy))
     stages.append({"name": "search", "technique": "quantize", "config": config,
