@@ -95,7 +95,7 @@ def fit(
         first, best_acc, best_state = _restore(ckpt, model, optimizer, scheduler, generator,
                                                history)
         bar = progress_bar(total=epochs, desc=desc, unit="epoch", leave=False, initial=first,
-                   disable=not progress or not distributed.is_main())
+                           disable=not progress or not distributed.is_main())
         step = distributed.wrap(model)
         for epoch in range(first, epochs):
             loss = _train_epoch(step, loader, optimizer, loss_fn, after_step, epoch)

@@ -105,8 +105,9 @@ def run(party: Party, config: DistillConfig, train: Any, val: Any, progress: boo
         generator = getattr(loader, "generator", None)
         saved = ckpt.restore(modules, optimizer, generator=generator) if ckpt else None
         first, best_acc, best_state = _resumed(saved, curves)
-        bar = progress_bar(total=config.epochs, desc=f"distill ({config.mode.value})", unit="epoch",
-                   disable=not progress or not distributed.is_main(), leave=False, initial=first)
+        bar = progress_bar(total=config.epochs, desc=f"distill ({config.mode.value})",
+                           unit="epoch", disable=not progress or not distributed.is_main(),
+                           leave=False, initial=first)
         step = distributed.wrap(_Step(party, config))
         for epoch in range(first, config.epochs):
             _epoch(party, step, loader, optimizer, curves, epoch)

@@ -44,7 +44,8 @@ def layer_sensitivity(model: nn.Module, config: QuantConfig, data: Any, eval_dat
     gm = qgraph.trace(model)
     names = qgraph.weight_layer_names(gm, config.exclude)
     rows = []
-    for name in progress_bar(names, desc="sensitivity", unit="layer", disable=not progress, leave=False):
+    for name in progress_bar(names, desc="sensitivity", unit="layer", disable=not progress,
+                             leave=False):
         others = tuple(n for n in names if n != name)
         single = dataclasses.replace(config, exclude=config.exclude + others, sensitivity=False)
         output = apply(model, single, data=data)(inputs)

@@ -77,8 +77,8 @@ def synthesize_inputs(model: nn.Module, input_shape: tuple[int, ...], *, samples
     chunks, start_loss, end_loss = [], 0.0, 0.0
     for params in model.parameters():
         params.requires_grad_(False)
-    bar = progress_bar(total=steps * ((samples + batch_size - 1) // batch_size), desc="data-free inputs",
-               unit="step", disable=not progress, leave=False)
+    bar = progress_bar(total=steps * ((samples + batch_size - 1) // batch_size),
+                       desc="data-free inputs", unit="step", disable=not progress, leave=False)
     for first in range(0, samples, batch_size):
         n = min(batch_size, samples - first)
         x = torch.randn(n, *input_shape, generator=generator).requires_grad_(True)

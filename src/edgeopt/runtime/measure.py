@@ -187,7 +187,8 @@ def compare_latency(
     times: list[list[float]] = [[] for _ in sessions]
     for index, session in enumerate(sessions):
         _time_runs(session, feeds[index], warmup, 0, progress=False)
-    bar = progress_bar(total=rounds, desc="latency (interleaved)", disable=not progress, leave=False)
+    bar = progress_bar(total=rounds, desc="latency (interleaved)", disable=not progress,
+                       leave=False)
     with _no_gc():
         for round_ in range(rounds):
             for offset in range(len(sessions)):

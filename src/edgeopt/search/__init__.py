@@ -7,8 +7,9 @@ Each trial picks a weight bit width per layer, a channel keep ratio per group, a
 energy and (MCU targets) weight clustering, predicts flash / RAM / latency
 (edgeopt.search.cost), and, when the policy fits, applies it (channel pruning, low-rank
 factorization, clustering, then quantization with short recovery training on a training subset;
-edgeopt.search.space.policy_stages) and scores it on the validation split. `out_dir` gets pareto.json, report.html and best/ (the best fitting policy run
-as a normal recipe and measured on the test split).
+edgeopt.search.space.policy_stages) and scores it on the validation split. `out_dir` gets
+pareto.json, report.html and best/ (the best fitting policy run as a normal recipe and measured
+on the test split).
 
 With `SearchSettings(level="architecture")` (or "both") trials vary the architecture of the
 recipe's zoo family instead (edgeopt.search.architecture): TinyNAS-style space selection, then

@@ -234,7 +234,7 @@ class FormulaCost:
 
     def __init__(self, example: torch.Tensor, latency: Any = None) -> None:
         self.example, self.latency = example, latency
-        self._shapes: dict[tuple[int, tuple[Any, ...]], _Shape] = {}
+        self._shapes: dict[tuple[Any, ...], _Shape] = {}  # (model id, keep, energy)
 
     def _shape(self, model: nn.Module, policy: Policy) -> _Shape:
         """shaped_copy, remembered with its trace: policies that differ only in bits (most

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from edgeopt.search.mcu import DEFAULT_TABLE, FEATURES, cache_file, ir_layers, predict
-from edgeopt.search.space import Policy
+from edgeopt.search.space import Policy, with_factors
 
 # ---------------------------------------------------------------- measuring
 
@@ -47,8 +47,8 @@ def measure(model: nn.Module, example: torch.Tensor, bits: dict[str, int], targe
 
     generator = torch.Generator().manual_seed(seed)
     calib = torch.randn(16, *example.shape[1:], generator=generator)
-    # a low-rank factor (`fc.1`) takes the width of the layer it replaced (`fc`)
-    overrides = {p: eo.QuantSpec(bits=v) for k, v in bits.items() if v != 8 for p in (k, f"{k}.*")}
+    overrides = {p: eo.QuantSpec(bits=v) for k, v in bits.items() if v != 8
+                 for p in with_factors(k)}  # a factor (`fc.1`) takes the width of `fc`
     config = eo.QuantConfig(weight_overrides=overrides, calibration_samples=16)
     with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
         quantized = eo.apply(model.eval(), config, data=[(calib, None)])

@@ -131,7 +131,12 @@ def layer_patterns(policy: Policy, names: list[str]) -> list[str]:
     policy, their low-rank factors."""
     if policy.energy >= 1.0:
         return list(names)
-    return [p for name in names for p in (name, f"{name}.*")]
+    return [p for name in names for p in with_factors(name)]
+
+
+def with_factors(name: str) -> tuple[str, str]:
+    """Patterns for layer `name` and the low-rank factors that may replace it (`fc.0`, `fc.1`)."""
+    return name, f"{name}.*"
 
 
 def cluster_config(policy: Policy, epochs: int = 0) -> dict[str, Any]:

@@ -288,7 +288,8 @@ def run_trials(study: Any, ctx: Context, trials: int, timeout: float | None,
     done = finished(study)
     if done >= trials:
         return
-    bar = progress_bar(total=trials, initial=done, desc="search", unit="trial", disable=not progress)
+    bar = progress_bar(total=trials, initial=done, desc="search", unit="trial",
+                       disable=not progress)
     joined = datetime.datetime.now()
 
     def after(study: Any, trial: Any) -> None:
